@@ -1,0 +1,208 @@
+"""The model spec: a YAML file or a ``catalogs/`` entry describing a segmentation model.
+
+See ``../shared/docs/mission.md`` ("Model spec") for the contract. Validation happens once, here,
+at the edge; everything downstream receives a frozen :class:`ModelSpec`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import ModelSpecError
+
+Task = Literal["raster", "volume"]
+Blend = Literal["gaussian", "constant"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def catalog_dirs() -> list[Path]:
+    """Folders searched for model names: ``$SEGPIPE_CATALOGS`` (os.pathsep-separated), then ``catalogs/models``."""
+    extra = [Path(p) for p in os.environ.get("SEGPIPE_CATALOGS", "").split(os.pathsep) if p]
+    return [*extra, REPO_ROOT / "catalogs" / "models"]
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class: ``id`` is the label value written out."""
+
+    id: int
+    name: str
+    color: str = "#808080"
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        c = self.color.lstrip("#")
+        return (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16))
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """Intensity normalisation: ``none``, ``meanstd`` (per channel), ``window`` (clip to [min, max], scale to [0, 1]),
+    ``zscore`` (per volume, on the foreground) or ``scale`` (multiply by ``factor``)."""
+
+    kind: Literal["none", "meanstd", "window", "zscore", "scale"] = "none"
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    factor: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A validated model spec. Windows are ``(Y, X)`` for rasters and ``(Z, Y, X)`` for volumes (voxels)."""
+
+    name: str
+    task: Task
+    architecture: str
+    in_channels: int
+    classes: tuple[ClassInfo, ...]
+    window: tuple[int, ...]
+    overlap: float = 0.25
+    blend: Blend = "gaussian"
+    normalize: Normalize = field(default_factory=Normalize)
+    spacing: tuple[float, ...] | None = None
+    checkpoint: Path | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    nodata: int = 255
+    orientation: str | None = None
+    source: Path | None = None
+
+    @property
+    def n_classes(self) -> int:
+        """Number of logit channels the network emits (one per class, in the order listed)."""
+        return len(self.classes)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.task == "raster" else 3
+
+    @property
+    def class_ids(self) -> tuple[int, ...]:
+        return tuple(c.id for c in self.classes)
+
+
+def resolve_spec_path(name_or_path: str | Path) -> Path:
+    """Turn a catalog name or a YAML path into an existing file path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        if not candidate.is_file():
+            raise ModelSpecError(candidate, "model spec file not found", "give an existing YAML file or a name from `segpipe models`")
+        return candidate
+    for folder in catalog_dirs():
+        for suffix in (".yaml", ".yml"):
+            path = folder / f"{name_or_path}{suffix}"
+            if path.is_file():
+                return path
+    known = sorted(p.stem for d in catalog_dirs() if d.is_dir() for p in d.glob("*.y*ml"))
+    raise ModelSpecError(str(name_or_path), "unknown model", f"known models: {', '.join(known) or 'none'}; or give a path to a YAML spec")
+
+
+def load_spec(name_or_path: str | Path) -> ModelSpec:
+    """Load and validate a model spec from a catalog name or a YAML path."""
+    path = resolve_spec_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ModelSpecError(path, f"not valid YAML: {exc}", "fix the syntax") from exc
+    if not isinstance(raw, dict):
+        raise ModelSpecError(path, "a model spec must be a YAML mapping", "see the model spec in the README")
+    return spec_from_dict(raw, source=path)
+
+
+def spec_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> ModelSpec:
+    """Validate a spec mapping; ``source`` (the YAML file) anchors a relative checkpoint path."""
+    where = source or "<model spec>"
+
+    def need(key: str) -> Any:
+        if key not in raw:
+            raise ModelSpecError(where, f"missing required key '{key}'", "see the model spec in the README")
+        return raw[key]
+
+    task = need("task")
+    if task not in ("raster", "volume"):
+        raise ModelSpecError(where, f"task must be 'raster' or 'volume', got {task!r}", "set task: raster or task: volume")
+    dims = 2 if task == "raster" else 3
+    window = tuple(int(w) for w in need("window"))
+    if len(window) != dims or min(window) < 1:
+        axes = "[y, x]" if dims == 2 else "[z, y, x]"
+        raise ModelSpecError(where, f"window {list(window)} does not fit task '{task}'", f"give {dims} positive sizes {axes}")
+    classes = _parse_classes(need("classes"), where)
+    overlap = float(raw.get("overlap", 0.25))
+    if not 0.0 <= overlap < 1.0:
+        raise ModelSpecError(where, f"overlap {overlap} out of range", "use 0 <= overlap < 1")
+    blend = raw.get("blend", "gaussian")
+    if blend not in ("gaussian", "constant"):
+        raise ModelSpecError(where, f"blend must be gaussian or constant, got {blend!r}", "set blend: gaussian")
+    in_channels = int(need("in_channels"))
+    if in_channels < 1:
+        raise ModelSpecError(where, f"in_channels must be >= 1, got {in_channels}", "set in_channels")
+    spacing = raw.get("spacing")
+    if spacing is not None:
+        spacing = tuple(float(s) for s in spacing)
+        if task != "volume" or len(spacing) != 3 or min(spacing) <= 0:
+            raise ModelSpecError(where, f"spacing {list(spacing)} invalid", "give 3 positive millimetre sizes [z, y, x] for volume models, or null")
+    checkpoint = raw.get("checkpoint")
+    if checkpoint:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_absolute() and source is not None:
+            checkpoint = source.parent / checkpoint
+    nodata = int(raw.get("nodata", 255))
+    if nodata in {c.id for c in classes}:
+        raise ModelSpecError(where, f"nodata value {nodata} is also a class id", "choose a nodata value outside the class ids")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise ModelSpecError(where, "params must be a mapping", "write params: {key: value}")
+    return ModelSpec(
+        name=str(raw.get("name") or (source.stem if source else "model")),
+        task=task,
+        architecture=str(need("architecture")),
+        in_channels=in_channels,
+        classes=classes,
+        window=window,
+        overlap=overlap,
+        blend=blend,
+        normalize=_parse_normalize(raw.get("normalize") or {"kind": "none"}, where),
+        spacing=spacing,
+        checkpoint=checkpoint or None,
+        params=dict(params),
+        nodata=nodata,
+        orientation=raw.get("orientation"),
+        source=source,
+    )
+
+
+def _parse_classes(raw: Any, where: Any) -> tuple[ClassInfo, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ModelSpecError(where, "classes must be a non-empty list of {id, name, color}", "list at least one class")
+    classes = []
+    for item in raw:
+        if not isinstance(item, dict) or "id" not in item or "name" not in item:
+            raise ModelSpecError(where, f"class entry {item!r} needs 'id' and 'name'", "write - {id: 0, name: water, color: '#1f78b4'}")
+        classes.append(ClassInfo(id=int(item["id"]), name=str(item["name"]), color=str(item.get("color", "#808080"))))
+    ids = [c.id for c in classes]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ModelSpecError(where, f"class ids are not unique: {dupes}", "give every class its own id")
+    if min(ids) < 0 or max(ids) > 65534:
+        raise ModelSpecError(where, f"class ids must lie in 0..65534, got {min(ids)}..{max(ids)}", "renumber the classes")
+    return tuple(classes)
+
+
+def _parse_normalize(raw: Any, where: Any) -> Normalize:
+    if not isinstance(raw, dict) or raw.get("kind", "none") not in ("none", "meanstd", "window", "zscore", "scale"):
+        raise ModelSpecError(where, f"normalize {raw!r} not understood", "use kind: none | meanstd | window | zscore | scale")
+    return Normalize(
+        kind=raw.get("kind", "none"),
+        mean=tuple(float(v) for v in raw.get("mean", ())),
+        std=tuple(float(v) for v in raw.get("std", ())),
+        min=None if raw.get("min") is None else float(raw["min"]),
+        max=None if raw.get("max") is None else float(raw["max"]),
+        factor=float(raw.get("factor", 1.0)),
+    )

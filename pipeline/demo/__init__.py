@@ -1,0 +1,1 @@
+"""segpipe demo: see the modules of this folder."""

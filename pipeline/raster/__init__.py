@@ -1,0 +1,1 @@
+"""segpipe raster: see the modules of this folder."""

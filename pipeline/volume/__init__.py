@@ -1,0 +1,1 @@
+"""segpipe volume: see the modules of this folder."""
