@@ -1,0 +1,374 @@
+"""Block-streaming sliding-window inference.
+
+One global window grid per image (:class:`pipeline.grid.WindowGrid`, identical to MONAI's
+``sliding_window_inference``); the output is produced block by block (a block = one zarr chunk).
+Each window runs exactly once, in the block that contains its start; its importance-weighted
+logits are cut into *pieces*, one per block the window covers. A block is finalised (summed,
+argmax, written) once all its source blocks have run. Processing blocks in lexicographic order
+guarantees that, so memory holds one block's work plus the pending spill of the frontier.
+
+Axis order: sources are ``(C, Y, X)`` or ``(C, Z, Y, X)``; outputs ``(Y, X)``/``(Z, Y, X)`` labels or
+``(K, ...)`` mean logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from pipeline.errors import EngineError
+from pipeline.engine_types import Block, Piece
+from pipeline.grid import BlockPlan, WindowGrid
+from pipeline.pending import PendingPieces
+
+log = logging.getLogger(__name__)
+
+Blend = Literal["gaussian", "constant"]
+Output = Literal["labels", "logits"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+Preprocess = Callable[[np.ndarray], np.ndarray]
+
+DEFAULT_BLOCK_2D = 1024
+DEFAULT_BLOCK_3D = 128
+
+
+class ArraySource(Protocol):
+    """What the engine reads: ``shape == (C, *spatial)`` and numpy-style slicing."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to slide windows over an image.
+
+    Args:
+        window: window size per spatial axis, ``(Y, X)`` or ``(Z, Y, X)``, pixels/voxels.
+        overlap: fraction of a window shared with its neighbour (MONAI semantics).
+        blend: ``gaussian`` importance map (sigma = ``sigma_scale`` x window) or ``constant``.
+        block: output block (zarr chunk) size per spatial axis; ``None`` picks a default.
+        batch_size: windows per model call.
+        device: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        output: ``labels`` (argmax as class ids) or ``logits`` (weighted mean logits, float32).
+        class_ids: label value of each logit channel; ``None`` means ``0..K-1``.
+        label_dtype: numpy dtype of the labels.
+        precision: ``auto`` = bf16/fp16 autocast on GPU, float32 on CPU.
+        sigma_scale: gaussian sigma as a fraction of the window.
+        prefetch: blocks read ahead on a background thread.
+        pending_memory_mb: memory for pieces waiting for their block; beyond it they wait on local disk.
+    """
+
+    window: tuple[int, ...]
+    overlap: float = 0.25
+    blend: Blend = "gaussian"
+    block: tuple[int, ...] | None = None
+    batch_size: int = 4
+    device: str = "auto"
+    output: Output = "labels"
+    class_ids: tuple[int, ...] | None = None
+    label_dtype: str = "uint8"
+    precision: Precision = "auto"
+    sigma_scale: float = 0.125
+    prefetch: int = 2
+    pending_memory_mb: int = 512
+
+    def block_for(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        """The block size to use for an image of spatial shape ``spatial``."""
+        if self.block is not None:
+            if len(self.block) != len(spatial):
+                raise EngineError(f"block {self.block} has {len(self.block)} axes, image has {len(spatial)}")
+            return tuple(int(b) for b in self.block)
+        default = DEFAULT_BLOCK_2D if len(spatial) == 2 else DEFAULT_BLOCK_3D
+        return tuple(max(default, w) for w in self.window)
+
+
+@dataclass
+class EngineReport:
+    """What a run did: window counts (to check that no window runs twice) and timings in seconds."""
+
+    windows_total: int = 0
+    windows_run: int = 0
+    blocks_total: int = 0
+    blocks_run: int = 0
+    blocks_skipped: int = 0
+    seconds: float = 0.0
+    seconds_read: float = 0.0
+    seconds_model: float = 0.0
+    seconds_write: float = 0.0
+    pieces_on_disk: int = 0
+    peak_pending_bytes: int = 0
+
+    @property
+    def duplication(self) -> float:
+        """Windows run / windows in the global grid (1.0 = no window ran twice)."""
+        return self.windows_run / self.windows_total if self.windows_total else 0.0
+
+
+def auto_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; any other name is passed to :class:`torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
+    return device
+
+
+def importance_map(window: tuple[int, ...], blend: Blend, sigma_scale: float, device: torch.device) -> torch.Tensor:
+    """MONAI's importance map (gaussian or constant), clamped to a small positive minimum as MONAI does."""
+    from monai.data.utils import compute_importance_map
+
+    return compute_importance_map(window, mode=blend, sigma_scale=sigma_scale, device=device, dtype=torch.float32)
+
+
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    if precision == "float32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    if precision == "auto":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def read_region(
+    source: ArraySource, lo: tuple[int, ...], hi: tuple[int, ...], preprocess: Preprocess | None = None
+) -> np.ndarray:
+    """Read ``source[:, lo:hi]`` as float32 ``(C, *region)``; parts outside the image are zero (after preprocess)."""
+    spatial = source.shape[1:]
+    clipped_lo = tuple(max(a, 0) for a in lo)
+    clipped_hi = tuple(min(b, s) for b, s in zip(hi, spatial))
+    data = np.asarray(source[(slice(None), *(slice(a, b) for a, b in zip(clipped_lo, clipped_hi)))], dtype=np.float32)
+    if preprocess is not None:
+        data = np.asarray(preprocess(data), dtype=np.float32)
+    if clipped_lo == lo and clipped_hi == hi:
+        return data
+    pad = [(0, 0)] + [(a - b, c - d) for a, b, c, d in zip(clipped_lo, lo, hi, clipped_hi)]
+    return np.pad(data, pad)
+
+
+class WindowRunner:
+    """Runs the windows of one block through the model and accumulates importance-weighted logits."""
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], config: EngineConfig, device: torch.device):
+        self.model = model
+        self.config = config
+        self.device = device
+        self.weights = importance_map(config.window, config.blend, config.sigma_scale, device)
+        self.with_weights = config.output == "logits"
+        self.seconds_model = 0.0
+        self.pin = device.type == "cuda"
+
+    def accumulate(self, region: np.ndarray, offsets: list[tuple[int, ...]]) -> torch.Tensor:
+        """Sum ``weights * model(window)`` of the windows at ``offsets`` (relative to ``region``).
+
+        Returns ``(K[+1], *region_spatial)`` float32 on the runner's device.
+        """
+        tensor = torch.from_numpy(region)
+        if self.pin:
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(self.device, non_blocking=True)
+        window = self.config.window
+        acc: torch.Tensor | None = None
+        start = time.perf_counter()
+        for i in range(0, len(offsets), self.config.batch_size):
+            batch_offsets = offsets[i : i + self.config.batch_size]
+            views = [tensor[(slice(None), *(slice(o, o + w) for o, w in zip(off, window)))] for off in batch_offsets]
+            batch = torch.stack(views)
+            with torch.inference_mode(), _autocast(self.device, self.config.precision):
+                logits = self.model(batch)
+            if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(batch_offsets) or tuple(logits.shape[2:]) != window:
+                shape = getattr(logits, "shape", type(logits).__name__)
+                raise EngineError(f"model returned {shape} for a batch {tuple(batch.shape)}; expected (N, K, *window) logits")
+            logits = logits.float() * self.weights
+            if acc is None:
+                channels = logits.shape[1] + (1 if self.with_weights else 0)
+                acc = torch.zeros((channels, *region.shape[1:]), dtype=torch.float32, device=self.device)
+            for off, window_logits in zip(batch_offsets, logits):
+                where = tuple(slice(o, o + w) for o, w in zip(off, window))
+                acc[(slice(0, window_logits.shape[0]), *where)] += window_logits
+                if self.with_weights:
+                    acc[(slice(-1, None), *where)] += self.weights
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds_model += time.perf_counter() - start
+        assert acc is not None  # every computed block has at least one window
+        return acc
+
+
+def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Image-coordinate read region ``(lo, hi)`` of block ``b``'s windows (may extend past the image when padded)."""
+    starts = plan.windows(b)
+    lo = tuple(min(s[a] for s in starts) - plan.grid.pad_before[a] for a in range(len(plan.block)))
+    hi = tuple(max(s[a] for s in starts) + w - plan.grid.pad_before[a] for a, w in enumerate(plan.grid.window))
+    return lo, hi
+
+
+def compute_block(plan: BlockPlan, b: Block, region: np.ndarray, runner: WindowRunner) -> list[Piece]:
+    """Run block ``b``'s windows over its read region and cut the result into pieces per target block."""
+    lo, _ = region_of(plan, b)
+    offsets = [tuple(s - p - l for s, p, l in zip(start, plan.grid.pad_before, lo)) for start in plan.windows(b)]
+    acc = runner.accumulate(region, offsets)
+    pieces = []
+    for t in plan.targets(b):
+        t_slices = plan.slices(t)
+        box = plan.box(b)
+        inter = [(max(bx[0], ts.start), min(bx[1], ts.stop)) for bx, ts in zip(box, t_slices)]
+        src = tuple(slice(a - l, c - l) for (a, c), l in zip(inter, lo))
+        dst = tuple(slice(a - ts.start, c - ts.start) for (a, c), ts in zip(inter, t_slices))
+        data = acc[(slice(None), *src)].cpu().numpy() if runner.device.type != "cpu" else acc[(slice(None), *src)].numpy().copy()
+        pieces.append(Piece(b, t, dst, data))
+    return pieces
+
+
+def finalize_block(
+    plan: BlockPlan, t: Block, pieces: list[Piece], config: EngineConfig, class_ids: np.ndarray
+) -> np.ndarray:
+    """Sum the pieces that land in block ``t`` (in source order) and turn them into labels or mean logits."""
+    shape = tuple(s.stop - s.start for s in plan.slices(t))
+    ordered = sorted(pieces, key=lambda p: p.source)
+    acc = np.zeros((ordered[0].data.shape[0], *shape), dtype=np.float32)
+    for piece in ordered:
+        acc[(slice(None), *piece.where)] += piece.data
+    if config.output == "logits":
+        return acc[:-1] / acc[-1:]
+    return class_ids[np.argmax(acc, axis=0)].astype(config.label_dtype, copy=False)
+
+
+def _check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: int | None) -> None:
+    spatial = plan.grid.shape
+    if config.output == "labels":
+        expected_shape, expected_chunks = spatial, plan.block
+    else:
+        k = n_classes if n_classes is not None else out.shape[0]
+        expected_shape, expected_chunks = (k, *spatial), (k, *plan.block)
+    if tuple(out.shape) != tuple(expected_shape):
+        raise EngineError(f"output array shape {tuple(out.shape)} != expected {tuple(expected_shape)}")
+    chunks = getattr(out, "chunks", None)
+    if chunks is not None and tuple(chunks) != tuple(expected_chunks):
+        raise EngineError(f"output chunks {tuple(chunks)} != block {tuple(expected_chunks)}: each block must be whole chunks")
+
+
+def _class_table(config: EngineConfig) -> np.ndarray | None:
+    if config.class_ids is None:
+        return None
+    ids = np.asarray(config.class_ids, dtype=np.int64)
+    info = np.iinfo(np.dtype(config.label_dtype)) if config.output == "labels" else None
+    if info is not None and (ids.max() > info.max or ids.min() < info.min):
+        raise EngineError(f"class ids up to {ids.max()} do not fit label dtype {config.label_dtype}; use uint16")
+    return ids
+
+
+def run_engine(
+    source: ArraySource,
+    model: Callable[[torch.Tensor], torch.Tensor],
+    config: EngineConfig,
+    out: Any,
+    *,
+    done: Any | None = None,
+    preprocess: Preprocess | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EngineReport:
+    """Segment ``source`` ``(C, *spatial)`` into ``out`` block by block; see the module docstring.
+
+    ``done`` (uint8 array shaped like the block grid, one chunk per element) records finished
+    blocks: blocks already marked are skipped, and windows are only run for blocks that still feed
+    an unfinished block, so a killed run resumes without redoing finished work.
+    """
+    started = time.perf_counter()
+    spatial = tuple(int(s) for s in source.shape[1:])
+    if len(spatial) != len(config.window):
+        raise EngineError(f"source has {len(spatial)} spatial axes {spatial}, window {config.window} has {len(config.window)}")
+    grid = WindowGrid(spatial, tuple(config.window), config.overlap)
+    plan = BlockPlan.build(grid, config.block_for(spatial))
+    class_ids = _class_table(config)
+    _check_output(out, plan, config, None if class_ids is None else len(class_ids))
+    if done is not None and tuple(done.shape) != plan.shape:
+        raise EngineError(f"done array shape {tuple(done.shape)} != block grid {plan.shape}")
+    finished = np.asarray(done[...], dtype=bool) if done is not None else np.zeros(plan.shape, dtype=bool)
+
+    device = auto_device(config.device)
+    runner = WindowRunner(model, config, device)
+    order = plan.order()
+    needs_compute = {b for b in order if any(not finished[t] for t in plan.targets(b))}
+    to_compute = [b for b in order if b in needs_compute]
+    report = EngineReport(windows_total=grid.n_windows, blocks_total=plan.n_blocks, blocks_skipped=int(finished.sum()))
+
+    blocks_done = int(finished.sum())
+    read_seconds = [0.0]
+    write_seconds = [0.0]
+
+    def read(b: Block) -> np.ndarray:
+        t0 = time.perf_counter()
+        lo, hi = region_of(plan, b)
+        region = read_region(source, lo, hi, preprocess)
+        read_seconds[0] += time.perf_counter() - t0
+        return region
+
+    def write(t: Block, result: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        key = plan.slices(t) if config.output == "labels" else (slice(None), *plan.slices(t))
+        out[key] = result
+        if done is not None:
+            done[tuple(slice(i, i + 1) for i in t)] = np.ones((1,) * len(t), dtype=np.uint8)
+        write_seconds[0] += time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-read") as readers, ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="segpipe-write"
+    ) as writers, PendingPieces(config.pending_memory_mb * 2**20) as pending:
+        reads: dict[Block, Future] = {}
+        writes: list[Future] = []
+        next_read = 0
+
+        def schedule_reads() -> None:
+            nonlocal next_read
+            while next_read < len(to_compute) and len(reads) <= config.prefetch:
+                b = to_compute[next_read]
+                reads[b] = readers.submit(read, b)
+                next_read += 1
+
+        for b in order:
+            if b in needs_compute:
+                schedule_reads()
+                region = reads.pop(b).result()
+                schedule_reads()
+                n_windows = len(plan.windows(b))
+                for piece in compute_block(plan, b, region, runner):
+                    if not finished[piece.target]:
+                        pending.add(piece)
+                report.windows_run += n_windows
+                report.blocks_run += 1
+            if not finished[b]:
+                pieces = pending.pop(b)
+                if class_ids is None:
+                    class_ids = np.arange(pieces[0].data.shape[0] - (1 if config.output == "logits" else 0))
+                result = finalize_block(plan, b, pieces, config, class_ids)
+                writes.append(writers.submit(write, b, result))
+                if len(writes) > 4:
+                    writes.pop(0).result()
+                blocks_done += 1
+                if progress is not None:
+                    progress(blocks_done, plan.n_blocks)
+        for fut in writes:
+            fut.result()
+        report.pieces_on_disk = pending.pieces_on_disk
+        report.peak_pending_bytes = pending.peak_bytes_in_memory
+    report.seconds = time.perf_counter() - started
+    report.seconds_model = runner.seconds_model
+    report.seconds_read = read_seconds[0]
+    report.seconds_write = write_seconds[0]
+    log.info(
+        "engine: %d/%d windows, %d blocks run, %d skipped, %.2fs (model %.2fs)",
+        report.windows_run, report.windows_total, report.blocks_run, report.blocks_skipped, report.seconds, report.seconds_model,
+    )
+    return report
