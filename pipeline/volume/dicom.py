@@ -1,0 +1,220 @@
+"""Read one DICOM series (a folder of single-frame slices) into a :class:`~pipeline.volume.volume.Volume`.
+
+* Files are grouped by SeriesInstanceUID; several series need ``series_uid`` (the error lists them).
+* Slices are ordered along the slice normal ``n = row_cosines x column_cosines`` by ``n . ImagePositionPatient``;
+  missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position.
+* RescaleSlope/RescaleIntercept are applied per slice (Hounsfield units for CT).
+* Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000 incl. lossless, RLE) are decoded by pydicom's
+  pixel handlers (pylibjpeg + pylibjpeg-openjpeg / -libjpeg).
+* The affine maps ``(x, y, z, 1)`` = ``(column, row, slice, 1)`` to RAS mm:
+  ``LPS = IPP_0 + x * dc * row_cosines + y * dr * column_cosines + z * step`` with ``PixelSpacing = (dr, dc)``
+  and ``step = (IPP_last - IPP_0) / (n - 1)`` (which also keeps gantry tilt), then ``RAS = diag(-1, -1, 1) LPS``.
+  Oblique orientations are kept exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.volume.volume import DicomSource, HeaderInfo, Volume
+
+log = logging.getLogger(__name__)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# relative tolerance on slice spacing: beyond it the series counts as unevenly spaced
+SPACING_RTOL = 0.01
+SPACING_ATOL_MM = 0.01
+
+
+@dataclass(frozen=True)
+class _Slice:
+    path: Path
+    ds: Any  # pydicom Dataset read without pixel data
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError as exc:  # pragma: no cover - pydicom is a declared dependency
+        raise InputError("pydicom", "DICOM input needs pydicom", "pip install pydicom pylibjpeg pylibjpeg-openjpeg") from exc
+    return pydicom
+
+
+def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> Volume:
+    """Read the (single, or ``series_uid``) series under ``folder`` (searched recursively).
+
+    Returns:
+        The volume: ``data`` float32 ``(Z, Y, X)`` (slices ordered along the normal, rows, columns) in
+        rescaled units (HU for CT), ``affine`` ``(x, y, z, 1)`` -> RAS mm, ``dicom`` with the UIDs in z order.
+    """
+    folder = Path(folder)
+    series = _scan(folder)
+    slices = _pick_series(folder, series, series_uid)
+    slices = _order(folder, slices)
+    data = _pixels(folder, slices)
+    affine = _affine(slices)
+    first = slices[0].ds
+    modality = str(getattr(first, "Modality", "")).upper()
+    source = DicomSource(
+        study_uid=str(getattr(first, "StudyInstanceUID", "")),
+        series_uid=str(first.SeriesInstanceUID),
+        frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "")),
+        sop_class_uid=str(getattr(first, "SOPClassUID", "")),
+        sop_instance_uids=tuple(str(s.ds.SOPInstanceUID) for s in slices),
+        files=tuple(s.path for s in slices),
+        series_description=str(getattr(first, "SeriesDescription", "")),
+    )
+    return Volume(
+        data=data,
+        affine=affine,
+        modality=modality if modality in ("CT", "MR") else "unknown",
+        source=folder,
+        header=HeaderInfo.from_affine(affine, code=1),
+        dicom=source,
+    )
+
+
+def _scan(folder: Path) -> dict[str, list[_Slice]]:
+    """Headers (no pixel data) of every DICOM image file under ``folder``, grouped by SeriesInstanceUID."""
+    pydicom = _pydicom()
+    series: dict[str, list[_Slice]] = defaultdict(list)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
+            log.debug("%s: not a DICOM file, skipped", path)
+            continue
+        if "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
+            continue  # DICOMDIR and other non-image objects
+        series[str(ds.SeriesInstanceUID)].append(_Slice(path, ds))
+    if not series:
+        raise InputError(folder, "no DICOM image files found", "give a folder holding the .dcm files of one series")
+    return series
+
+
+def _pick_series(folder: Path, series: dict[str, list[_Slice]], series_uid: str | None) -> list[_Slice]:
+    def describe(uid: str) -> str:
+        ds = series[uid][0].ds
+        desc = str(getattr(ds, "SeriesDescription", "")) or "no description"
+        return f"{uid} ({getattr(ds, 'Modality', '?')}, '{desc}', {len(series[uid])} slices)"
+
+    listing = "; ".join(describe(uid) for uid in sorted(series))
+    if series_uid is not None:
+        if series_uid not in series:
+            raise InputError(folder, f"series {series_uid} not found; the folder holds: {listing}", "pass one of these SeriesInstanceUIDs as series_uid (--series-uid)")
+        return series[series_uid]
+    if len(series) > 1:
+        raise InputError(folder, f"{len(series)} series in one folder: {listing}", "pass series_uid=<SeriesInstanceUID> (--series-uid) or give a folder per series")
+    return next(iter(series.values()))
+
+
+def _vector(slc: _Slice, keyword: str, size: int) -> np.ndarray:
+    value = getattr(slc.ds, keyword, None)
+    if value is None or len(value) != size:
+        if int(getattr(slc.ds, "NumberOfFrames", 1) or 1) > 1:
+            raise InputError(slc.path, "multi-frame (enhanced) DICOM is not supported", "convert it to single-frame slices (e.g. with dcm2niix to NIfTI) and segment that")
+        raise InputError(slc.path, f"missing or malformed {keyword}", "the series must carry patient geometry; convert it to NIfTI with dcm2niix")
+    return np.asarray([float(v) for v in value], dtype=np.float64)
+
+
+def _order(folder: Path, slices: list[_Slice]) -> list[_Slice]:
+    """Sort along the slice normal; check geometry consistency, duplicates, gaps and spacing."""
+    first = slices[0]
+    if int(getattr(first.ds, "NumberOfFrames", 1) or 1) > 1:
+        raise InputError(first.path, "multi-frame (enhanced) DICOM is not supported", "convert it to single-frame slices (e.g. with dcm2niix to NIfTI) and segment that")
+    iop = _vector(first, "ImageOrientationPatient", 6)
+    spacing = _vector(first, "PixelSpacing", 2)
+    shape = (int(first.ds.Rows), int(first.ds.Columns))
+    for slc in slices[1:]:
+        if not np.allclose(_vector(slc, "ImageOrientationPatient", 6), iop, atol=1e-4):
+            raise InputError(slc.path, "ImageOrientationPatient differs from the other slices of the series", "segment one orientation per series (split the series)")
+        if (int(slc.ds.Rows), int(slc.ds.Columns)) != shape or not np.allclose(_vector(slc, "PixelSpacing", 2), spacing, atol=1e-4):
+            raise InputError(slc.path, "slice size or PixelSpacing differs from the other slices", "the series must be one regular 3D grid; re-export it")
+    if len(slices) < 2:
+        raise InputError(folder, "2D image: the series holds a single slice", "give a 3D series with at least 2 slices; use `segpipe raster` for 2D images")
+    normal = np.cross(iop[:3], iop[3:])
+    pos = np.array([normal @ _vector(s, "ImagePositionPatient", 3) for s in slices])
+    order = np.argsort(pos, kind="stable")
+    slices = [slices[i] for i in order]
+    pos = pos[order]
+    _check_spacing(folder, slices, pos)
+    return slices
+
+
+def _check_spacing(folder: Path, slices: list[_Slice], pos: np.ndarray) -> None:
+    gaps = np.diff(pos)
+    dup = np.flatnonzero(gaps < SPACING_ATOL_MM)
+    if dup.size:
+        i = int(dup[0])
+        raise InputError(
+            folder,
+            f"two slices at the same position {pos[i]:.3f} mm along the normal: {slices[i].path.name} and {slices[i + 1].path.name}",
+            "the folder mixes acquisitions (several echoes/phases?); keep one slice per position",
+        )
+    step = float(np.median(gaps))
+    tol = max(SPACING_ATOL_MM, SPACING_RTOL * step)
+    bad = np.flatnonzero(np.abs(gaps - step) > tol)
+    if not bad.size:
+        return
+    i = int(bad[0])
+    where = f"between slice {i} ({slices[i].path.name}, {pos[i]:.2f} mm) and slice {i + 1} ({slices[i + 1].path.name}, {pos[i + 1]:.2f} mm)"
+    ratio = gaps[i] / step
+    if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
+        missing = int(round(ratio)) - 1
+        raise InputError(
+            folder,
+            f"{missing} missing slice(s) {where}: gap {gaps[i]:.2f} mm where the spacing is {step:.2f} mm",
+            "re-export or re-transfer the complete series",
+        )
+    raise InputError(
+        folder,
+        f"uneven slice spacing {where}: {gaps[i]:.2f} mm where the median spacing is {step:.2f} mm",
+        "resample the series to a regular grid first (e.g. dcm2niix then a resampler) or re-export it",
+    )
+
+
+def _pixels(folder: Path, slices: list[_Slice]) -> np.ndarray:
+    """Decode every slice and apply RescaleSlope/Intercept: float32 ``(Z, rows, columns)``."""
+    pydicom = _pydicom()
+    first = slices[0].ds
+    data = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
+    for z, slc in enumerate(slices):
+        ds = pydicom.dcmread(slc.path)
+        if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
+            raise InputError(slc.path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
+        try:
+            pixels = ds.pixel_array
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+            name = getattr(syntax, "name", str(syntax))
+            raise InputError(
+                slc.path,
+                f"cannot decode pixel data (transfer syntax {name}): {exc}",
+                "install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg",
+            ) from exc
+        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        data[z] = pixels.astype(np.float64) * slope + intercept
+    return data
+
+
+def _affine(slices: list[_Slice]) -> np.ndarray:
+    first = slices[0]
+    iop = _vector(first, "ImageOrientationPatient", 6)
+    row_spacing, col_spacing = _vector(first, "PixelSpacing", 2)
+    ipp0 = _vector(first, "ImagePositionPatient", 3)
+    ipp1 = _vector(slices[-1], "ImagePositionPatient", 3)
+    step = (ipp1 - ipp0) / (len(slices) - 1)
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * col_spacing  # x = column index, along the row direction cosines
+    lps[:3, 1] = iop[3:] * row_spacing  # y = row index, along the column direction cosines
+    lps[:3, 2] = step
+    lps[:3, 3] = ipp0
+    return LPS_TO_RAS @ lps

@@ -1,0 +1,138 @@
+"""The :class:`Volume` value object and the grid maths every other volume module shares.
+
+Axis convention (used throughout ``pipeline/volume``):
+
+* ``Volume.data`` is indexed ``data[z, y, x]``, shape ``(Z, Y, X)``. This is the on-disk memory order of
+  NIfTI (whose first index ``i`` varies fastest) read back to front, and the order of a DICOM series
+  stacked slice by slice (``pixel_array`` is ``(rows, columns)``), so both readers return C-contiguous
+  arrays without a copy. It is also the ``(Z, Y, X)`` order of the engine and of ``spec.window`` /
+  ``spec.spacing``.
+* ``Volume.affine`` follows the nibabel convention: it maps the voxel index ``(i, j, k, 1)`` =
+  ``(x, y, z, 1)`` (note: reversed with respect to ``data``) to RAS+ world coordinates in millimetres.
+  So the world position of ``data[z, y, x]`` is ``affine @ [x, y, z, 1]``.
+* Orientation codes (``"RAS"``, ``"LPS"``, ...) are nibabel axis codes of ``(x, y, z)``: ``"LAS"`` means
+  ``x`` grows to the Left, ``y`` to the Anterior, ``z`` to the Superior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+Modality = Literal["CT", "MR", "unknown"]
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """NIfTI geometry header fields, copied unchanged onto the label output.
+
+    ``qform``/``sform`` are 4x4 ``(x, y, z, 1) -> world mm`` matrices; the codes are the NIfTI
+    ``qform_code``/``sform_code`` (0 unknown, 1 scanner, 2 aligned, 3 Talairach, 4 MNI).
+    """
+
+    qform: tuple[tuple[float, ...], ...]
+    qform_code: int
+    sform: tuple[tuple[float, ...], ...]
+    sform_code: int
+    xyz_units: str = "mm"
+
+    @staticmethod
+    def from_affine(affine: np.ndarray, code: int = 1) -> HeaderInfo:
+        """Header for a volume without a NIfTI header (DICOM): qform = sform = ``affine``, both ``code``."""
+        rows = _as_rows(affine)
+        return HeaderInfo(qform=rows, qform_code=code, sform=rows, sform_code=code)
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """What a DICOM SEG needs to reference its source series. Tuples are in ``Volume.data`` z order."""
+
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+    files: tuple[Path, ...]
+    series_description: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image on its native grid.
+
+    Attributes:
+        data: float32 intensities, shape ``(Z, Y, X)``, read-only (HU for CT from DICOM or a HU NIfTI).
+        affine: float64 4x4, voxel ``(x, y, z, 1)`` -> RAS+ millimetres (nibabel convention).
+        modality: ``"CT"``, ``"MR"`` or ``"unknown"`` (NIfTI carries no modality).
+        source: the file or DICOM folder read.
+        header: NIfTI qform/sform and their codes, to be copied onto outputs.
+        dicom: the source series' UIDs (DICOM input only), for DICOM SEG.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    modality: Modality
+    source: Path
+    header: HeaderInfo
+    dicom: DicomSource | None = None
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 3 or self.data.dtype != np.float32:
+            raise ValueError(f"Volume.data must be float32 (Z, Y, X), got {self.data.dtype} {self.data.shape}")
+        affine = np.array(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ValueError(f"Volume.affine must be 4x4, got {affine.shape}")
+        affine.flags.writeable = False
+        object.__setattr__(self, "affine", affine)
+        if self.data.flags.writeable:
+            view = self.data.view()
+            view.flags.writeable = False
+            object.__setattr__(self, "data", view)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(Z, Y, X)`` voxels."""
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size ``(z, y, x)`` in millimetres."""
+        return spacing_zyx(self.affine)
+
+    @property
+    def orientation(self) -> str:
+        """nibabel axis codes of ``(x, y, z)``, e.g. ``"RAS"``."""
+        return orientation_code(self.affine)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """``|det(affine[:3, :3])|`` in mm^3 (exact for oblique and sheared grids)."""
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+
+def spacing_zyx(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size ``(z, y, x)`` in mm: lengths of the affine's columns ``k, j, i``."""
+    norms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    return (float(norms[2]), float(norms[1]), float(norms[0]))
+
+
+def orientation_code(affine: np.ndarray) -> str:
+    """nibabel axis codes (``"RAS"``, ``"LPS"``, ...) of the ``(x, y, z)`` axes; nearest axes when oblique."""
+    import nibabel as nib
+
+    return "".join(nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+
+
+def index_to_world(affine: np.ndarray, zyx: np.ndarray) -> np.ndarray:
+    """World RAS mm of voxel indices given as ``(..., 3)`` rows of ``(z, y, x)`` (fractional allowed)."""
+    zyx = np.asarray(zyx, dtype=np.float64)
+    xyz = zyx[..., ::-1]
+    affine = np.asarray(affine, dtype=np.float64)
+    return xyz @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _as_rows(matrix: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(v) for v in row) for row in np.asarray(matrix, dtype=np.float64))
