@@ -1,7 +1,9 @@
 """Architecture registry: name -> builder, plus ``package.module:callable`` import paths.
 
-Builders take the spec's ``params`` and return a ``torch.nn.Module`` mapping
-``(N, in_channels, *window)`` to logits ``(N, n_classes, *window)``.
+Builders take the spec and return a ``torch.nn.Module`` mapping ``(N, in_channels, *window)`` to
+logits ``(N, n_classes, *window)``. The built-in builders live in :mod:`models.architectures` (one
+module each) and register themselves when this module is imported: ``unet``, ``deeplabv3plus``,
+``segformer``, ``segresnet``, ``swinunetr`` and ``monai-bundle``.
 """
 
 from __future__ import annotations
@@ -56,3 +58,8 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     if not isinstance(network, torch.nn.Module):
         raise ModelSpecError(where, f"architecture '{spec.architecture}' returned {type(network).__name__}, not a torch.nn.Module", "return a torch.nn.Module")
     return network
+
+
+# Register the built-in architectures. Placed last because they import ``register`` from here; the
+# builder modules import only torch at module level (MONAI and transformers load inside the builders).
+import models.architectures  # noqa: E402,F401
