@@ -1,0 +1,368 @@
+"""Ingest any GDAL raster into a zarr v3 store, tile by tile, with its georeferencing.
+
+The store is an xarray/rioxarray-compatible group::
+
+    image        (band, y, x)  source dtype, chunks (C, block, block), _FillValue = nodata
+    mask         (y, x)        bool, True where the pixel is valid, chunks (block, block)
+    band         (band)        band names (descriptions, or "band_<i>")
+    y, x         pixel-centre coordinates in CRS units (axis-aligned transforms only)
+    spatial_ref  scalar with ``crs_wkt`` and ``GeoTransform`` (CF / GDAL conventions)
+
+so ``xr.open_zarr(store, decode_coords="all").rio.crs`` and ``.rio.transform()`` give the input's
+CRS and transform back. Memory is bounded by one ``(C, block, block)`` tile: the raster is never
+read whole. The store is written under a temporary name and renamed when complete, so an existing
+store at ``store_path`` is always complete; it is reused when its source signature matches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+STORE_ATTR = "segpipe_ingest"
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the pipeline needs to know about an input raster (after band selection).
+
+    Attributes:
+        path: the file path or URL as given.
+        width, height: size in pixels (X, Y).
+        count: number of selected bands (C of the ``(C, Y, X)`` image).
+        dtype: numpy dtype name of the ingested image.
+        crs: the raster's CRS.
+        transform: pixel (col, row) -> CRS (x, y) affine transform (pixel corner convention).
+        nodata: the nodata value of the first selected band, or None.
+        band_names: one name per selected band.
+        bands: 1-based source band indexes, in image order.
+    """
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS
+    transform: Affine
+    nodata: float | None
+    band_names: tuple[str, ...]
+    bands: tuple[int, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Spatial shape ``(Y, X)`` in pixels."""
+        return (self.height, self.width)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "width": self.width,
+            "height": self.height,
+            "count": self.count,
+            "dtype": self.dtype,
+            "crs_wkt": self.crs.to_wkt(),
+            "transform": list(self.transform)[:6],
+            "nodata": self.nodata,
+            "band_names": list(self.band_names),
+            "bands": list(self.bands),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RasterInfo:
+        return cls(
+            path=raw["path"],
+            width=int(raw["width"]),
+            height=int(raw["height"]),
+            count=int(raw["count"]),
+            dtype=raw["dtype"],
+            crs=CRS.from_wkt(raw["crs_wkt"]),
+            transform=Affine(*raw["transform"]),
+            nodata=raw["nodata"],
+            band_names=tuple(raw["band_names"]),
+            bands=tuple(raw["bands"]),
+        )
+
+
+def scene_stem(path_or_url: str | Path) -> str:
+    """The scene name used for outputs: the file name without its last suffix (URLs included)."""
+    name = str(path_or_url).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return Path(name).stem or "scene"
+
+
+def open_raster(path_or_url: str | Path) -> rasterio.DatasetReader:
+    """Open a raster with rasterio, turning GDAL errors into an :class:`InputError`."""
+    text = str(path_or_url)
+    if "://" not in text and not text.startswith("/vsi") and not Path(text).exists():
+        raise InputError(text, "file not found", "check the path")
+    try:
+        return rasterio.open(text)
+    except RasterioError as exc:
+        raise InputError(text, f"not a readable raster ({_gdal_reason(exc)})", "give a GeoTIFF/COG or another GDAL raster; re-download it if it is truncated") from exc
+
+
+def probe_raster(
+    path_or_url: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    in_channels: int | None = None,
+    model_name: str | None = None,
+) -> RasterInfo:
+    """Read and validate a raster's header (no pixels): CRS present, bands valid, band count fits the model.
+
+    Args:
+        path_or_url: a local path or anything GDAL opens (``https://``, ``s3://``, ``/vsi...``).
+        bands: 1-based band indexes to keep, in order; None keeps all bands.
+        in_channels: the number of channels the model needs; None skips the check.
+        model_name: used in the band-count error message.
+
+    Raises:
+        InputError: not a raster, no CRS, bad band indexes or band count != ``in_channels``.
+    """
+    with open_raster(path_or_url) as src:
+        return _info_from_dataset(src, str(path_or_url), bands, in_channels, model_name)
+
+
+def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> RasterInfo:
+    if src.crs is None:
+        raise InputError(path, "no CRS: the raster is not georeferenced", "assign one, e.g. `gdal_edit.py -a_srs EPSG:32618 FILE`, or export it as a GeoTIFF with its CRS")
+    selected = tuple(int(b) for b in bands) if bands else tuple(range(1, src.count + 1))
+    bad = [b for b in selected if not 1 <= b <= src.count]
+    if bad:
+        raise InputError(path, f"band(s) {bad} requested but the file has {src.count} band(s)", f"pick bands between 1 and {src.count} with --bands")
+    if in_channels is not None and len(selected) != in_channels:
+        model = f"model '{model_name}'" if model_name else "the model"
+        what = f"{len(selected)} selected bands" if bands else f"{len(selected)} bands"
+        if src.count >= in_channels:
+            fix = f"pick bands with --bands {','.join(str(i) for i in range(1, in_channels + 1))}"
+        else:
+            fix = f"give an image with {in_channels} bands or use a model for {src.count}"
+        raise InputError(path, f"{what}, {model} needs {in_channels}", fix)
+    dtype = np.result_type(*[np.dtype(src.dtypes[b - 1]) for b in selected])
+    names = [src.descriptions[b - 1] or f"band_{b}" for b in selected]
+    if len(set(names)) != len(names):
+        names = [f"band_{b}" if names.count(n) > 1 else n for b, n in zip(selected, names)]
+    nodata = src.nodatavals[selected[0] - 1]
+    return RasterInfo(
+        path=path,
+        width=src.width,
+        height=src.height,
+        count=len(selected),
+        dtype=dtype.name,
+        crs=src.crs,
+        transform=src.transform,
+        nodata=None if nodata is None else float(nodata),
+        band_names=tuple(names),
+        bands=selected,
+    )
+
+
+def tiles(height: int, width: int, block: int) -> Iterator[tuple[slice, slice]]:
+    """Row-major ``(rows, cols)`` slices of the ``block x block`` tiling of a ``(height, width)`` grid."""
+    for r0 in range(0, height, block):
+        for c0 in range(0, width, block):
+            yield slice(r0, min(r0 + block, height)), slice(c0, min(c0 + block, width))
+
+
+def ingest_raster(
+    path_or_url: str | Path,
+    store_path: str | Path,
+    *,
+    block: int,
+    bands: Sequence[int] | None = None,
+    in_channels: int | None = None,
+    model_name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RasterInfo:
+    """Copy a raster into a zarr v3 store tile by tile (see the module docstring for the layout).
+
+    Args:
+        path_or_url: the raster (local path or GDAL-readable URL).
+        store_path: the zarr store to create (a directory). Reused as is when it holds a
+            complete ingest of the same source, bands and block size.
+        block: tile and chunk size in pixels; memory use is about ``C * block * block`` values.
+        bands: 1-based band indexes to keep (None: all).
+        in_channels: expected number of bands (the model's), checked before any pixel is read.
+        model_name: named in the band-count error.
+        progress: optional ``callable(tiles_done, tiles_total)``.
+
+    Returns:
+        The :class:`RasterInfo` of the ingested image.
+
+    Raises:
+        InputError: the file is not a readable raster, is truncated, has no CRS, or has the wrong bands.
+    """
+    if block < 1:
+        raise InputError(str(block), "block size must be a positive number of pixels", "use e.g. --block 1024")
+    store_path = Path(store_path)
+    with open_raster(path_or_url) as src:
+        info = _info_from_dataset(src, str(path_or_url), bands, in_channels, model_name)
+        signature = _signature(path_or_url, info, block)
+        if _existing_signature(store_path) == signature:
+            log.info("%s: reusing complete ingest %s", path_or_url, store_path)
+            return info
+        tmp = store_path.with_name(f"{store_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            arrays = _create_store(tmp, info, block)
+            stats = _copy_tiles(src, info, arrays, block, progress)
+            _finish_store(tmp, {"signature": signature, "info": info.to_json(), "block": block, "band_stats": stats})
+            if store_path.exists():
+                _remove_store(store_path)
+            tmp.rename(store_path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return info
+
+
+def read_info(store_path: str | Path) -> RasterInfo:
+    """The :class:`RasterInfo` recorded in a complete ingest store."""
+    return RasterInfo.from_json(_store_attrs(Path(store_path))["info"])
+
+
+def band_stats(store_path: str | Path) -> dict[str, list[float]]:
+    """Per-band ``count``, ``mean`` and ``std`` over valid pixels, computed during ingest."""
+    return _store_attrs(Path(store_path))["band_stats"]
+
+
+def _store_attrs(store_path: Path) -> dict[str, Any]:
+    import zarr
+
+    try:
+        attrs = zarr.open_group(store_path, mode="r").attrs.asdict()
+    except Exception as exc:  # zarr raises several types for a missing/foreign store
+        raise InputError(store_path, f"not a segpipe ingest store ({exc})", "re-run the ingest") from exc
+    if STORE_ATTR not in attrs:
+        raise InputError(store_path, "not a segpipe ingest store", "re-run the ingest")
+    return attrs[STORE_ATTR]
+
+
+def _signature(path_or_url, info: RasterInfo, block: int) -> dict[str, Any]:
+    sig: dict[str, Any] = {"path": str(path_or_url), "bands": list(info.bands), "block": block}
+    path = Path(str(path_or_url))
+    if path.exists():
+        stat = path.stat()
+        sig.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return sig
+
+
+def _existing_signature(store_path: Path) -> dict[str, Any] | None:
+    if not (store_path / "zarr.json").is_file():
+        return None
+    try:
+        raw = json.loads((store_path / "zarr.json").read_text())
+        return raw["attributes"][STORE_ATTR]["signature"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_store(store_path: Path) -> None:
+    if not (store_path / "zarr.json").is_file():
+        raise InputError(store_path, "exists and is not a zarr store", "remove it or choose another output folder")
+    shutil.rmtree(store_path)
+
+
+def _create_store(path: Path, info: RasterInfo, block: int) -> dict[str, Any]:
+    """Write the dataset's metadata and coordinates (no pixel chunks); return the zarr arrays."""
+    import dask.array as da
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+    import zarr
+
+    c, (h, w) = info.count, info.shape
+    image = da.zeros((c, h, w), dtype=info.dtype, chunks=(c, block, block))
+    mask = da.zeros((h, w), dtype=bool, chunks=(block, block))
+    coords: dict[str, Any] = {"band": np.array(info.band_names, dtype=object)}
+    t = info.transform
+    if t.b == 0 and t.d == 0:
+        coords["x"] = t.c + t.a * (np.arange(w) + 0.5)
+        coords["y"] = t.f + t.e * (np.arange(h) + 0.5)
+    ds = xr.Dataset({"image": (("band", "y", "x"), image), "mask": (("y", "x"), mask)}, coords=coords)
+    ds = ds.rio.write_crs(info.crs.to_wkt()).rio.write_transform(info.transform)
+    ds["mask"].attrs.update(description="True where the pixel is valid (from the raster's nodata/masks)")
+    if info.nodata is not None:
+        ds["image"] = ds["image"].rio.write_nodata(_typed_nodata(info.nodata, info.dtype), encoded=True)
+    else:
+        ds["image"].encoding["_FillValue"] = None
+    ds["image"].attrs["source_bands"] = list(info.bands)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=True)
+    group = zarr.open_group(path, mode="r+")
+    return {"image": group["image"], "mask": group["mask"]}
+
+
+def _typed_nodata(nodata: float, dtype: str):
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        return np.dtype(dtype).type(int(nodata))
+    return np.dtype(dtype).type(nodata)
+
+
+def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress) -> dict[str, list[float]]:
+    """Copy every tile; return per-band count/mean/std over valid pixels (Chan's parallel merge)."""
+    c = info.count
+    n = np.zeros(c)
+    mean = np.zeros(c)
+    m2 = np.zeros(c)
+    grid = list(tiles(info.height, info.width, block))
+    for i, (rows, cols) in enumerate(grid):
+        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        try:
+            data = src.read(indexes=list(info.bands), window=window, out_dtype=info.dtype)
+            masks = src.read_masks(indexes=list(info.bands), window=window)
+        except RasterioError as exc:
+            raise InputError(
+                info.path,
+                f"read failed at rows {rows.start}..{rows.stop}, cols {cols.start}..{cols.stop}: the file is truncated or corrupt ({_gdal_reason(exc)})",
+                "re-download or re-export the file",
+            ) from exc
+        valid = (masks > 0).any(axis=0)
+        arrays["image"][:, rows, cols] = data
+        arrays["mask"][rows, cols] = valid
+        k = int(valid.sum())
+        if k:
+            vals = data[:, valid].astype(np.float64)
+            t_mean = vals.mean(axis=1)
+            t_m2 = ((vals - t_mean[:, None]) ** 2).sum(axis=1)
+            delta = t_mean - mean
+            total = n + k
+            mean = mean + delta * k / total
+            m2 = m2 + t_m2 + delta**2 * n * k / total
+            n = total
+        if progress is not None:
+            progress(i + 1, len(grid))
+    std = np.sqrt(np.divide(m2, n, out=np.zeros(c), where=n > 0))
+    return {"count": n.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+
+
+def _finish_store(path: Path, attrs: dict[str, Any]) -> None:
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    group.attrs[STORE_ATTR] = attrs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(path)
+
+
+def _gdal_reason(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
