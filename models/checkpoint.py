@@ -1,0 +1,176 @@
+"""Checkpoints: read state_dicts safely, fit them to a network, write them atomically.
+
+Reading never runs code from a file: ``.safetensors`` holds tensors only, and ``.pt/.pth/.ckpt/.bin``
+go through ``torch.load(weights_only=True)``, which refuses pickles that would import or call
+anything beyond plain tensors and containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from models.registry import build_network
+from models.spec import ModelSpec
+from pipeline.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+_NESTING_KEYS = ("state_dict", "model")
+_LISTED = 5  # keys named in a missing/unexpected message
+_WEIGHTS_ATTR = "_segpipe_weights_from"
+
+
+def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the spec's network, load ``spec.checkpoint`` into it and return it in eval mode on ``device``.
+
+    ``device`` may be ``"auto"`` (CUDA when available). Without a checkpoint the network keeps its
+    random initialisation (a warning is logged) unless its builder loaded weights itself (a MONAI
+    bundle, a local pretrained SegFormer folder).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, unsafe, or does not fit the network.
+    """
+    network = build_network(spec)
+    if spec.checkpoint is not None:
+        apply_state_dict(network, load_state_dict_file(spec.checkpoint), source=spec.checkpoint)
+    elif getattr(network, _WEIGHTS_ATTR, None) is None:
+        log.warning("model '%s' has no checkpoint: using randomly initialised weights (predictions are meaningless)", spec.name)
+    return network.to(_device(device)).eval()
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict (name -> tensor) from ``.safetensors`` or a plain torch file, on the CPU.
+
+    A torch file may nest the state_dict under ``"state_dict"`` or ``"model"`` (Lightning, many
+    training scripts); a ``"module."`` prefix (DataParallel/DDP) is stripped.
+
+    Raises:
+        CheckpointError: missing file, unknown suffix, unreadable or code-carrying file, not a state_dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "checkpoint file not found", "train one with `segpipe train` or fix `checkpoint:` in the model spec")
+    if path.suffix == ".safetensors":
+        raw = _read_safetensors(path)
+    elif path.suffix in TORCH_SUFFIXES:
+        raw = _read_torch(path)
+    else:
+        raise CheckpointError(path, f"unknown checkpoint type '{path.suffix}'", f"use one of {', '.join(SUFFIXES)}")
+    return _as_state_dict(raw, path)
+
+
+def apply_state_dict(network: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str | Path) -> None:
+    """Load ``state`` into ``network`` strictly, naming ``source`` and the offending layers on failure."""
+    expected = network.state_dict()
+    for name, tensor in state.items():
+        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                source,
+                f"layer '{name}' has shape {tuple(tensor.shape)} in the checkpoint but {tuple(expected[name].shape)} in the model",
+                "the checkpoint was trained with other in_channels, classes or params; fix the spec or retrain",
+            )
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model keys missing from the checkpoint: {_first(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
+        raise CheckpointError(source, "; ".join(parts), "the checkpoint belongs to another architecture; check `architecture:` and `params:`")
+    network.load_state_dict(state, strict=True)
+
+
+def save_state_dict(network: torch.nn.Module, path: str | Path, *, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``network``'s weights as safetensors, atomically (a temporary name, then a rename).
+
+    Tensors are copied to contiguous CPU memory; shared storage is written once per name.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(path, "checkpoints are written as safetensors", "give an output path ending in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in network.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def mark_weights_loaded(network: torch.nn.Module, source: str | Path) -> torch.nn.Module:
+    """Record that a builder loaded ``network``'s weights itself from ``source`` (so no random-init warning)."""
+    setattr(network, _WEIGHTS_ATTR, str(source))
+    return network
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(path, f"not a readable safetensors file: {exc}", "re-export the checkpoint") from exc
+
+
+def _read_torch(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _unpickling_reason(exc)
+        raise CheckpointError(
+            path,
+            f"refused to load: the pickle carries code or objects beyond tensors ({reason})",
+            "convert it to safetensors in a trusted environment: "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')",
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(path, f"not a readable torch checkpoint: {exc}", "re-save it with torch.save(model.state_dict(), ...)") from exc
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """The specific line of torch's weights_only message (e.g. ``unsupported GLOBAL posix.system``)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _as_state_dict(raw: object, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
+        if isinstance(raw, Mapping):
+            nested = next((raw[k] for k in _NESTING_KEYS if isinstance(raw.get(k), Mapping)), None)
+            if nested is not None:
+                raw = nested
+    if not isinstance(raw, Mapping) or not raw:
+        raise CheckpointError(path, f"holds {type(raw).__name__}, not a state_dict", "save model.state_dict() rather than the model")
+    bad = [k for k, v in raw.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(path, f"entries are not tensors: {_first([str(k) for k in bad])}", "save only model.state_dict()")
+    prefix = "module."
+    if all(str(k).startswith(prefix) for k in raw):
+        return {str(k)[len(prefix):]: v for k, v in raw.items()}
+    return {str(k): v for k, v in raw.items()}
+
+
+def _first(names: list[str]) -> str:
+    head = ", ".join(names[:_LISTED])
+    return head + (f", ... (+{len(names) - _LISTED} more)" if len(names) > _LISTED else "")
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
