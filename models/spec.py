@@ -159,6 +159,8 @@ def spec_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> ModelS
     params = raw.get("params") or {}
     if not isinstance(params, dict):
         raise ModelSpecError(where, "params must be a mapping", "write params: {key: value}")
+    normalize = _parse_normalize(raw.get("normalize") or {"kind": "none"}, where)
+    _check_normalize(normalize, in_channels, where)
     return ModelSpec(
         name=str(raw.get("name") or (source.stem if source else "model")),
         task=task,
@@ -168,7 +170,7 @@ def spec_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> ModelS
         window=window,
         overlap=overlap,
         blend=blend,
-        normalize=_parse_normalize(raw.get("normalize") or {"kind": "none"}, where),
+        normalize=normalize,
         spacing=spacing,
         checkpoint=checkpoint or None,
         params=dict(params),
@@ -206,3 +208,17 @@ def _parse_normalize(raw: Any, where: Any) -> Normalize:
         max=None if raw.get("max") is None else float(raw["max"]),
         factor=float(raw.get("factor", 1.0)),
     )
+
+
+def _check_normalize(norm: Normalize, in_channels: int, where: Any) -> None:
+    if norm.kind == "meanstd":
+        if not norm.mean or len(norm.mean) != len(norm.std) or len(norm.mean) not in (1, in_channels):
+            raise ModelSpecError(
+                where,
+                f"normalize meanstd has {len(norm.mean)} means and {len(norm.std)} stds for {in_channels} channels",
+                "give one mean and one std per channel, or one of each for all channels",
+            )
+        if min(norm.std) <= 0:
+            raise ModelSpecError(where, f"normalize std values must be positive, got {list(norm.std)}", "fix std")
+    if norm.kind == "window" and (norm.min is None or norm.max is None or not norm.max > norm.min):
+        raise ModelSpecError(where, f"normalize window needs min < max, got min={norm.min} max={norm.max}", "write normalize: {kind: window, min: -1000, max: 1000}")

@@ -1,0 +1,111 @@
+"""Intensity normalisation from a spec's ``normalize:`` entry, as a pointwise per-channel function.
+
+The returned callable maps ``(C, *spatial)`` to float32 of the same shape and treats every pixel on
+its own, so it can be applied region by region (the engine's ``preprocess``) with identical results.
+Statistics that depend on the image (``zscore``) are computed once by the caller, e.g. with
+:func:`foreground_stats` over the whole image, and passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.spec import Normalize
+from pipeline.errors import ModelSpecError
+
+Normalizer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per-channel statistics for ``zscore``: one mean and one std per channel (or one for all)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def foreground_stats(image: np.ndarray) -> NormStats:
+    """Per-channel mean and std over the foreground (values != 0; all values if a channel has none).
+
+    Matches MONAI ``NormalizeIntensity(nonzero=True, channel_wise=True)`` statistics; a zero std becomes 1.
+
+    Args:
+        image: ``(C, *spatial)``.
+    """
+    means, stds = [], []
+    for channel in np.asarray(image):
+        values = channel[channel != 0]
+        if values.size == 0:
+            values = channel.reshape(-1)
+        std = float(np.std(values, dtype=np.float64))
+        means.append(float(np.mean(values, dtype=np.float64)))
+        stds.append(std if std > 0 else 1.0)
+    return NormStats(tuple(means), tuple(stds))
+
+
+def normalizer(spec_normalize: Normalize, stats: NormStats | None = None) -> Normalizer:
+    """Build the pointwise normalisation ``spec_normalize`` describes.
+
+    Kinds: ``none`` (float32 cast), ``meanstd`` (``(x - mean[c]) / std[c]``; one value broadcasts to all
+    channels), ``window`` (clip to ``[min, max]``, scale to ``[0, 1]``), ``scale`` (``x * factor``),
+    ``zscore`` (like ``meanstd`` with ``stats`` measured on the image; required).
+
+    Raises:
+        ModelSpecError: missing or inconsistent values (e.g. ``window`` without ``min < max``).
+    """
+    n = spec_normalize
+    if n.kind == "none":
+        return _Affine((0.0,), (1.0,))
+    if n.kind == "meanstd":
+        return _Affine(*_check_meanstd(n.mean, n.std, "normalize meanstd"))
+    if n.kind == "zscore":
+        if stats is None:
+            raise ModelSpecError(
+                "normalize: zscore", "needs per-image statistics", "pass stats=foreground_stats(image) measured on the whole image"
+            )
+        return _Affine(*_check_meanstd(stats.mean, stats.std, "zscore stats"))
+    if n.kind == "window":
+        if n.min is None or n.max is None or not n.max > n.min:
+            raise ModelSpecError("normalize: window", f"needs min < max, got min={n.min} max={n.max}", "write {kind: window, min: -1000, max: 1000}")
+        return _Affine((n.min,), (n.max - n.min,), lo=n.min, hi=n.max)
+    if n.kind == "scale":
+        if n.factor == 0:
+            raise ModelSpecError("normalize: scale", "factor 0 erases the image", "give a non-zero factor, e.g. 0.00392 for 8-bit data")
+        return _Affine((0.0,), (1.0 / n.factor,))
+    raise ModelSpecError("normalize", f"unknown kind {n.kind!r}", "use none, meanstd, window, zscore or scale")
+
+
+@dataclass(frozen=True)
+class _Affine:
+    """``(clip(x, lo, hi) - shift[c]) / divisor[c]`` per channel; one value applies to every channel."""
+
+    shift: tuple[float, ...]
+    divisor: tuple[float, ...]
+    lo: float | None = None
+    hi: float | None = None
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        x = np.asarray(image, dtype=np.float32)
+        if len(self.shift) not in (1, x.shape[0]):
+            raise ModelSpecError(
+                "normalize", f"{len(self.shift)} mean/std values for an image with {x.shape[0]} channels", "give one value per channel, or one for all"
+            )
+        if self.lo is not None:
+            x = np.clip(x, np.float32(self.lo), np.float32(self.hi))
+        per_channel = (-1,) + (1,) * (x.ndim - 1)
+        shift = np.asarray(self.shift, dtype=np.float32).reshape(per_channel)
+        divisor = np.asarray(self.divisor, dtype=np.float32).reshape(per_channel)
+        if np.all(shift == 0) and np.all(divisor == 1):
+            return x.copy() if x is image else x
+        return ((x - shift) / divisor).astype(np.float32, copy=False)
+
+
+def _check_meanstd(mean: tuple[float, ...], std: tuple[float, ...], what: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if not mean or len(mean) != len(std):
+        raise ModelSpecError(what, f"needs as many means as stds (got {len(mean)} and {len(std)})", "write {kind: meanstd, mean: [...], std: [...]}")
+    if min(std) <= 0:
+        raise ModelSpecError(what, f"std values must be positive, got {list(std)}", "fix the std values")
+    return tuple(mean), tuple(std)
