@@ -1,0 +1,369 @@
+"""Per-study, per-label statistics on the native grid, as JSON and in ``stats.zarr``.
+
+For every class of the model (background included), on the *native* grid:
+
+* ``voxel_count``; ``volume_ml`` = count x ``|det(affine[:3, :3])|`` mm^3 / 1000 (exact for oblique grids);
+* intensity ``mean``/``std`` (population, ddof 0)/``min``/``max``/``median``/``p5``/``p95`` of the original
+  image as float (HU for CT; NaN for an empty label);
+* ``centroid_ras``: mean world position in RAS mm; ``bbox_min``/``bbox_max``: inclusive voxel indices
+  ``(z, y, x)`` (-1 when empty); ``n_components``: connected components with 26-connectivity;
+  ``touches_border``: some voxel lies on a face of the volume.
+
+``stats.zarr`` (``xr.open_zarr``) holds one Dataset with dims ``study`` x ``label`` (label names) and
+variables ``volume_ml``, ``voxel_count``, ``intensity_mean``, ``intensity_std``, ``intensity_min``,
+``intensity_max``, ``intensity_median``, ``intensity_p5``, ``intensity_p95``, ``n_components``,
+``touches_border``, ``label_id``, ``segmented`` (False where the study's model has no such label: its
+counts are 0 and its intensities NaN), ``centroid_ras`` (+ dim ``ras``), ``bbox_min``/``bbox_max``
+(+ dim ``axis`` = z, y, x) and per-study ``source``, ``modality``, ``model``, ``voxel_volume_mm3``.
+Re-running a study replaces its row; the store is rewritten to a temporary folder and swapped in
+under a file lock, so readers never see a half-written store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.volume.volume import index_to_world
+
+log = logging.getLogger(__name__)
+
+STUDY_VARS = ("source", "modality", "model", "voxel_volume_mm3")
+FILL: dict[str, Any] = {
+    "label_id": -1,
+    "segmented": False,
+    "voxel_count": 0,
+    "volume_ml": 0.0,
+    "n_components": 0,
+    "touches_border": False,
+    "bbox_min": -1,
+    "bbox_max": -1,
+}
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    """Statistics of one label of one study (see the module docstring for units and axes)."""
+
+    label_id: int
+    name: str
+    voxel_count: int
+    volume_ml: float
+    intensity_mean: float
+    intensity_std: float
+    intensity_min: float
+    intensity_max: float
+    intensity_median: float
+    intensity_p5: float
+    intensity_p95: float
+    centroid_ras: tuple[float, float, float]
+    bbox_min: tuple[int, int, int]
+    bbox_max: tuple[int, int, int]
+    n_components: int
+    touches_border: bool
+
+
+@dataclass(frozen=True)
+class StudyStats:
+    """All labels of one study, plus where it came from."""
+
+    study: str
+    source: str
+    modality: str
+    model: str
+    shape_zyx: tuple[int, int, int]
+    voxel_volume_mm3: float
+    labels: tuple[LabelStats, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any]) -> StudyStats:
+        labels = tuple(
+            LabelStats(**{**lab, "centroid_ras": tuple(lab["centroid_ras"]), "bbox_min": tuple(lab["bbox_min"]), "bbox_max": tuple(lab["bbox_max"])})
+            for lab in raw["labels"]
+        )
+        return StudyStats(**{**raw, "shape_zyx": tuple(raw["shape_zyx"]), "labels": labels})
+
+    def label(self, name: str) -> LabelStats:
+        for lab in self.labels:
+            if lab.name == name:
+                return lab
+        raise KeyError(f"no label {name!r}; labels: {', '.join(lab.name for lab in self.labels)}")
+
+
+def label_statistics(
+    labels: np.ndarray, image: np.ndarray, affine: np.ndarray, classes: Sequence[tuple[int, str]]
+) -> tuple[LabelStats, ...]:
+    """Statistics of each ``(id, name)`` in ``classes`` over ``labels`` ``(Z, Y, X)`` on ``image``'s grid.
+
+    Args:
+        labels: integer label volume ``(Z, Y, X)``.
+        image: original intensities ``(Z, Y, X)`` on the same grid (HU for CT).
+        affine: ``(x, y, z, 1)`` -> RAS mm of that grid.
+        classes: label ids and names to report (absent ids get zero counts and NaN intensities).
+    """
+    from scipy import ndimage
+
+    if labels.shape != image.shape:
+        raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
+    labels = np.asarray(labels)
+    voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+    if labels.dtype.kind not in "ui":
+        raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+    objects = ndimage.find_objects(labels) if labels.size and int(labels.max()) > 0 else []
+    whole = tuple(slice(0, s) for s in labels.shape)
+    out = []
+    for label_id, name in classes:
+        if label_id == 0:
+            box = whole
+        else:
+            box = objects[label_id - 1] if 0 < label_id <= len(objects) else None
+        out.append(_one_label(labels, image, affine, voxel_mm3, int(label_id), str(name), box))
+    return tuple(out)
+
+
+def _one_label(labels, image, affine, voxel_mm3, label_id, name, box) -> LabelStats:
+    from scipy import ndimage
+
+    mask = labels[box] == label_id if box is not None else None
+    count = int(np.count_nonzero(mask)) if mask is not None else 0
+    if count == 0:
+        nan = float("nan")
+        return LabelStats(label_id, name, 0, 0.0, nan, nan, nan, nan, nan, nan, nan, (nan, nan, nan), (-1, -1, -1), (-1, -1, -1), 0, False)
+    values = image[box][mask]
+    p5, median, p95 = (float(v) for v in np.percentile(values, [5, 50, 95]))
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    idx = np.nonzero(mask)
+    mean_zyx = np.array([i.mean(dtype=np.float64) for i in idx]) + offset
+    centroid = index_to_world(affine, mean_zyx)
+    lo = tuple(int(s.start + i.min()) for s, i in zip(box, idx))
+    hi = tuple(int(s.start + i.max()) for s, i in zip(box, idx))
+    n_components = int(ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))[1])
+    touches = any(a == 0 or b == n - 1 for a, b, n in zip(lo, hi, labels.shape))
+    return LabelStats(
+        label_id=label_id,
+        name=name,
+        voxel_count=count,
+        volume_ml=count * voxel_mm3 / 1000.0,
+        intensity_mean=float(np.mean(values, dtype=np.float64)),
+        intensity_std=float(np.std(values, dtype=np.float64)),
+        intensity_min=float(values.min()),
+        intensity_max=float(values.max()),
+        intensity_median=median,
+        intensity_p5=p5,
+        intensity_p95=p95,
+        centroid_ras=tuple(float(c) for c in centroid),
+        bbox_min=lo,
+        bbox_max=hi,
+        n_components=n_components,
+        touches_border=bool(touches),
+    )
+
+
+def study_statistics(
+    study: str,
+    labels: np.ndarray,
+    image: np.ndarray,
+    affine: np.ndarray,
+    classes: Sequence[tuple[int, str]],
+    *,
+    source: str = "",
+    modality: str = "unknown",
+    model: str = "",
+) -> StudyStats:
+    """:func:`label_statistics` wrapped with the study's identity."""
+    return StudyStats(
+        study=study,
+        source=source,
+        modality=modality,
+        model=model,
+        shape_zyx=tuple(int(s) for s in labels.shape),
+        voxel_volume_mm3=float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))),
+        labels=label_statistics(labels, image, affine, classes),
+    )
+
+
+def write_stats_json(stats: StudyStats, path: str | Path) -> Path:
+    """Write ``stats`` as JSON (NaN written as null), atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_nan_to_none(stats.to_dict()), indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def read_stats_json(path: str | Path) -> StudyStats:
+    raw = json.loads(Path(path).read_text())
+    return StudyStats.from_dict(_none_to_nan(raw))
+
+
+def stats_dataset(studies: Sequence[StudyStats]):
+    """An xarray Dataset (``study`` x ``label``) of the given studies; see the module docstring."""
+    import xarray as xr
+
+    return xr.concat([_study_dataset(s) for s in studies], dim="study", join="outer", fill_value=FILL, data_vars="all", coords="different", compat="equals")
+
+
+def _study_dataset(stats: StudyStats):
+    import xarray as xr
+
+    names = _unique_names(stats.labels)
+    n = len(names)
+
+    def column(attr: str, dtype: Any) -> np.ndarray:
+        return np.array([[getattr(lab, attr) for lab in stats.labels]], dtype=dtype).reshape(1, n)
+
+    data_vars: dict[str, Any] = {
+        "label_id": (("study", "label"), column("label_id", np.int64)),
+        "segmented": (("study", "label"), np.ones((1, n), dtype=bool)),
+        "voxel_count": (("study", "label"), column("voxel_count", np.int64)),
+        "volume_ml": (("study", "label"), column("volume_ml", np.float64)),
+        "n_components": (("study", "label"), column("n_components", np.int64)),
+        "touches_border": (("study", "label"), column("touches_border", bool)),
+    }
+    for stat in ("mean", "std", "min", "max", "median", "p5", "p95"):
+        data_vars[f"intensity_{stat}"] = (("study", "label"), column(f"intensity_{stat}", np.float64))
+    data_vars["centroid_ras"] = (("study", "label", "ras"), np.array([[lab.centroid_ras for lab in stats.labels]], dtype=np.float64).reshape(1, n, 3))
+    data_vars["bbox_min"] = (("study", "label", "axis"), np.array([[lab.bbox_min for lab in stats.labels]], dtype=np.int64).reshape(1, n, 3))
+    data_vars["bbox_max"] = (("study", "label", "axis"), np.array([[lab.bbox_max for lab in stats.labels]], dtype=np.int64).reshape(1, n, 3))
+    data_vars["source"] = (("study",), np.array([stats.source], dtype=object))
+    data_vars["modality"] = (("study",), np.array([stats.modality], dtype=object))
+    data_vars["model"] = (("study",), np.array([stats.model], dtype=object))
+    data_vars["voxel_volume_mm3"] = (("study",), np.array([stats.voxel_volume_mm3], dtype=np.float64))
+    coords = {
+        "study": np.array([stats.study], dtype=object),
+        "label": np.array(names, dtype=object),
+        "ras": np.array(["R", "A", "S"], dtype=object),
+        "axis": np.array(["z", "y", "x"], dtype=object),
+    }
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds["volume_ml"].attrs["units"] = "mL"
+    ds["centroid_ras"].attrs["units"] = "mm"
+    ds["voxel_volume_mm3"].attrs["units"] = "mm3"
+    return ds
+
+
+def _unique_names(labels: Sequence[LabelStats]) -> list[str]:
+    names = [lab.name for lab in labels]
+    return [n if names.count(n) == 1 else f"{n} ({lab.label_id})" for n, lab in zip(names, labels)]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``; no-op elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def merge_into_store(stats: StudyStats, store: str | Path) -> Path:
+    """Add (or replace) the row of ``stats.study`` in the ``stats.zarr`` at ``store``.
+
+    The new store is written next to the old one and swapped in by renames under a lock file
+    (``<store>.lock``); an interrupted swap is recovered on the next call.
+    """
+    import xarray as xr
+
+    store = Path(store)
+    old = store.with_name(f".{store.name}.old")
+    with _locked(store.with_name(f"{store.name}.lock")):
+        if not store.exists() and old.exists():
+            old.rename(store)  # a previous swap was interrupted between its two renames
+        rows = [_study_dataset(stats)]
+        if store.exists():
+            existing = xr.open_zarr(store, consolidated=None).load()
+            if stats.study in set(existing.study.values.tolist()):
+                existing = existing.drop_sel(study=stats.study)
+            if existing.sizes.get("study", 0):
+                rows.insert(0, _as_object_coords(existing))
+        merged = xr.concat(rows, dim="study", join="outer", fill_value=FILL, data_vars="all", coords="different", compat="equals")
+        merged = _as_object_coords(merged)
+        merged = merged.sortby([merged["label_id"].max("study"), merged["label"]]).sortby("study")
+        for variable in merged.variables.values():
+            variable.encoding = {}
+        tmp = store.with_name(f".{store.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            merged.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+        if store.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            store.rename(old)
+        tmp.rename(store)
+        shutil.rmtree(old, ignore_errors=True)
+    return store
+
+
+def _as_object_coords(ds):
+    """String coordinates and variables as object arrays (zarr v3 vlen-utf8, readable everywhere)."""
+    for name in ("study", "label", "ras", "axis"):
+        if name in ds.coords:
+            ds = ds.assign_coords({name: np.asarray(ds[name].values, dtype=object)})
+    for name in ("source", "modality", "model"):
+        if name in ds:
+            ds[name] = ds[name].astype(object)
+    for name, fill in FILL.items():
+        if name in ds and ds[name].dtype.kind == "f" and not isinstance(fill, float):
+            ds[name] = ds[name].fillna(fill).astype(type(fill) if not isinstance(fill, bool) else bool)
+    return ds
+
+
+def open_stats(store: str | Path):
+    """The statistics Dataset of a ``stats.zarr`` (loaded into memory; it is small)."""
+    import xarray as xr
+
+    return xr.open_zarr(store).load()
+
+
+def volumes_by_label(store: str | Path, label_name: str):
+    """Example query: ``volume_ml`` of ``label_name`` per study (a DataArray over ``study``).
+
+    >>> volumes_by_label("out/stats.zarr", "liver").to_series()   # doctest: +SKIP
+    """
+    from pipeline.errors import InputError
+
+    ds = open_stats(store)
+    if label_name not in set(ds.label.values.tolist()):
+        known = ", ".join(sorted(str(v) for v in ds.label.values))
+        raise InputError(store, f"no label named {label_name!r}", f"known labels: {known}")
+    return ds["volume_ml"].sel(label=label_name).where(ds["segmented"].sel(label=label_name))
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def _none_to_nan(obj: Any) -> Any:
+    if obj is None:
+        return float("nan")
+    if isinstance(obj, dict):
+        return {k: _none_to_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_none_to_nan(v) for v in obj]
+    return obj

@@ -1,0 +1,184 @@
+"""Label outputs of a study: NIfTI labels, a JSON sidecar, ITK-SNAP and 3D Slicer colour tables, DICOM SEG.
+
+Every writer writes to a temporary name in the destination folder and renames it into place, so a
+file with the final name is always complete. Label arrays are ``(Z, Y, X)`` on the native grid (see
+:mod:`pipeline.volume.volume`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.spec import ClassInfo
+from pipeline.errors import InputError
+from pipeline.volume.volume import DicomSource, HeaderInfo
+
+
+def label_dtype(class_ids: Sequence[int]) -> str:
+    """``uint8`` when every id fits, else ``uint16``."""
+    return "uint8" if max(class_ids) <= 255 else "uint16"
+
+
+def _tmp(path: Path) -> Path:
+    # keep the real suffixes at the end so format-sniffing writers (nibabel, pydicom) behave
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path) -> Path:
+    """Write ``labels`` ``(Z, Y, X)`` as NIfTI-1 with the input's qform/sform (matrices and codes) and units.
+
+    The dtype of ``labels`` (uint8/uint16) is kept; no intensity scaling is stored.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    xyz = np.asarray(labels).T  # (Z, Y, X) -> (X, Y, Z), NIfTI voxel order
+    img = nib.Nifti1Image(xyz, affine=None)
+    hdr = img.header
+    hdr.set_data_dtype(xyz.dtype)
+    img.set_sform(np.asarray(header.sform), code=int(header.sform_code))
+    img.set_qform(np.asarray(header.qform), code=int(header.qform_code))
+    if header.xyz_units in ("mm", "meter", "micron", "unknown"):
+        hdr.set_xyzt_units(xyz=header.xyz_units)
+    hdr["scl_slope"] = 1.0
+    hdr["scl_inter"] = 0.0
+    hdr["descrip"] = b"segpipe labels"
+    tmp = _tmp(path)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = _tmp(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def sidecar_json(classes: Sequence[ClassInfo], *, source: str, model: str, nodata: int | None = None) -> str:
+    """The ``<stem>.labels.json`` sidecar: label id -> name and colour, plus provenance."""
+    doc = {
+        "source": source,
+        "model": model,
+        "labels": {str(c.id): {"name": c.name, "color": c.color} for c in classes},
+    }
+    if nodata is not None:
+        doc["nodata"] = nodata
+    return json.dumps(doc, indent=1)
+
+
+def itksnap_label_table(classes: Sequence[ClassInfo]) -> str:
+    """ITK-SNAP label description file (``IDX R G B A VIS MSH "LABEL"``); id 0 is transparent."""
+    lines = [
+        "################################################",
+        "# ITK-SnAP Label Description File",
+        "# File format: ",
+        "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
+        "# Fields: ",
+        "#    IDX:   Zero-based index ",
+        "#    -R-:   Red color component (0..255)",
+        "#    -G-:   Green color component (0..255)",
+        "#    -B-:   Blue color component (0..255)",
+        "#    -A-:   Label transparency (0.00 .. 1.00)",
+        "#    VIS:   Label visibility (0 or 1)",
+        "#    IDX:   Label mesh visibility (0 or 1)",
+        "#  LABEL:   Label description ",
+        "################################################",
+    ]
+    for c in sorted(classes, key=lambda c: c.id):
+        r, g, b = c.rgb
+        alpha, vis = ("0", 0) if c.id == 0 else ("1", 1)
+        name = c.name.replace('"', "'")
+        lines.append(f'{c.id:5d} {r:5d} {g:4d} {b:4d} {alpha:>8} {vis:2d} {vis:2d}    "{name}"')
+    return "\n".join(lines) + "\n"
+
+
+def slicer_color_table(classes: Sequence[ClassInfo]) -> str:
+    """3D Slicer colour table (``.ctbl``): ``id name R G B A`` per line, names without spaces."""
+    lines = ["# Color table file written by segpipe", f"# {len(classes)} values"]
+    for c in sorted(classes, key=lambda c: c.id):
+        r, g, b = c.rgb
+        alpha = 0 if c.id == 0 else 255
+        lines.append(f"{c.id} {'_'.join(c.name.split()) or f'label_{c.id}'} {r} {g} {b} {alpha}")
+    return "\n".join(lines) + "\n"
+
+
+def write_dicom_seg(
+    labels: np.ndarray,
+    source: DicomSource,
+    classes: Sequence[ClassInfo],
+    path: str | Path,
+    *,
+    model_name: str,
+    software_version: str = "segpipe",
+) -> Path:
+    """A DICOM SEG (BINARY, one segment per non-zero class) referencing the source series.
+
+    Args:
+        labels: ``(Z, Y, X)`` on the source grid, z in the order of ``source.files``.
+        source: the series read (its files are re-read without pixel data for the references).
+        classes: label classes; id 0 is background and gets no segment.
+        path: output ``.dcm`` file.
+    """
+    try:
+        import highdicom as hd
+        import pydicom
+        from pydicom.sr.codedict import codes
+    except ImportError as exc:  # pragma: no cover - declared dependencies
+        raise InputError("highdicom", "DICOM SEG output needs highdicom", "pip install highdicom") from exc
+
+    path = Path(path)
+    segments = [c for c in sorted(classes, key=lambda c: c.id) if c.id != 0]
+    if not segments:
+        raise InputError(path, "no non-background class to write as a DICOM SEG segment", "give the model at least one class with id != 0")
+    lut = np.zeros(int(max(max(c.id for c in classes), int(labels.max(initial=0)))) + 1, dtype=np.uint16)
+    for number, c in enumerate(segments, start=1):
+        lut[c.id] = number
+    pixel_array = lut[np.asarray(labels)]
+    pixel_array = pixel_array.astype(np.uint8 if len(segments) < 256 else np.uint16)
+    images = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.files]
+    algorithm = hd.AlgorithmIdentificationSequence(name=model_name[:64] or "segpipe", family=codes.cid7162.ArtificialIntelligence, version=software_version)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=c.name[:64],
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*c.rgb) if hasattr(hd.color.CIELabColor, "from_rgb") else None,
+        )
+        for number, c in enumerate(segments, start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=images,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=9000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="segpipe",
+        manufacturer_model_name=model_name[:64] or "segpipe",
+        software_versions=software_version,
+        device_serial_number="0",
+        series_description=f"segpipe {model_name}"[:64],
+    )
+    tmp = _tmp(path)
+    try:
+        seg.save_as(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
