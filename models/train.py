@@ -1,0 +1,362 @@
+"""Fit a spec's network on labelled images: random window crops, Dice + cross-entropy, Adam.
+
+Small and honest by design: every image is held in memory (normalised once, as at inference), crops
+are drawn uniformly (an image is picked with probability proportional to its size), there is no
+augmentation, and validation runs MONAI sliding-window inference over whole held-out images with the
+spec's window, overlap and blend, reporting the mean Dice over the classes present (in the reference
+or the prediction). The result is a safetensors checkpoint :func:`models.checkpoint.load_model` reads.
+
+Labels hold class ids (the spec's ``classes[].id``); they are mapped to logit indices in spec order.
+Pixels equal to the spec's ``nodata`` and the padding of images smaller than a window count as the
+first class (DiceCELoss has no ignore index); a warning says how many labelled pixels that affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import torch
+
+from models.checkpoint import save_state_dict
+from models.normalize import foreground_stats, normalizer
+from models.registry import build_network
+from models.spec import ModelSpec
+from pipeline.errors import CheckpointError, InputError, ModelSpecError
+
+log = logging.getLogger(__name__)
+
+# (image, label): two file paths (GeoTIFFs for rasters, NIfTI for volumes), or arrays
+# image (C, Y, X) / (C, Z, Y, X) and label (Y, X) / (Z, Y, X) holding class ids
+Pair = Union[tuple[Union[str, Path], Union[str, Path]], tuple[np.ndarray, np.ndarray]]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings.
+
+    Attributes:
+        epochs: passes of ``steps_per_epoch`` optimiser steps.
+        steps_per_epoch: ``None`` = enough window crops to cover the training pixels about once.
+        batch_size: windows per step (also the sliding-window batch in validation).
+        lr: Adam learning rate.
+        seed: seeds torch, numpy and random (crops, split and initial weights).
+        val_fraction: share of pairs held out for validation (at least one when > 0 and there are
+            two or more pairs; with a single pair, validation reuses the training image).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 4
+    lr: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+    device: Device | str = "cpu"
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One progress event: after each step; the epoch's last event also carries ``val_dice``."""
+
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based, within the epoch
+    steps: int
+    loss: float
+    val_dice: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced: the checkpoint and per-epoch figures (``val_dice`` empty without validation)."""
+
+    checkpoint: Path
+    epochs: int
+    steps_per_epoch: int
+    train_loss: tuple[float, ...]
+    val_dice: tuple[float, ...]
+    n_train: int
+    n_val: int
+    seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class _Sample:
+    """A normalised image ``(C, *spatial)`` float32 and its label indices ``(*spatial)`` int64."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+
+
+def train(
+    spec: ModelSpec,
+    pairs: Sequence[Pair],
+    out_path: str | Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> TrainResult:
+    """Train ``spec``'s network from random initialisation and write ``out_path`` (``.safetensors``).
+
+    Raises:
+        InputError: unreadable pairs, wrong channel count, labels off the image grid or not class ids.
+        ModelSpecError: the network does not map windows to ``(N, n_classes, *window)`` logits.
+        CheckpointError: ``out_path`` does not end in ``.safetensors``.
+    """
+    from monai.losses import DiceCELoss
+
+    start = time.perf_counter()
+    out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise CheckpointError(out_path, "checkpoints are written as safetensors", "give an output path ending in .safetensors")
+    _check_config(config)
+    samples = [_load_pair(spec, pair, i) for i, pair in enumerate(pairs)]
+    if not samples:
+        raise InputError("pairs", "no training pairs given", "give at least one (image, label) pair")
+    _seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train_set, val_set = _split(samples, config.val_fraction, rng)
+    steps = config.steps_per_epoch or _default_steps(train_set, spec.window, config.batch_size)
+    device = _device(config.device)
+
+    network = build_network(spec).to(device).train()
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    weights = np.array([s.label.size for s in train_set], dtype=np.float64)
+    weights /= weights.sum()
+    losses: list[float] = []
+    dices: list[float] = []
+    for epoch in range(1, config.epochs + 1):
+        total = 0.0
+        for step in range(1, steps + 1):
+            x, y = _batch(train_set, weights, spec.window, config.batch_size, rng)
+            optimiser.zero_grad(set_to_none=True)
+            logits = network(x.to(device))
+            if epoch == step == 1:
+                _check_logits(spec, logits, x)
+            loss = loss_fn(logits, y.to(device))
+            loss.backward()
+            optimiser.step()
+            value = loss.detach().item()
+            total += value
+            last = step == steps
+            dice = _validate(network, val_set, spec, config.batch_size, device) if last and val_set else None
+            if progress is not None:
+                progress(TrainProgress(epoch, config.epochs, step, steps, value, dice))
+        losses.append(total / steps)
+        if dice is not None:
+            dices.append(dice)
+        log.info("epoch %d/%d: loss %.4f, validation mean Dice %s", epoch, config.epochs, losses[-1], "n/a" if dice is None else f"{dice:.3f}")
+    metadata = {"spec": spec.name, "architecture": spec.architecture, "epochs": str(config.epochs), "seed": str(config.seed)}
+    save_state_dict(network, out_path, metadata=metadata)
+    return TrainResult(out_path, config.epochs, steps, tuple(losses), tuple(dices), len(train_set), len(val_set), time.perf_counter() - start)
+
+
+def mean_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
+    """Mean Dice over the class indices present in ``pred`` or ``ref`` (arrays of indices, same shape)."""
+    scores = []
+    for k in range(n_classes):
+        p, r = pred == k, ref == k
+        denom = int(p.sum()) + int(r.sum())
+        if denom:
+            scores.append(2.0 * int(np.logical_and(p, r).sum()) / denom)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def _load_pair(spec: ModelSpec, pair: Pair, index: int) -> _Sample:
+    try:
+        image, label = pair
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"pair {index}", "is not an (image, label) pair", "give a list of (image, label) tuples") from exc
+    if isinstance(image, np.ndarray) and isinstance(label, np.ndarray):
+        name = f"pair {index}"
+    elif isinstance(image, (str, Path)) and isinstance(label, (str, Path)):
+        name = str(image)
+        reader = _read_raster_pair if spec.task == "raster" else _read_volume_pair
+        image, label = reader(spec, Path(image), Path(label))
+    else:
+        raise InputError(f"pair {index}", "mixes arrays and paths", "give two paths or two arrays")
+    _check_arrays(spec, name, image, label)
+    stats = foreground_stats(image) if spec.normalize.kind == "zscore" else None
+    return _Sample(name, normalizer(spec.normalize, stats)(image), _to_indices(spec, name, label))
+
+
+def _check_arrays(spec: ModelSpec, name: str, image: np.ndarray, label: np.ndarray) -> None:
+    dims = spec.spatial_dims
+    axes = "(C, Y, X)" if dims == 2 else "(C, Z, Y, X)"
+    if image.ndim != dims + 1:
+        raise InputError(name, f"image has shape {image.shape}, expected {axes}", f"give a {dims + 1}-D image array")
+    if image.shape[0] != spec.in_channels:
+        raise InputError(name, f"{image.shape[0]} channels, model '{spec.name}' needs {spec.in_channels}", "set in_channels or pick channels")
+    if label.shape != image.shape[1:]:
+        raise InputError(name, f"label shape {label.shape} differs from image shape {image.shape[1:]}", "give a label on the image grid")
+
+
+def _to_indices(spec: ModelSpec, name: str, label: np.ndarray) -> np.ndarray:
+    ids = {c: i for i, c in enumerate(spec.class_ids)}
+    values = np.unique(label)
+    unknown = [v for v in values.tolist() if v not in ids and v != spec.nodata]
+    if unknown:
+        raise InputError(
+            name, f"label values {unknown[:10]} are not class ids {list(spec.class_ids)}", f"remap labels to the spec's ids (or {spec.nodata} = unlabelled)"
+        )
+    out = np.zeros(label.shape, dtype=np.int64)
+    for value in values.tolist():
+        if value in ids and ids[value]:
+            out[label == value] = ids[value]
+    unlabelled = int(np.count_nonzero(label == spec.nodata))
+    if unlabelled:
+        log.warning("%s: %d nodata label pixels are trained as class '%s'", name, unlabelled, spec.classes[0].name)
+    return out
+
+
+def _read_raster_pair(spec: ModelSpec, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with _open_raster(image_path) as img, _open_raster(label_path) as lab:
+        if lab.count != 1:
+            raise InputError(label_path, f"label raster has {lab.count} bands", "give a single-band label raster")
+        if (lab.height, lab.width) != (img.height, img.width) or not lab.transform.almost_equals(img.transform) or lab.crs != img.crs:
+            raise InputError(label_path, f"label grid differs from {image_path.name}'s (shape, transform or CRS)", "rasterise the labels on the image grid")
+        return img.read(), lab.read(1)
+
+
+def _open_raster(path: Path):
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(path, f"cannot read raster: {exc}", "give a readable GeoTIFF") from exc
+
+
+def _read_volume_pair(spec: ModelSpec, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image_nii, label_nii = _load_nifti(image_path), _load_nifti(label_path)
+    if spec.orientation:
+        image_nii, label_nii = _reorient(image_nii, spec.orientation), _reorient(label_nii, spec.orientation)
+    if label_nii.shape[:3] != image_nii.shape[:3] or not np.allclose(label_nii.affine, image_nii.affine, atol=1e-3):
+        raise InputError(label_path, f"label grid differs from {image_path.name}'s (shape or affine)", "give labels on the image grid")
+    zooms = tuple(float(z) for z in image_nii.header.get_zooms()[:3][::-1])
+    if spec.spacing is not None and not np.allclose(zooms, spec.spacing, rtol=0.01):
+        raise InputError(
+            image_path, f"voxel spacing {zooms} mm (z, y, x) differs from the model's {spec.spacing}", "resample the pair to the model spacing first, or set spacing: null"
+        )
+    data = np.asarray(image_nii.dataobj)
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise InputError(image_path, f"image has shape {data.shape}", "give a 3D volume (or 4D with channels last)")
+    label = np.asarray(label_nii.dataobj)
+    if label.ndim != 3:
+        raise InputError(label_path, f"label has shape {label.shape}", "give a 3D label volume")
+    # NIfTI voxel axes (i, j, k[, c]) -> (C, Z, Y, X), as the volume readers do
+    return np.ascontiguousarray(data.transpose(3, 2, 1, 0)), np.ascontiguousarray(label.T)
+
+
+def _load_nifti(path: Path):
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path))
+    except (FileNotFoundError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(path, f"cannot read NIfTI: {exc}", "give a readable .nii or .nii.gz file") from exc
+
+
+def _reorient(nii, axcodes: str):
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    return nii.as_reoriented(ornt_transform(io_orientation(nii.affine), axcodes2ornt(tuple(axcodes))))
+
+
+# --- loop helpers -----------------------------------------------------------------------------------
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.epochs < 1 or config.batch_size < 1 or (config.steps_per_epoch is not None and config.steps_per_epoch < 1):
+        raise InputError("train config", f"epochs, batch size and steps must be >= 1: {config}", "pass positive values")
+    if not 0.0 <= config.val_fraction < 1.0 or config.lr <= 0:
+        raise InputError("train config", f"val_fraction {config.val_fraction} / lr {config.lr} out of range", "use 0 <= val_fraction < 1 and lr > 0")
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _split(samples: list[_Sample], fraction: float, rng: np.random.Generator) -> tuple[list[_Sample], list[_Sample]]:
+    if fraction == 0:
+        return samples, []
+    if len(samples) == 1:
+        log.warning("only one training pair: validation uses the training image")
+        return samples, samples
+    order = rng.permutation(len(samples))
+    n_val = min(len(samples) - 1, max(1, round(len(samples) * fraction)))
+    return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
+
+
+def _default_steps(samples: list[_Sample], window: tuple[int, ...], batch: int) -> int:
+    pixels = sum(s.label.size for s in samples)
+    return max(1, math.ceil(pixels / math.prod(window) / batch))
+
+
+def _batch(samples: list[_Sample], weights: np.ndarray, window: tuple[int, ...], batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for i in rng.choice(len(samples), size=batch, p=weights):
+        image, label = _crop(samples[i], window, rng)
+        images.append(image)
+        labels.append(label)
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)[:, None])
+
+
+def _crop(sample: _Sample, window: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    shape = sample.label.shape
+    starts = [int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(shape, window)]
+    region = tuple(slice(a, a + w) for a, w in zip(starts, window))
+    image, label = sample.image[(slice(None), *region)], sample.label[region]
+    pad = [(0, w - s) for s, w in zip(label.shape, window)]
+    if any(after for _, after in pad):
+        image, label = np.pad(image, [(0, 0), *pad]), np.pad(label, pad)
+    return image, label
+
+
+def _check_logits(spec: ModelSpec, logits: torch.Tensor, x: torch.Tensor) -> None:
+    expected = (x.shape[0], spec.n_classes, *spec.window)
+    if tuple(logits.shape) != expected:
+        raise ModelSpecError(
+            spec.source or spec.name,
+            f"architecture '{spec.architecture}' returned logits {tuple(logits.shape)} for input {tuple(x.shape)}, expected {expected}",
+            "the network must map (N, in_channels, *window) to (N, n_classes, *window)",
+        )
+
+
+@torch.no_grad()
+def _validate(network: torch.nn.Module, samples: list[_Sample], spec: ModelSpec, batch: int, device: torch.device) -> float:
+    from monai.inferers import sliding_window_inference
+
+    network.eval()
+    scores = []
+    for sample in samples:
+        x = torch.from_numpy(sample.image)[None].to(device)
+        logits = sliding_window_inference(x, spec.window, batch, network, overlap=spec.overlap, mode=spec.blend)
+        scores.append(mean_dice(logits.argmax(1)[0].cpu().numpy(), sample.label, spec.n_classes))
+    network.train()
+    return float(np.mean(scores))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
