@@ -245,7 +245,23 @@ def finalize_block(
     return class_ids[np.argmax(acc, axis=0)].astype(config.label_dtype, copy=False)
 
 
-def _check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: int | None) -> None:
+def write_block(plan: BlockPlan, t: Block, result: np.ndarray, out: Any, done: Any | None) -> None:
+    """Write one finalised block (whole chunks), then record it as done."""
+    key = plan.slices(t) if result.ndim == len(t) else (slice(None), *plan.slices(t))
+    out[key] = result
+    if done is not None:
+        done[tuple(slice(i, i + 1) for i in t)] = np.ones((1,) * len(t), dtype=np.uint8)
+
+
+def plan_for(source_shape: tuple[int, ...], config: EngineConfig) -> BlockPlan:
+    """The block plan the engine uses for a source of shape ``(C, *spatial)``."""
+    spatial = tuple(int(s) for s in source_shape[1:])
+    if len(spatial) != len(config.window):
+        raise EngineError(f"source has {len(spatial)} spatial axes {spatial}, window {config.window} has {len(config.window)}")
+    return BlockPlan.build(WindowGrid(spatial, tuple(config.window), config.overlap), config.block_for(spatial))
+
+
+def check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: int | None) -> None:
     spatial = plan.grid.shape
     if config.output == "labels":
         expected_shape, expected_chunks = spatial, plan.block
@@ -259,7 +275,7 @@ def _check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: in
         raise EngineError(f"output chunks {tuple(chunks)} != block {tuple(expected_chunks)}: each block must be whole chunks")
 
 
-def _class_table(config: EngineConfig) -> np.ndarray | None:
+def class_table(config: EngineConfig) -> np.ndarray | None:
     if config.class_ids is None:
         return None
     ids = np.asarray(config.class_ids, dtype=np.int64)
@@ -286,13 +302,10 @@ def run_engine(
     an unfinished block, so a killed run resumes without redoing finished work.
     """
     started = time.perf_counter()
-    spatial = tuple(int(s) for s in source.shape[1:])
-    if len(spatial) != len(config.window):
-        raise EngineError(f"source has {len(spatial)} spatial axes {spatial}, window {config.window} has {len(config.window)}")
-    grid = WindowGrid(spatial, tuple(config.window), config.overlap)
-    plan = BlockPlan.build(grid, config.block_for(spatial))
-    class_ids = _class_table(config)
-    _check_output(out, plan, config, None if class_ids is None else len(class_ids))
+    plan = plan_for(source.shape, config)
+    grid = plan.grid
+    class_ids = class_table(config)
+    check_output(out, plan, config, None if class_ids is None else len(class_ids))
     if done is not None and tuple(done.shape) != plan.shape:
         raise EngineError(f"done array shape {tuple(done.shape)} != block grid {plan.shape}")
     finished = np.asarray(done[...], dtype=bool) if done is not None else np.zeros(plan.shape, dtype=bool)
@@ -317,10 +330,7 @@ def run_engine(
 
     def write(t: Block, result: np.ndarray) -> None:
         t0 = time.perf_counter()
-        key = plan.slices(t) if config.output == "labels" else (slice(None), *plan.slices(t))
-        out[key] = result
-        if done is not None:
-            done[tuple(slice(i, i + 1) for i in t)] = np.ones((1,) * len(t), dtype=np.uint8)
+        write_block(plan, t, result, out, done)
         write_seconds[0] += time.perf_counter() - t0
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-read") as readers, ThreadPoolExecutor(
