@@ -1,0 +1,378 @@
+"""Area per region and class, block by block, and the ``stats.zarr`` store that collects it run after run.
+
+A pixel cut by a region boundary counts by the fraction of it the region covers (exactextract's
+coverage fraction, exact for polygons); its area is its true ellipsoidal area
+(:func:`pipeline.raster.areas.pixel_area_m2`). Rotated rasters, which exactextract cannot grid,
+fall back to the pixel-centre rule (a pixel belongs to a region when its centre is inside; errors
+cancel on average along a boundary, unlike all-touched which always over-counts).
+
+The store (``DIR/stats.zarr``) has dimensions ``(time, scene, region, class)``; appending the same
+``time`` and ``scene`` again replaces that entry. Each append rewrites the (small) store into a
+temporary one and swaps it in under a lock, so readers never see a half-written store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+import xarray as xr
+from affine import Affine
+
+from models.spec import ClassInfo
+from pipeline.errors import InputError
+from pipeline.raster.areas import pixel_area_m2
+from pipeline.raster.ingest import RasterInfo, tiles
+from pipeline.raster.regions import Regions
+
+log = logging.getLogger(__name__)
+
+Coverage = tuple[int, np.ndarray | None, np.ndarray | None]  # region index, flat cell ids, coverage fractions
+
+
+def compute_stats(
+    labels: Any,
+    mask: Any | None,
+    info: RasterInfo,
+    regions: Regions,
+    classes: Sequence[ClassInfo],
+    *,
+    block: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> xr.Dataset:
+    """Area, pixel count and share per region and class, plus nodata area per region.
+
+    Args:
+        labels: class ids ``(Y, X)`` (zarr array or numpy), read one block at a time.
+        mask: valid pixels ``(Y, X)`` (True = valid) or None (all valid). Invalid pixels count as nodata.
+        info: the raster (grid and CRS for the pixel areas).
+        regions: polygons in the raster CRS (see :mod:`pipeline.raster.regions`).
+        classes: the model's classes; label values that are no class id are ignored (logged).
+        block: block size in pixels (default: the labels' chunk size, else 1024).
+        progress: optional ``callable(blocks_done, blocks_total)``.
+
+    Returns:
+        Dataset with dims ``region`` and ``class`` (class names; ``class_id`` and ``class_color``
+        as coordinates): ``area_m2``, ``area_ha``, ``pixel_count`` (fractional pixels), ``share``
+        (of the region's valid area), ``nodata_area_m2``, ``nodata_pixel_count`` and
+        ``region_area_m2`` (the region's area inside the scene, nodata included).
+    """
+    if tuple(labels.shape) != info.shape:
+        raise InputError(info.path, f"labels shape {tuple(labels.shape)} differs from the raster's {info.shape}", "compute stats on the input grid")
+    block = block or _chunk_size(labels)
+    k = len(classes)
+    lut = _class_lookup(classes)
+    n_regions = len(regions)
+    area = np.zeros((n_regions, k + 2))  # classes, then nodata, then unknown label values
+    pixels = np.zeros((n_regions, k + 2))
+    tree = shapely.STRtree(regions.geometries)
+    shapely.prepare(list(regions.geometries))
+    grid = list(tiles(info.height, info.width, block))
+    for i, (rows, cols) in enumerate(grid):
+        lab = np.asarray(labels[rows, cols])
+        bucket = _buckets(lab, lut)
+        if mask is not None:
+            bucket = np.where(np.asarray(mask[rows, cols]).astype(bool), bucket, k)
+        bucket = bucket.ravel()
+        px_area = pixel_area_m2(info.crs, info.transform, rows, cols).ravel()
+        for j, cells, cover in block_coverage(regions, tree, info, rows, cols):
+            if cells is None:
+                area[j] += np.bincount(bucket, weights=px_area, minlength=k + 2)
+                pixels[j] += np.bincount(bucket, minlength=k + 2)
+            else:
+                b = bucket[cells]
+                area[j] += np.bincount(b, weights=px_area[cells] * cover, minlength=k + 2)
+                pixels[j] += np.bincount(b, weights=cover, minlength=k + 2)
+        if progress is not None:
+            progress(i + 1, len(grid))
+    if pixels[:, k + 1].sum() > 0:
+        log.warning("%s: %.0f valid pixels carry label values that are no class id; left out of the statistics", info.path, pixels[:, k + 1].sum())
+    return _dataset(regions, classes, area, pixels)
+
+
+def _chunk_size(labels: Any) -> int:
+    chunks = getattr(labels, "chunks", None)
+    if chunks and isinstance(chunks[0], int):
+        return int(chunks[0])
+    return 1024
+
+
+def _class_lookup(classes: Sequence[ClassInfo]) -> np.ndarray:
+    """Table label value -> class index (0..K-1); every other value -> K + 1 (unknown). The last
+    entry catches all values beyond the table (see :func:`_buckets`)."""
+    lut = np.full(max(256, max(c.id for c in classes) + 2), len(classes) + 1, dtype=np.int64)
+    for i, c in enumerate(classes):
+        lut[c.id] = i
+    return lut
+
+
+def _buckets(lab: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    if lab.dtype == np.uint8:
+        return lut[lab]
+    return lut[np.clip(lab.astype(np.int64), 0, len(lut) - 1)]
+
+
+def block_coverage(regions: Regions, tree: shapely.STRtree, info: RasterInfo, rows: slice, cols: slice) -> Iterator[Coverage]:
+    """For each region meeting the block: its index and the covered cells (flat, row-major in the
+    block) with their coverage fractions in (0, 1]; ``(j, None, None)`` when it covers the whole block."""
+    if regions.whole_scene:
+        yield 0, None, None
+        return
+    window = info.transform @ Affine.translation(cols.start, rows.start)
+    h, w = rows.stop - rows.start, cols.stop - cols.start
+    box = shapely.Polygon([window @ (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))])
+    partial = []
+    for j in tree.query(box, predicate="intersects"):
+        if regions.geometries[j].covers(box):
+            yield int(j), None, None
+        else:
+            partial.append(int(j))
+    if not partial:
+        return
+    if window.b == 0 and window.d == 0:
+        yield from _exact_coverage(regions, partial, window, (h, w), info)
+    else:
+        yield from _centre_coverage(regions, partial, window, (h, w))
+
+
+def _exact_coverage(regions: Regions, indexes: list[int], window, shape: tuple[int, int], info: RasterInfo) -> Iterator[Coverage]:
+    import geopandas as gpd
+    from exactextract import exact_extract
+    from exactextract.raster import NumPyRasterSource
+
+    h, w = shape
+    x0, x1 = sorted((window.c, window.c + window.a * w))
+    y0, y1 = sorted((window.f, window.f + window.e * h))
+    wkt = info.crs.to_wkt()
+    source = NumPyRasterSource(np.zeros(shape, dtype=np.uint8), x0, y0, x1, y1, srs_wkt=wkt)
+    features = gpd.GeoDataFrame({"j": indexes}, geometry=[regions.geometries[j] for j in indexes], crs=wkt)
+    df = exact_extract(source, features, ["cell_id", "coverage"], include_cols=["j"], output="pandas")
+    for j, cells, cover in zip(df["j"], df["cell_id"], df["coverage"]):
+        cells = np.asarray(cells, dtype=np.int64)
+        if cells.size == 0:
+            continue
+        r, c = np.divmod(cells, w)
+        if window.e > 0:  # exactextract counts rows from the top (ymax); flip south-up grids
+            r = h - 1 - r
+        if window.a < 0:
+            c = w - 1 - c
+        yield int(j), r * w + c, np.asarray(cover, dtype=np.float64)
+
+
+def _centre_coverage(regions: Regions, indexes: list[int], window, shape: tuple[int, int]) -> Iterator[Coverage]:
+    from rasterio.features import geometry_mask
+
+    for j in indexes:
+        inside = geometry_mask([regions.geometries[j]], out_shape=shape, transform=window, all_touched=False, invert=True)
+        cells = np.flatnonzero(inside)
+        if cells.size:
+            yield j, cells, np.ones(cells.size)
+
+
+def _dataset(regions: Regions, classes: Sequence[ClassInfo], area: np.ndarray, pixels: np.ndarray) -> xr.Dataset:
+    k = len(classes)
+    class_area = area[:, :k]
+    valid = class_area.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(valid[:, None] > 0, class_area / valid[:, None], np.nan)
+    coords = {
+        "region": np.array(regions.names, dtype=object),
+        "class": np.array([c.name for c in classes], dtype=object),
+        "class_id": ("class", np.array([c.id for c in classes], dtype=np.int64)),
+        "class_color": ("class", np.array([c.color for c in classes], dtype=object)),
+    }
+    rc = ("region", "class")
+    ds = xr.Dataset(
+        {
+            "area_m2": (rc, class_area, {"units": "m2", "long_name": "ellipsoidal area per class"}),
+            "area_ha": (rc, class_area / 1e4, {"units": "ha"}),
+            "pixel_count": (rc, pixels[:, :k], {"units": "pixels", "long_name": "pixels weighted by region coverage fraction"}),
+            "share": (rc, share, {"units": "1", "long_name": "fraction of the region's valid (classified) area"}),
+            "nodata_area_m2": ("region", area[:, k], {"units": "m2"}),
+            "nodata_pixel_count": ("region", pixels[:, k], {"units": "pixels"}),
+            "region_area_m2": ("region", area[:, : k + 1].sum(axis=1), {"units": "m2", "long_name": "region area inside the scene, nodata included"}),
+        },
+        coords=coords,
+    )
+    ds.attrs["coverage"] = "exact fractional coverage of pixels by regions (exactextract)"
+    return ds
+
+
+# --- the stats.zarr store ---
+
+
+def to_datetime64(time: Any) -> np.datetime64:
+    """A run time as ``datetime64[ns]`` in UTC (naive); aware datetimes are converted to UTC."""
+    if time is None:
+        time = datetime.now(timezone.utc)
+    if isinstance(time, datetime) and time.tzinfo is not None:
+        time = time.astimezone(timezone.utc).replace(tzinfo=None)
+    try:
+        return np.datetime64(time, "ns")
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(time), "not a date/time", "give an ISO time like 2024-06-01T02:00") from exc
+
+
+def append_stats(ds: xr.Dataset, store_path: str | Path, *, time: Any, scene: str) -> Path:
+    """Add one run's statistics to ``store_path`` (a zarr store), replacing an entry with the same time and scene.
+
+    Args:
+        ds: the output of :func:`compute_stats` (dims ``region``, ``class``).
+        store_path: e.g. ``DIR/stats.zarr``; created when missing.
+        time: the run time (datetime, numpy datetime64 or ISO string); stored as UTC.
+        scene: the scene name (e.g. the file stem).
+
+    Returns:
+        ``store_path``. Result dims: ``(time, scene, region, class)``; absent combinations are NaN.
+    """
+    store_path = Path(store_path)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    t = to_datetime64(time)
+    entry = ds.expand_dims(time=[t], scene=np.array([scene], dtype=object))
+    with _lock(store_path):
+        if (store_path / "zarr.json").is_file():
+            old = _open(store_path).load()
+            if t in old.time.values and scene in old.scene.values:
+                old = old.where(~((old.time == t) & (old.scene == scene)))
+            merged = _merge(entry, old)
+        else:
+            merged = entry
+        _replace_store(_tidy(merged), store_path)
+    return store_path
+
+
+CLASS_COORDS = ("class_id", "class_color")
+
+
+def _merge(new: xr.Dataset, old: xr.Dataset) -> xr.Dataset:
+    """Outer-join ``new`` over ``old`` (``new`` wins); per-class coordinates from both, ``new`` first."""
+    table: dict[str, tuple[Any, ...]] = {}
+    for ds in (old, new):
+        for i, name in enumerate(ds["class"].values):
+            table[str(name)] = tuple(ds[c].values[i] for c in CLASS_COORDS if c in ds.coords)
+    merged = new.drop_vars(CLASS_COORDS, errors="ignore").combine_first(old.drop_vars(CLASS_COORDS, errors="ignore"))
+    names = [str(v) for v in merged["class"].values]
+    return merged.assign_coords(
+        class_id=("class", np.array([table[n][0] for n in names], dtype=np.int64)),
+        class_color=("class", np.array([table[n][1] for n in names], dtype=object)),
+    )
+
+
+def _tidy(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.sortby("time")
+    order = ["time", "scene", "region", "class"]
+    ds = ds.transpose(*order, missing_dims="ignore")
+    for name in ("region", "class", "scene"):
+        ds = ds.assign_coords({name: ds[name].values.astype(object)})
+    if "class_color" in ds.coords:
+        ds = ds.assign_coords(class_color=("class", ds["class_color"].values.astype(object)))
+    return ds
+
+
+def _replace_store(ds: xr.Dataset, store_path: Path) -> None:
+    tmp = store_path.with_name(f"{store_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    old = store_path.with_name(f"{store_path.name}.old-{uuid.uuid4().hex[:8]}")
+    ds = ds.copy()
+    for var in ds.variables.values():
+        var.encoding = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+        if store_path.exists():
+            os.rename(store_path, old)
+        os.rename(tmp, store_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not store_path.exists():
+            os.rename(old, store_path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _lock(store_path: Path):
+    """Exclusive lock on the store's folder (no lock file left behind) for the read-modify-swap."""
+    fd = os.open(store_path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _open(store: str | Path) -> xr.Dataset:
+    store = Path(store)
+    if not (store / "zarr.json").is_file():
+        raise InputError(store, "no statistics store here", "run `segpipe raster ... --out DIR` first; stats are in DIR/stats.zarr")
+    return xr.open_zarr(store)
+
+
+def area_over_time(store: str | Path, cls: str | int, region: str, *, scene: str | None = None) -> xr.DataArray:
+    """Area (m^2) of one class in one region over time.
+
+    Args:
+        store: a ``stats.zarr`` written by :func:`append_stats`.
+        cls: class name, or class id (int).
+        region: region name.
+        scene: one scene; None sums the region's area over all scenes (scenes tiling an area).
+
+    Returns:
+        DataArray with dim ``time`` (NaN where the region was not observed).
+    """
+    ds = _open(store)
+    names = [str(v) for v in ds["class"].values]
+    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+        ids = [int(v) for v in ds["class_id"].values]
+        if int(cls) not in ids:
+            raise InputError(store, f"no class id {cls} (class ids: {ids})", "pick one of the listed ids")
+        cls = names[ids.index(int(cls))]
+    if cls not in names:
+        raise InputError(store, f"no class '{cls}' (classes: {', '.join(names)})", "pick one of the listed classes")
+    regions = [str(v) for v in ds["region"].values]
+    if region not in regions:
+        raise InputError(store, f"no region '{region}' (regions: {', '.join(regions)})", "pick one of the listed regions")
+    da = ds["area_m2"].sel({"class": cls, "region": region})
+    if scene is not None:
+        scenes = [str(v) for v in ds["scene"].values]
+        if scene not in scenes:
+            raise InputError(store, f"no scene '{scene}' (scenes: {', '.join(scenes)})", "pick one of the listed scenes")
+        da = da.sel(scene=scene)
+    else:
+        da = da.sum("scene", min_count=1)
+    return da.drop_vars([c for c in da.coords if c not in ("time",)]).rename(f"area_m2 {cls} in {region}").load()
+
+
+def plot_area_over_time(store: str | Path, cls: str | int, region: str, out_png: str | Path, *, scene: str | None = None) -> Path:
+    """Plot :func:`area_over_time` (hectares) to a PNG; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    da = area_over_time(store, cls, region, scene=scene) / 1e4
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    try:
+        ax.plot(da["time"].values, da.values, marker="o")
+        ax.set_ylabel("area (ha)")
+        ax.set_title(f"{cls} in {region}")
+        ax.grid(True, alpha=0.3)
+        fig.autofmt_xdate()
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png)
+    finally:
+        plt.close(fig)
+    return out_png
