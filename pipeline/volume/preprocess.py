@@ -20,9 +20,8 @@ Arrays are ``(Z, Y, X)`` (logits ``(K, Z, Y, X)``); affines map ``(x, y, z, 1)``
 Why not MONAI ``Orientation``/``Spacing``: they work on whole in-memory tensors, so resampling ``K``
 logit channels back would need ``K`` full volumes at once, and their inverse needs the forward
 transform's metadata trail. The separable maths here is short, streams slab by slab, and is tested
-against scipy. The intensity maps equal MONAI's ``ScaleIntensityRange(clip=True)`` and
-``NormalizeIntensity(subtrahend, divisor)`` (also tested), computed with numpy to keep the engine's
-per-region preprocess light.
+against scipy. Intensity maps come from :mod:`models.normalize` and equal MONAI's
+``ScaleIntensityRange(clip=True)`` and ``NormalizeIntensity(subtrahend, divisor)`` (tested here).
 """
 
 from __future__ import annotations
@@ -254,55 +253,22 @@ def logits_to_native(
     return unreorient(out, grid)
 
 
-@dataclass(frozen=True)
-class Intensity:
-    """A pointwise intensity map ``(clip(x, lo, hi) - shift) / divisor``, picklable for Dask workers.
+def intensity_for(spec: Any, data: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The pointwise intensity map ``spec.normalize`` asks for, statistics taken once from the whole ``data``.
 
-    Built once per study by :func:`intensity_for` (statistics over the whole volume), then applied to
-    every region the engine reads, so blocks never see different statistics.
-    """
-
-    shift: float = 0.0
-    divisor: float = 1.0
-    lo: float = -math.inf
-    hi: float = math.inf
-
-    def __call__(self, data: np.ndarray) -> np.ndarray:
-        out = np.asarray(data, dtype=np.float32)
-        if math.isfinite(self.lo) or math.isfinite(self.hi):
-            out = np.clip(out, self.lo, self.hi)
-        if self.shift != 0.0 or self.divisor != 1.0:
-            out = (out - np.float32(self.shift)) / np.float32(self.divisor)
-        return out.astype(np.float32, copy=False)
-
-
-def intensity_for(spec: Any, data: np.ndarray) -> Intensity:
-    """The intensity map ``spec.normalize`` asks for, with statistics from the whole native ``data``.
-
-    * ``window``: clip to ``[min, max]``, scale to ``[0, 1]`` (CT, in HU).
+    * ``window``: clip to ``[min, max]``, scale to ``[0, 1]`` (CT, in HU);
     * ``zscore``: ``(x - mean) / std`` with mean/std over the foreground (voxels != 0, as MONAI's
-      ``NormalizeIntensity(nonzero=True)`` selects them; all voxels if none), applied to every voxel (MR).
-    * ``meanstd``: fixed ``(x - mean[0]) / std[0]``; ``scale``: ``x * factor``; ``none``: identity.
+      ``NormalizeIntensity(nonzero=True)``; all voxels if none), applied to every voxel (MR);
+    * ``meanstd``, ``scale``, ``none``: fixed maps from the spec.
+
+    Returns a picklable callable ``(C, Z, Y, X) -> float32`` for the engine's ``preprocess`` (see
+    :mod:`models.normalize`, shared with the raster path).
+
+    Args:
+        spec: the model spec.
+        data: the native volume ``(Z, Y, X)`` (statistics are computed on the native grid).
     """
-    norm = spec.normalize
-    where = spec.source or spec.name
-    if norm.kind == "none":
-        return Intensity()
-    if norm.kind == "window":
-        if norm.min is None or norm.max is None or not norm.max > norm.min:
-            raise ModelSpecError(where, f"normalize window needs min < max, got min={norm.min} max={norm.max}", "write normalize: {kind: window, min: -1000, max: 1000}")
-        return Intensity(shift=norm.min, divisor=norm.max - norm.min, lo=norm.min, hi=norm.max)
-    if norm.kind == "zscore":
-        values = data[data != 0]
-        if values.size == 0:
-            values = data.reshape(-1)
-        mean = float(np.mean(values, dtype=np.float64))
-        std = float(np.std(values, dtype=np.float64))
-        return Intensity(shift=mean, divisor=std if std > 0 else 1.0)
-    if norm.kind == "meanstd":
-        if len(norm.mean) != 1 or len(norm.std) != 1 or norm.std[0] <= 0:
-            raise ModelSpecError(where, f"volume meanstd needs one mean and one positive std, got {norm.mean} {norm.std}", "write normalize: {kind: meanstd, mean: [m], std: [s]}")
-        return Intensity(shift=norm.mean[0], divisor=norm.std[0])
-    if norm.kind == "scale":
-        return Intensity(divisor=1.0 / norm.factor)
-    raise ModelSpecError(where, f"normalize kind {norm.kind!r} not supported for volumes", "use window, zscore, meanstd, scale or none")
+    from models.normalize import foreground_stats, normalizer
+
+    stats = foreground_stats(np.asarray(data)[None]) if spec.normalize.kind == "zscore" else None
+    return normalizer(spec.normalize, stats)
