@@ -1,0 +1,144 @@
+"""Per-label statistics against an independent numpy computation, and the stats.zarr store."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.errors import InputError
+from pipeline.volume.stats import (
+    label_statistics,
+    merge_into_store,
+    read_stats_json,
+    study_statistics,
+    volumes_by_label,
+    write_stats_json,
+)
+
+
+def _expected(labels_xyz: np.ndarray, image_xyz: np.ndarray, affine: np.ndarray, label_id: int) -> dict:
+    """Independent computation on nibabel's (i, j, k) arrays (no shared code with pipeline.volume.stats)."""
+    from scipy import ndimage
+
+    mask = labels_xyz == label_id
+    values = image_xyz[mask].astype(np.float64)
+    ijk = np.argwhere(mask)
+    world = (affine @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+    return {
+        "voxel_count": int(mask.sum()),
+        "volume_ml": mask.sum() * voxel_ml,
+        "mean": values.mean(),
+        "std": values.std(),
+        "min": values.min(),
+        "max": values.max(),
+        "median": np.median(values),
+        "p5": np.percentile(values, 5),
+        "p95": np.percentile(values, 95),
+        "centroid": world.mean(axis=0),
+        "bbox_min_zyx": tuple(ijk.min(axis=0)[::-1]),
+        "bbox_max_zyx": tuple(ijk.max(axis=0)[::-1]),
+        "components": ndimage.label(mask, structure=np.ones((3, 3, 3)))[1],
+        "touches": bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any()),
+    }
+
+
+def _check(stat, exp):
+    assert stat.voxel_count == exp["voxel_count"]
+    assert stat.volume_ml == pytest.approx(exp["volume_ml"], rel=1e-12)
+    for key in ("mean", "std", "min", "max", "median", "p5", "p95"):
+        assert getattr(stat, f"intensity_{key}") == pytest.approx(exp[key], rel=1e-6, abs=1e-6), key
+    np.testing.assert_allclose(stat.centroid_ras, exp["centroid"], atol=1e-6)
+    assert stat.bbox_min == exp["bbox_min_zyx"] and stat.bbox_max == exp["bbox_max_zyx"]
+    assert stat.n_components == exp["components"] and stat.touches_border == exp["touches"]
+
+
+@pytest.fixture(scope="module")
+def ct_case(vh):
+    img = nib.load(vh.med_file("ct_abdomen_small.nii.gz"))
+    seg = nib.load(vh.med_file("ct_abdomen_small_totalseg.nii.gz"))
+    names = json.loads(vh.med_file("totalseg_total_labels.json").read_text())
+    classes = [(0, "background")] + [(int(k), v) for k, v in names.items()]
+    hu = np.asarray(img.dataobj)
+    labels = np.asarray(seg.dataobj)
+    stats = study_statistics("ct_abdomen_small", labels.T, hu.T.astype(np.float32), img.affine, classes, modality="CT", model="totalseg")
+    return img, hu, labels, stats
+
+
+def test_ct_totalsegmentator_labels_against_numpy(ct_case):
+    img, hu, labels, stats = ct_case
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    assert len(present) > 20
+    by_id = {s.label_id: s for s in stats.labels}
+    for label_id in present:
+        _check(by_id[label_id], _expected(labels, hu, img.affine, label_id))
+    liver = stats.label("liver")
+    assert liver.label_id == 5 and liver.voxel_count == int((labels == 5).sum())
+    assert liver.volume_ml == pytest.approx((labels == 5).sum() * 27 / 1000)  # 3 mm isotropic
+    assert 30 < liver.intensity_mean < 80  # liver parenchyma in HU
+    absent = next(s for s in stats.labels if s.label_id not in present and s.label_id != 0)
+    assert absent.voxel_count == 0 and np.isnan(absent.intensity_mean) and absent.bbox_min == (-1, -1, -1)
+    assert sum(s.voxel_count for s in stats.labels) == labels.size
+
+
+def test_mr_lesion_on_las_grid(vh):
+    img = nib.load(vh.med_file("mr_brain_t1.nii.gz"))
+    mask = nib.load(vh.med_file("mr_brain_t1_lesion.nii.gz"))
+    image, lesion = np.asarray(img.dataobj), np.asarray(mask.dataobj)
+    (stat,) = label_statistics(lesion.T, image.T.astype(np.float32), img.affine, [(1, "lesion")])
+    assert stat.voxel_count == 4137
+    _check(stat, _expected(lesion, image, img.affine, 1))
+    assert stat.volume_ml == pytest.approx(4137 * 0.78125 * 0.78125 * 6.5 / 1000)
+
+
+def test_oblique_volume_uses_the_determinant(vh):
+    affine = vh.oblique_affine((1.5, 1.2, 2.5))
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[1:3, 1:4, 2:5] = 2
+    (stat,) = label_statistics(labels, np.ones(labels.shape, np.float32), affine, [(2, "box")])
+    assert stat.volume_ml == pytest.approx(18 * 1.5 * 1.2 * 2.5 / 1000)
+    np.testing.assert_allclose(stat.centroid_ras, affine[:3, :3] @ [3.0, 2.0, 1.5] + affine[:3, 3])
+    assert stat.n_components == 1 and not stat.touches_border
+
+
+def test_26_connectivity(vh):
+    labels = np.zeros((5, 5, 5), np.uint8)
+    labels[1, 1, 1] = labels[2, 2, 2] = 1  # corner neighbours: one component with 26-connectivity
+    labels[4, 0, 0] = 1  # on the border, separate
+    (stat,) = label_statistics(labels, np.zeros(labels.shape, np.float32), np.eye(4), [(1, "a")])
+    assert stat.n_components == 2 and stat.touches_border
+
+
+def test_json_round_trip_and_store_merge_replace(ct_case, tmp_path):
+    _, _, _, stats = ct_case
+    path = write_stats_json(stats, tmp_path / "ct.stats.json")
+    again = read_stats_json(path)
+    assert again.label("liver") == stats.label("liver")
+    raw = json.loads(path.read_text())
+    absent = next(lab for lab in raw["labels"] if lab["voxel_count"] == 0)
+    assert absent["intensity_mean"] is None  # NaN written as JSON null
+    store = tmp_path / "stats.zarr"
+    merge_into_store(stats, store)
+    other = type(stats)(**{**stats.__dict__, "study": "second", "labels": stats.labels[:6]})
+    merge_into_store(other, store)
+    merge_into_store(stats, store)  # re-running a study replaces its row
+    ds = xr.open_zarr(store).load()
+    assert list(ds.study.values) == ["ct_abdomen_small", "second"]
+    assert {"volume_ml", "voxel_count", "intensity_mean", "intensity_std"} <= set(ds.data_vars)
+    assert ds.volume_ml.dims == ("study", "label") and ds.voxel_count.dims == ("study", "label")
+    assert ds.volume_ml.sel(study="ct_abdomen_small", label="liver").item() == pytest.approx(stats.label("liver").volume_ml)
+    assert ds.voxel_count.sel(study="second", label="liver").item() == stats.label("liver").voxel_count
+    not_in_second = stats.labels[10].name
+    assert not bool(ds.segmented.sel(study="second", label=not_in_second).item())
+    assert ds.voxel_count.sel(study="second", label=not_in_second).item() == 0
+    assert list(ds.label.values[:3]) == ["background", "spleen", "kidney_right"]  # ordered by label id
+    liver = volumes_by_label(store, "liver")
+    assert liver.dims == ("study",) and liver.sel(study="second").item() == pytest.approx(stats.label("liver").volume_ml)
+    assert np.isnan(volumes_by_label(store, not_in_second).sel(study="second").item())
+    with pytest.raises(InputError, match="no label named 'livr'"):
+        volumes_by_label(store, "livr")
+    assert not list(tmp_path.glob(".stats.zarr*"))  # no temporary stores left behind
