@@ -70,11 +70,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def apply_state_dict(network: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str | Path) -> None:
     """Load ``state`` into ``network`` strictly, naming ``source`` and the offending layers on failure."""
     expected = network.state_dict()
-    for name, tensor in state.items():
-        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
+    for name, ref in expected.items():  # in model order, so the first differing layer is named
+        if name in state and tuple(ref.shape) != tuple(state[name].shape):
             raise CheckpointError(
                 source,
-                f"layer '{name}' has shape {tuple(tensor.shape)} in the checkpoint but {tuple(expected[name].shape)} in the model",
+                f"layer '{name}' has shape {tuple(state[name].shape)} in the checkpoint but {tuple(ref.shape)} in the model",
                 "the checkpoint was trained with other in_channels, classes or params; fix the spec or retrain",
             )
     missing = [k for k in expected if k not in state]
