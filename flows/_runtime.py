@@ -1,0 +1,189 @@
+"""What both flows share: output roots, the I/O retry rule, bounded submission, outcomes, a model cache.
+
+Nothing here reads configuration at import time; :func:`output_root` reads ``$SEGPIPE_OUT`` when a
+flow run starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import SegpipeError
+
+log = logging.getLogger(__name__)
+
+OUT_ENV = "SEGPIPE_OUT"
+"""Environment variable naming the output root of flow runs (one sub-folder per flow)."""
+DEFAULT_OUT = Path("segpipe-demo")
+"""Output root when neither a parameter, a catalog nor ``$SEGPIPE_OUT`` names one (relative to the working directory)."""
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# OSErrors that retrying cannot fix: the file is not there or not ours to read
+_PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+class AllItemsFailedError(SegpipeError):
+    """Every scene or study of a flow run failed; the failures table artifact lists why."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One scene or study that could not be processed.
+
+    Attributes:
+        item: the input path or URL as given.
+        error: the exception type (``InputError``, ``RasterioIOError``, ...).
+        message: the message, naming the file, the problem and the fix.
+    """
+
+    item: str
+    error: str
+    message: str
+
+
+def output_root(out: str | os.PathLike | None, catalog_output: Path | None, flow: str) -> Path:
+    """The folder a flow run writes to.
+
+    Precedence: the ``out`` parameter, the catalog's ``output``, ``$SEGPIPE_OUT/<flow>``, then
+    ``./segpipe-demo/<flow>`` (relative to the working directory). Returned absolute, so tasks on
+    other threads, processes or Dask workers agree on it.
+    """
+    if out:
+        root = Path(out)
+    elif catalog_output is not None:
+        root = catalog_output
+    elif os.environ.get(OUT_ENV):
+        root = Path(os.environ[OUT_ENV]) / flow
+    else:
+        root = DEFAULT_OUT / flow
+    return root.expanduser().resolve()
+
+
+def is_io_error(exc: BaseException | None) -> bool:
+    """True for transient I/O failures worth retrying.
+
+    An :class:`OSError` (``rasterio.errors.RasterioIOError``, connection resets, timeouts, a busy
+    file system) is transient unless it says the file is missing or forbidden. A
+    :class:`~pipeline.errors.SegpipeError` (``InputError`` and friends: bad input, bad model spec)
+    never is: the same input fails the same way again.
+    """
+    if exc is None or isinstance(exc, SegpipeError):
+        return False
+    return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS)
+
+
+def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed task run only when it raised an I/O error."""
+    exc = state.result(raise_on_failure=False)
+    retry = is_io_error(exc if isinstance(exc, BaseException) else None)
+    if retry:
+        log.warning("%s: I/O error, retrying: %s", task_run.name, exc)
+    return retry
+
+
+def failure_of(item: str, exc: BaseException | None, state_message: str | None = None) -> Failure:
+    """A :class:`Failure` record from a task run's exception (or its state message when there is none)."""
+    if exc is None:
+        return Failure(item=item, error="Failed", message=state_message or "task run failed without an exception")
+    return Failure(item=item, error=type(exc).__name__, message=str(exc) or repr(exc))
+
+
+def failures_table(failures: Sequence[Failure]) -> list[dict[str, str]]:
+    """Rows for a Prefect table artifact: one per failure, columns ``item``, ``error``, ``message``."""
+    return [{"item": f.item, "error": f.error, "message": f.message} for f in failures]
+
+
+def distinct_names(items: Sequence[str], name_of: Any) -> tuple[list[tuple[str, str]], list[Failure]]:
+    """``(name, item)`` pairs with distinct output names; a repeated name becomes a :class:`Failure`
+    (its outputs would overwrite those of the first item with that name)."""
+    seen: dict[str, str] = {}
+    todo: list[tuple[str, str]] = []
+    failures: list[Failure] = []
+    for item in items:
+        name = name_of(item)
+        if name in seen:
+            message = f"{item}: same output name '{name}' as {seen[name]} (rename one of them or run them into different out folders)"
+            failures.append(Failure(item, "InputError", message))
+            continue
+        seen[name] = item
+        todo.append((name, item))
+    return todo, failures
+
+
+def submit_bounded(task: Any, calls: Sequence[dict[str, Any]], *, limit: int | None = None, runner: Any = None) -> list[Any]:
+    """Submit ``task`` once per parameter dict, with at most ``limit`` runs in flight, and wait for all.
+
+    Args:
+        task: a Prefect task.
+        calls: keyword parameters of each run, in order.
+        limit: runs in flight at once (a sliding window: a new run starts when one finishes);
+            None or 0 = no bound beyond the task runner's own.
+        runner: an entered Prefect task runner (e.g. a ``DaskTaskRunner``); None = the flow's.
+
+    Returns:
+        The futures, in the order of ``calls``, all finished.
+    """
+    from prefect.futures import as_completed, wait
+
+    futures: list[Any] = []
+    running: list[Any] = []
+    for params in calls:
+        if limit and len(running) >= limit:
+            finished = next(as_completed(running))
+            running.remove(finished)
+        future = runner.submit(task, params) if runner is not None else task.submit(**params)
+        futures.append(future)
+        running.append(future)
+    wait(futures)
+    return futures
+
+
+def outcome(future: Any) -> tuple[Any, BaseException | None, str | None]:
+    """``(result, exception, state message)`` of a finished future: the result when it completed, else the exception."""
+    state = future.state
+    if state.is_completed():
+        return future.result(), None, None
+    exc = state.result(raise_on_failure=False)
+    return None, exc if isinstance(exc, BaseException) else None, state.message
+
+
+def dask_runner(address: str | None) -> Any:
+    """A ``DaskTaskRunner`` on the scheduler at ``address`` (a context manager), or a no-op context when None."""
+    if not address:
+        return nullcontext(None)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:  # pragma: no cover - prefect-dask is a dependency
+        raise SegpipeError(f"dask_address={address!r} needs prefect-dask (pip install prefect-dask)") from exc
+    return DaskTaskRunner(address=address)
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+_MODELS_KEPT = 2  # a long-lived Dask worker keeps at most this many networks in memory
+
+
+def cached_model(spec: Any, device: str) -> Any:
+    """The network of ``spec`` on ``device``, loaded once per process (threads and Dask workers reuse it).
+
+    Keyed by the spec's source file (or name), its checkpoint's modification time and the device;
+    the oldest network is dropped when more than two are held.
+    """
+    checkpoint = spec.checkpoint
+    stamp = checkpoint.stat().st_mtime_ns if checkpoint is not None and Path(checkpoint).exists() else 0
+    key = (f"{spec.source or spec.name}@{stamp}", device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            from models.checkpoint import load_model
+            from pipeline.engine import auto_device
+
+            while len(_MODELS) >= _MODELS_KEPT:
+                _MODELS.pop(next(iter(_MODELS)))
+            _MODELS[key] = load_model(spec, auto_device(device))
+        return _MODELS[key]

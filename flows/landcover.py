@@ -1,0 +1,316 @@
+"""The ``landcover`` flow: segment the scenes of a catalog into label COGs and area per region and class.
+
+One task per scene wraps :func:`pipeline.raster.run.segment_raster`; tasks receive paths and
+return paths, never arrays. A task retries twice on I/O errors (``OSError``, e.g.
+``rasterio.errors.RasterioIOError`` from a flaky remote COG) and never on bad input
+(:class:`~pipeline.errors.InputError`): the same file fails the same way again.
+
+Failure policy: a failed scene is reported (a ``landcover-failures`` table artifact and the
+summary) and the other scenes finish. The flow run ends **Completed** when at least one scene
+succeeded, with the failures in its report, so that one corrupt scene does not hide a night's
+results; it ends **Failed** (raising :class:`~flows._runtime.AllItemsFailedError`) only when every
+scene failed, which points at a systemic problem (model, storage, network) worth an alert.
+
+All scenes of one flow run share one ``time``: the run's scheduled start (the night it stands for),
+so ``stats.zarr`` gains one entry per night and scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows._runtime import (
+    AllItemsFailedError,
+    Failure,
+    cached_model,
+    dask_runner,
+    distinct_names,
+    failure_of,
+    failures_table,
+    outcome,
+    output_root,
+    retry_on_io_error,
+    submit_bounded,
+)
+from flows.catalog import expand, load_scene_catalog, model_ref
+from pipeline.errors import InputError
+
+FLOW_NAME = "landcover"
+DEFAULT_CATALOG = "catalogs/scenes/demo.yaml"
+STATS_STORE = "stats.zarr"
+GPU_TAG = "segpipe-gpu"
+"""Tag of every model-running task: ``prefect concurrency-limit create segpipe-gpu 1`` runs one at a time across all runs."""
+
+
+@dataclass(frozen=True)
+class SceneOutput:
+    """The outputs of one segmented scene (paths as strings, so they travel to and from Dask workers)."""
+
+    scene: str
+    name: str
+    labels: str
+    stats: str
+    quicklook: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LandcoverReport:
+    """What a ``landcover`` run produced: outputs in catalog order, failures, and the run's stats time (ISO, UTC)."""
+
+    out_dir: str
+    time: str
+    outputs: tuple[SceneOutput, ...]
+    failures: tuple[Failure, ...]
+
+
+@task(
+    name="segment-scene",
+    task_run_name="segment-{name}",
+    tags=[GPU_TAG],
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_on_io_error,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def segment_scene(
+    name: str,
+    scene: str,
+    model: str,
+    out_dir: str,
+    regions: str | None = None,
+    region_field: str | None = None,
+    block: int = 1024,
+    device: str = "auto",
+    time: str | None = None,
+) -> SceneOutput:
+    """Segment one scene (path or URL) with the model spec ``model`` (a name or a YAML path) into ``out_dir``."""
+    from models.spec import load_spec
+    from pipeline.raster.run import segment_raster
+
+    spec = load_spec(model)
+    result = segment_raster(
+        scene, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device,
+        time=time, model=cached_model(spec, device),
+    )
+    quicklook = getattr(result, "quicklook", None)
+    return SceneOutput(
+        scene=scene,
+        name=name,
+        labels=str(Path(out_dir) / f"{name}.labels.tif"),
+        stats=str(Path(out_dir) / STATS_STORE),
+        quicklook=None if quicklook is None else str(quicklook),
+        seconds=float(getattr(result, "seconds", 0.0) or 0.0),
+    )
+
+
+@flow(name=FLOW_NAME, description="Segment the scenes of a catalog into label COGs and area per region and class.")
+def landcover(
+    catalog: str | None = None,
+    scenes: list[str] | None = None,
+    model: str | None = None,
+    regions: str | None = None,
+    region_field: str | None = None,
+    out: str | None = None,
+    block: int = 1024,
+    device: str = "auto",
+    dask_address: str | None = None,
+    max_parallel: int | None = None,
+) -> LandcoverReport:
+    """Segment scenes into ``<out>/<stem>.labels.tif`` and append area per region and class to ``<out>/stats.zarr``.
+
+    With no arguments, runs the embedded demo catalog (``catalogs/scenes/demo.yaml``), generating
+    its demo scenes into the output root on first use.
+
+    Args:
+        catalog: a scene catalog YAML (see :mod:`flows.catalog`); default: the demo catalog unless ``scenes`` is given.
+        scenes: scene paths or URLs; replace the catalog's.
+        model: model name (``segpipe models``) or spec YAML path; replaces the catalog's.
+        regions: vector file of region polygons (any CRS); replaces the catalog's.
+        region_field: attribute naming the regions; replaces the catalog's.
+        out: output root; default: the catalog's ``output``, else ``$SEGPIPE_OUT/landcover``, else ``./segpipe-demo/landcover``.
+        block: processing block edge in pixels (memory bound; results do not depend on it).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        dask_address: run the scene tasks on this Dask scheduler (``tcp://host:8786``) via prefect-dask;
+            workers must see the same file system.
+        max_parallel: scenes in flight at once (None: as many as the task runner allows).
+
+    Returns:
+        The report; failures are listed there and in the ``landcover-failures`` artifact.
+
+    Raises:
+        InputError: no scenes or no model given.
+        AllItemsFailedError: every scene failed.
+    """
+    logger = get_run_logger()
+    plan = plan_scenes(catalog, scenes, model, regions, region_field, out)
+    stamp = _run_time()
+    failures = list(plan.failures)
+    logger.info("landcover: %d scene(s) -> %s (model %s, time %s)", len(plan.todo), plan.out_dir, plan.model, stamp)
+    calls = [
+        dict(name=name, scene=scene, model=plan.model, out_dir=str(plan.out_dir), regions=plan.regions,
+             region_field=plan.region_field, block=block, device=device, time=stamp)
+        for name, scene in plan.todo
+    ]
+    with dask_runner(dask_address) as runner:
+        futures = submit_bounded(segment_scene, calls, limit=max_parallel, runner=runner)
+        outputs = []
+        for (name, scene), future in zip(plan.todo, futures):
+            result, exc, message = outcome(future)
+            if result is not None:
+                outputs.append(result)
+            else:
+                failures.append(failure_of(scene, exc, message))
+                logger.warning("scene %s failed: %s", name, failures[-1].message)
+    report = LandcoverReport(out_dir=str(plan.out_dir), time=stamp, outputs=tuple(outputs), failures=tuple(failures))
+    _publish(report)
+    if not outputs:
+        raise AllItemsFailedError(f"landcover: all {len(failures)} scene(s) failed; see the landcover-failures artifact")
+    return report
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """The work of one run: ``todo`` holds ``(name, scene)`` pairs; paths are absolute (URLs as given)."""
+
+    out_dir: Path
+    model: str
+    todo: tuple[tuple[str, str], ...]
+    failures: tuple[Failure, ...]
+    regions: str | None
+    region_field: str | None
+
+
+def plan_scenes(
+    catalog: str | None,
+    scenes: list[str] | None,
+    model: str | None,
+    regions: str | None,
+    region_field: str | None,
+    out: str | None,
+) -> ScenePlan:
+    """Merge the catalog with explicit parameters (which win), resolve paths, generate missing demo inputs.
+
+    Catalog paths are relative to the catalog file, explicit ones to the working directory. A scene
+    whose output name repeats an earlier one becomes a failure (its outputs would overwrite the first).
+
+    Raises:
+        InputError: no scenes, no model, or a catalog that cannot be read.
+    """
+    from pipeline.raster.ingest import scene_stem
+
+    cat = load_scene_catalog(catalog or DEFAULT_CATALOG) if (catalog or scenes is None) else None
+    out_dir = output_root(out, cat.output if cat else None, FLOW_NAME)
+    base = cat.source.parent if cat else Path.cwd()
+    if scenes is not None:
+        items = [expand(s, base=Path.cwd(), output=out_dir) for s in scenes]
+    else:
+        items = [expand(s, base=base, output=out_dir) for s in cat.scenes]
+    region_file = regions or (cat.regions if cat else None)
+    region_file = expand(region_file, base=Path.cwd() if regions else base, output=out_dir) if region_file else None
+    model_name = model or (cat.model if cat else None)
+    if not items:
+        raise InputError("scenes", "no scenes given", "pass scenes=[...] or a catalog with scenes:")
+    if not model_name:
+        raise InputError(str(cat.source) if cat else "model", "no model given", "pass model=<name or spec.yaml> or set model: in the catalog")
+    if cat is not None and cat.demo is not None and scenes is None:
+        from flows._demo import ensure_demo_scenes
+
+        ensure_demo_scenes(cat.demo, items, region_file if not regions else None)
+    todo, failures = distinct_names(items, scene_stem)
+    return ScenePlan(
+        out_dir=out_dir,
+        model=_spec_path(model_name, base if not model else Path.cwd()),
+        todo=tuple(todo),
+        failures=tuple(failures),
+        regions=region_file,
+        region_field=region_field or (cat.region_field if cat else None),
+    )
+
+
+def _spec_path(model: str, base: Path) -> str:
+    """A model name or path as an absolute spec path, so every worker loads the same file."""
+    from models.spec import resolve_spec_path
+
+    return str(resolve_spec_path(model_ref(model, base)).resolve())
+
+
+def _run_time() -> str:
+    """The flow run's scheduled start (UTC, ISO 8601); now when run outside a deployment."""
+    from prefect.runtime import flow_run
+
+    when = flow_run.scheduled_start_time
+    if when is None:
+        when = datetime.now(timezone.utc)
+    when = datetime.fromisoformat(str(when)) if not isinstance(when, datetime) else when
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def area_rows(store: str | Path, time: str, scenes: list[str]) -> list[dict]:
+    """Rows ``scene, region, class, area_ha, area_m2, share`` of ``scenes`` at ``time`` in a ``stats.zarr``."""
+    import numpy as np
+    import xarray as xr
+
+    from pipeline.raster.stats import to_datetime64
+
+    if not scenes or not (Path(store) / "zarr.json").is_file():
+        return []
+    with xr.open_zarr(store) as ds:
+        t = to_datetime64(time)
+        if t not in ds.time.values:
+            return []
+        at = ds.sel(time=t)
+        rows = []
+        for scene in scenes:
+            if scene not in at.scene.values:
+                continue
+            one = at.sel(scene=scene)[["area_m2", "share"]].load()
+            for region in one.region.values:
+                for cls in one["class"].values:
+                    area = float(one.area_m2.sel(region=region, **{"class": cls}))
+                    if np.isnan(area):
+                        continue
+                    share = float(one.share.sel(region=region, **{"class": cls}))
+                    rows.append({
+                        "scene": str(scene), "region": str(region), "class": str(cls),
+                        "area_ha": round(area / 1e4, 4), "area_m2": round(area, 2),
+                        "share": None if np.isnan(share) else round(share, 6),
+                    })
+        return rows
+
+
+def _publish(report: LandcoverReport) -> None:
+    """Table artifacts (areas, failures) and a markdown summary with the output paths."""
+    store = Path(report.out_dir) / STATS_STORE
+    rows = area_rows(store, report.time, [o.name for o in report.outputs])
+    create_table_artifact(rows, key="landcover-areas", description=f"Area per scene, region and class at {report.time} ({store})")
+    create_table_artifact(failures_table(report.failures), key="landcover-failures", description=f"Scenes that failed in the run at {report.time}")
+    lines = [
+        f"# Land cover {report.time}",
+        "",
+        f"- output folder: `{report.out_dir}`",
+        f"- statistics: `{store}` (`xr.open_zarr`, variable `area_m2` over time, scene, region, class)",
+        f"- scenes: {len(report.outputs)} done, {len(report.failures)} failed",
+        "",
+        "| scene | labels | quicklook | seconds |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {o.name} | `{o.labels}` | {f'`{o.quicklook}`' if o.quicklook else '-'} | {o.seconds:.1f} |" for o in report.outputs]
+    if report.failures:
+        lines += ["", "## Failed scenes", "", "| scene | error | message |", "|---|---|---|"]
+        lines += [f"| `{f.item}` | {f.error} | {_cell(f.message)} |" for f in report.failures]
+    create_markdown_artifact("\n".join(lines), key="landcover-summary", description=f"Land-cover run at {report.time}")
+
+
+def _cell(text: str) -> str:
+    """Text safe inside one markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
