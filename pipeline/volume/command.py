@@ -1,8 +1,131 @@
-"""``segpipe volume``: placeholder until the volume path lands."""
+"""``segpipe volume INPUT... --model MODEL --out DIR``: segment NIfTI volumes and DICOM series.
+
+Prints a progress bar over studies (and the engine blocks of the current study), a summary table,
+and a failures table; exits 1 when any study failed (2 for unusable arguments or model).
+"""
 
 from __future__ import annotations
 
+import argparse
+import re
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _device(value: str) -> str:
+    if not DEVICE.match(value):
+        raise argparse.ArgumentTypeError(f"invalid device {value!r} (use auto, cpu, cuda or cuda:N)")
+    return value
+
+
+def _block(values: list[int] | None) -> tuple[int, int, int] | None:
+    if values is None:
+        return None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) < 1:
+        raise InputError("--block", f"{values} is not one or three positive sizes", "write --block 128 or --block 64 128 128 (z y x voxels)")
+    return tuple(values)  # type: ignore[return-value]
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("volume", help="segment NIfTI volumes and DICOM series")
-    p.set_defaults(func=lambda args: 0)
+    p = subparsers.add_parser(
+        "volume",
+        help="segment NIfTI volumes and DICOM series",
+        description="Segment CT/MRI studies with a 3D model: DIR/<stem>.labels.nii.gz on the input grid, "
+        "colour tables, a DICOM SEG for DICOM input, DIR/<stem>.stats.json and DIR/stats.zarr.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="a NIfTI file (.nii, .nii.gz) or a DICOM series folder")
+    p.add_argument("--model", required=True, help="model name from `segpipe models` or a path to a YAML spec")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--device", default="auto", type=_device, help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--dask-address", metavar="ADDR", help="run one task per study on this Dask scheduler (shared file system)")
+    p.add_argument("--series-uid", metavar="UID", help="the SeriesInstanceUID to read from DICOM folders holding several series")
+    p.add_argument("--block", type=int, nargs="+", metavar="N", help="engine block on the model grid: N or Z Y X voxels")
+    p.add_argument("--force", action="store_true", help="redo studies whose outputs are already present")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from models.spec import load_spec
+    from pipeline.volume.run import segment_volumes
+
+    spec = load_spec(args.model)
+    block = _block(args.block)
+    err = Console(stderr=True)
+    with _RichProgress(err) as progress:
+        report = segment_volumes(
+            args.inputs, spec, args.out, device=args.device, block=block, force=args.force,
+            progress=progress, series_uid=args.series_uid, dask_address=args.dask_address,
+        )
+    out = Console()
+    _print_summary(out, report)
+    return 0 if report.ok else 1
+
+
+class _RichProgress:
+    """A :class:`pipeline.volume.run.BatchProgress` drawing rich bars: studies, and blocks of the current study."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
+        )
+        self.studies = None
+        self.block_task = None
+
+    def __enter__(self) -> _RichProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def study_started(self, study: str, index: int, total: int) -> None:
+        if self.studies is None:
+            self.studies = self.progress.add_task("studies", total=total)
+        if self.block_task is None:
+            self.block_task = self.progress.add_task("blocks", total=None, visible=False)
+        self.progress.update(self.block_task, description=f"  {study}", completed=0, total=None, visible=True)
+
+    def blocks(self, done: int, total: int) -> None:
+        if self.block_task is not None:
+            self.progress.update(self.block_task, completed=done, total=total)
+
+    def study_finished(self, outcome) -> None:
+        if self.studies is not None:
+            self.progress.advance(self.studies)
+
+
+def _print_summary(console, report) -> None:
+    from rich.table import Table
+
+    if report.results:
+        table = Table(title="segmented studies")
+        for column in ("study", "status", "labels", "seconds", "largest label (mL)"):
+            table.add_column(column)
+        for r in report.results:
+            present = [lab for lab in r.stats.labels if lab.label_id != 0 and lab.voxel_count]
+            largest = max(present, key=lambda lab: lab.volume_ml, default=None)
+            table.add_row(
+                r.study,
+                "skipped (done)" if r.skipped else "ok",
+                str(r.outputs.labels),
+                f"{r.seconds:.1f}",
+                f"{largest.name}: {largest.volume_ml:.1f}" if largest else "-",
+            )
+        console.print(table)
+    if report.failures:
+        table = Table(title=f"{len(report.failures)} failed", style="red")
+        table.add_column("input")
+        table.add_column("problem and fix")
+        for failure in report.failures:
+            table.add_row(failure.source, failure.message)
+        console.print(table)
+    console.print(f"statistics: {report.stats_store}")

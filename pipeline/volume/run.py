@@ -1,0 +1,410 @@
+"""Segment one study or a batch: read -> model grid -> engine -> native grid -> outputs -> statistics.
+
+Outputs of a study with stem ``S`` (file name without ``.nii``/``.nii.gz``, or the DICOM folder name) in ``DIR``:
+
+* ``S.labels.nii.gz``: labels on exactly the input grid (shape, affine, qform/sform and codes), uint8
+  (uint16 when a class id exceeds 255);
+* ``S.labels.json`` (id -> name, colour), ``S.labels.txt`` (ITK-SNAP), ``S.labels.ctbl`` (3D Slicer);
+* ``S.seg.dcm``: a DICOM SEG referencing the source series (DICOM input only);
+* ``S.stats.json`` and a row of ``DIR/stats.zarr`` (see :mod:`pipeline.volume.stats`).
+
+Every file is written under a temporary name and renamed; ``S.stats.json`` is written last and marks
+the study done (skipped by later runs unless ``force``). Intermediate zarr arrays live in
+``DIR/.segpipe-work/S/`` and let a killed run resume without redoing finished engine blocks; they are
+removed once the study is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.spec import ModelSpec
+from pipeline.errors import ModelSpecError, SegpipeError
+from pipeline.volume.preprocess import GridMapping, intensity_for, labels_to_native, logits_to_native, plan_grid, to_model
+from pipeline.volume.readers import read_volume, study_stem
+from pipeline.volume.stats import StudyStats, merge_into_store, open_stats, read_stats_json, study_statistics, write_stats_json
+from pipeline.volume.store import write_volume_store
+from pipeline.volume.volume import Volume
+from pipeline.volume.writers import (
+    itksnap_label_table,
+    label_dtype,
+    sidecar_json,
+    slicer_color_table,
+    write_dicom_seg,
+    write_labels_nifti,
+    write_text_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".segpipe-work"
+STATS_STORE = "stats.zarr"
+BlockProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class StudyOutputs:
+    """Where the outputs of one study go."""
+
+    labels: Path
+    sidecar: Path
+    itksnap: Path
+    slicer: Path
+    seg: Path
+    stats: Path
+    work: Path
+
+    @staticmethod
+    def for_input(input_path: str | Path, out_dir: str | Path) -> StudyOutputs:
+        stem = study_stem(input_path)
+        out = Path(out_dir)
+        return StudyOutputs(
+            labels=out / f"{stem}.labels.nii.gz",
+            sidecar=out / f"{stem}.labels.json",
+            itksnap=out / f"{stem}.labels.txt",
+            slicer=out / f"{stem}.labels.ctbl",
+            seg=out / f"{stem}.seg.dcm",
+            stats=out / f"{stem}.stats.json",
+            work=out / WORK_DIR / stem,
+        )
+
+    def complete(self) -> bool:
+        """The study finished: labels and (last written) statistics are present."""
+        return self.labels.is_file() and self.stats.is_file()
+
+
+@dataclass(frozen=True)
+class VolumeResult:
+    """One segmented (or skipped) study."""
+
+    study: str
+    source: Path
+    outputs: StudyOutputs
+    stats: StudyStats
+    skipped: bool
+    seconds: float
+    dicom_seg: bool = False
+    windows_run: int = 0
+    blocks_run: int = 0
+
+
+@dataclass(frozen=True)
+class StudyFailure:
+    """A study that could not be segmented: the input and the message (naming the problem and fix)."""
+
+    source: str
+    message: str
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """The outcome of :func:`segment_volumes`: results in input order and failures."""
+
+    results: tuple[VolumeResult, ...]
+    failures: tuple[StudyFailure, ...]
+    stats_store: Path
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class BatchProgress(Protocol):
+    """Progress callbacks of :func:`segment_volumes` (all optional to act on)."""
+
+    def study_started(self, study: str, index: int, total: int) -> None: ...
+
+    def blocks(self, done: int, total: int) -> None: ...
+
+    def study_finished(self, outcome: VolumeResult | StudyFailure) -> None: ...
+
+
+def check_volume_spec(spec: ModelSpec) -> None:
+    """Raise :class:`ModelSpecError` unless ``spec`` is a one-channel volume model."""
+    where = spec.source or spec.name
+    if spec.task != "volume":
+        raise ModelSpecError(where, f"model '{spec.name}' is a {spec.task} model", "use a spec with task: volume for `segpipe volume`")
+    if spec.in_channels != 1:
+        raise ModelSpecError(where, f"volume models take 1 channel, spec says in_channels={spec.in_channels}", "set in_channels: 1")
+
+
+def segment_volume(
+    input_path: str | Path,
+    spec: ModelSpec,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    block: tuple[int, int, int] | None = None,
+    model: Any | None = None,
+    force: bool = False,
+    progress: BlockProgress | None = None,
+    series_uid: str | None = None,
+) -> VolumeResult:
+    """Segment one study (NIfTI file or DICOM series folder) into ``out_dir``; see the module docstring.
+
+    Args:
+        input_path: the study.
+        spec: a volume model spec (``task: volume``, ``in_channels: 1``).
+        out_dir: output folder (created).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        block: engine block ``(z, y, x)`` voxels on the model grid; None = the engine's default.
+        model: a ready network ``(N, 1, *window) -> (N, K, *window)``; None loads ``spec``'s checkpoint.
+        force: redo a study whose outputs are present.
+        progress: ``callable(blocks_done, blocks_total)`` from the engine.
+        series_uid: DICOM folders holding several series: the one to read.
+
+    Raises:
+        InputError: the study is unreadable (names the file, the problem and the fix).
+    """
+    started = time.perf_counter()
+    check_volume_spec(spec)
+    input_path = Path(input_path)
+    out_dir = Path(out_dir)
+    outputs = StudyOutputs.for_input(input_path, out_dir)
+    stem = study_stem(input_path)
+    if not force and outputs.complete():
+        stats = read_stats_json(outputs.stats)
+        _ensure_row(stats, out_dir / STATS_STORE)
+        log.info("%s: outputs present, skipped (use force to redo)", stem)
+        return VolumeResult(stem, input_path, outputs, stats, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file())
+    volume = read_volume(input_path, series_uid=series_uid)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if force:
+        shutil.rmtree(outputs.work, ignore_errors=True)
+    if model is None:
+        from models.checkpoint import load_model
+        from pipeline.engine import auto_device
+
+        model = load_model(spec, auto_device(device))
+    labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, device=device, block=block, progress=progress)
+    dicom_seg = _write_label_outputs(volume, spec, labels, outputs)
+    stats = study_statistics(
+        stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
+        source=str(input_path), modality=volume.modality, model=spec.name,
+    )
+    write_stats_json(stats, outputs.stats)  # last: marks the study complete
+    merge_into_store(stats, out_dir / STATS_STORE)
+    shutil.rmtree(outputs.work, ignore_errors=True)
+    _remove_if_empty(out_dir / WORK_DIR)
+    seconds = time.perf_counter() - started
+    log.info("%s: %d windows, %d blocks, %.1fs", stem, engine_report.windows_run, engine_report.blocks_run, seconds)
+    return VolumeResult(
+        stem, input_path, outputs, stats, skipped=False, seconds=seconds, dicom_seg=dicom_seg,
+        windows_run=engine_report.windows_run, blocks_run=engine_report.blocks_run,
+    )
+
+
+def _labels_on_native_grid(
+    volume: Volume, spec: ModelSpec, work: Path, model: Any, *, device: str, block: tuple[int, int, int] | None, progress: BlockProgress | None
+) -> tuple[np.ndarray, Any]:
+    """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``."""
+    import zarr
+
+    from pipeline.engine import EngineConfig, run_engine
+    from pipeline.grid import BlockPlan, WindowGrid
+
+    grid = plan_grid(volume.shape, volume.affine, orientation=spec.orientation, spacing=spec.spacing)
+    dtype = label_dtype(spec.class_ids)
+    config = EngineConfig(
+        window=tuple(spec.window), overlap=spec.overlap, blend=spec.blend, block=None if block is None else tuple(block),
+        device=device, output="logits" if grid.resampled else "labels", class_ids=spec.class_ids, label_dtype=dtype,
+    )
+    blk = config.block_for(grid.model_shape)
+    config = dataclasses.replace(config, block=blk)
+    plan = BlockPlan.build(WindowGrid(grid.model_shape, config.window, config.overlap), blk)
+    work.mkdir(parents=True, exist_ok=True)
+    source = write_volume_store(
+        to_model(volume.data, grid), work / "source.zarr", affine=grid.model_affine, block=blk,
+        attrs={"source": str(volume.source), "modality": volume.modality},
+    )
+    fingerprint = _fingerprint(volume, spec, grid, config)
+    out, done = _resumable_outputs(work, fingerprint, grid, config, plan.shape, zarr)
+    report = run_engine(source.array, model, config, out, done=done, preprocess=intensity_for(spec, volume.data), progress=progress)
+    if grid.resampled:
+        labels = logits_to_native(out, grid, spec.class_ids, dtype)
+    else:
+        labels = labels_to_native(out[...], grid)
+    return np.ascontiguousarray(labels), report
+
+
+def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any) -> dict[str, Any]:
+    stat = Path(volume.source).stat()
+    checkpoint = spec.checkpoint
+    return {
+        "source": str(volume.source),
+        "source_mtime_ns": stat.st_mtime_ns,
+        "model": spec.name,
+        "checkpoint_mtime_ns": checkpoint.stat().st_mtime_ns if checkpoint is not None and checkpoint.exists() else None,
+        "classes": list(spec.class_ids),
+        "window": list(config.window),
+        "overlap": config.overlap,
+        "blend": config.blend,
+        "block": list(config.block),
+        "output": config.output,
+        "model_shape": list(grid.model_shape),
+        "model_affine": np.asarray(grid.model_affine).round(6).tolist(),
+        "normalize": repr(spec.normalize),
+    }
+
+
+def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMapping, config: Any, block_grid: tuple[int, ...], zarr: Any):
+    """The engine's output and ``done`` arrays: reopened when the fingerprint matches, else created."""
+    out_path, done_path = work / "out.zarr", work / "done.zarr"
+    try:
+        out = zarr.open_array(store=str(out_path), mode="r+")
+        done = zarr.open_array(store=str(done_path), mode="r+")
+        if out.attrs.get("fingerprint") == json.loads(json.dumps(fingerprint)):
+            log.info("%s: resuming, %d of %d blocks already done", work.name, int(np.count_nonzero(done[...])), done.size)
+            return out, done
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        pass
+    blk = tuple(config.block)
+    if config.output == "labels":
+        out = zarr.create_array(store=str(out_path), shape=grid.model_shape, chunks=blk, dtype=config.label_dtype, zarr_format=3, overwrite=True)
+    else:
+        k = len(config.class_ids)
+        out = zarr.create_array(store=str(out_path), shape=(k, *grid.model_shape), chunks=(k, *blk), dtype="float32", zarr_format=3, overwrite=True)
+    done = zarr.create_array(store=str(done_path), shape=block_grid, chunks=(1,) * len(block_grid), dtype="uint8", zarr_format=3, overwrite=True, fill_value=0)
+    out.attrs["fingerprint"] = fingerprint
+    return out, done
+
+
+def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, outputs: StudyOutputs) -> bool:
+    """Labels NIfTI, sidecar, colour tables and (DICOM input) DICOM SEG. Returns whether a SEG was written."""
+    write_labels_nifti(labels, volume.header, outputs.labels)
+    write_text_atomic(sidecar_json(spec.classes, source=str(volume.source), model=spec.name), outputs.sidecar)
+    write_text_atomic(itksnap_label_table(spec.classes), outputs.itksnap)
+    write_text_atomic(slicer_color_table(spec.classes), outputs.slicer)
+    if volume.dicom is None:
+        return False
+    write_dicom_seg(labels, volume.dicom, spec.classes, outputs.seg, model_name=spec.name)
+    return True
+
+
+def _ensure_row(stats: StudyStats, store: Path) -> None:
+    """Put a finished study's statistics back into ``stats.zarr`` if its row is missing."""
+    try:
+        present = stats.study in set(open_stats(store).study.values.tolist())
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        present = False
+    if not present:
+        merge_into_store(stats, store)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def segment_volumes(
+    inputs: Sequence[str | Path],
+    spec: ModelSpec,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    block: tuple[int, int, int] | None = None,
+    model: Any | None = None,
+    force: bool = False,
+    progress: BatchProgress | None = None,
+    series_uid: str | None = None,
+    dask_address: str | None = None,
+) -> BatchReport:
+    """Segment a batch; a bad study becomes a :class:`StudyFailure` and never stops the others.
+
+    Arguments as :func:`segment_volume`; ``dask_address`` runs one task per study on that Dask
+    scheduler (workers need the same file system; each loads the model itself unless ``model`` is given).
+
+    Raises:
+        ModelSpecError, CheckpointError: the model itself is unusable (every study would fail).
+    """
+    check_volume_spec(spec)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(p) for p in inputs]
+    todo, failures = _dedupe(inputs)
+    options = dict(device=device, block=block, force=force, series_uid=series_uid)
+    if dask_address:
+        outcomes = _run_on_dask(dask_address, todo, spec, out_dir, model, options, progress)
+    else:
+        if model is None and any(force or not StudyOutputs.for_input(p, out_dir).complete() for p in todo):
+            from models.checkpoint import load_model
+            from pipeline.engine import auto_device
+
+            model = load_model(spec, auto_device(device))
+        outcomes = []
+        for index, path in enumerate(todo):
+            if progress is not None:
+                progress.study_started(study_stem(path), index, len(todo))
+            outcome = _segment_one(path, spec, out_dir, model, options, progress.blocks if progress is not None else None)
+            outcomes.append(outcome)
+            if progress is not None:
+                progress.study_finished(outcome)
+    results = tuple(o for o in outcomes if isinstance(o, VolumeResult))
+    failures = tuple(failures) + tuple(o for o in outcomes if isinstance(o, StudyFailure))
+    return BatchReport(results=results, failures=failures, stats_store=out_dir / STATS_STORE)
+
+
+def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
+    """Inputs with distinct stems; later duplicates fail (their outputs would overwrite the first)."""
+    seen: dict[str, Path] = {}
+    todo, failures = [], []
+    for path in inputs:
+        stem = study_stem(path)
+        if stem in seen:
+            failures.append(StudyFailure(str(path), f"{path}: same output name '{stem}' as {seen[stem]} (rename one of them or run them into different --out folders)"))
+            continue
+        seen[stem] = path
+        todo.append(path)
+    return todo, failures
+
+
+def _segment_one(
+    path: Path, spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], blocks: BlockProgress | None
+) -> VolumeResult | StudyFailure:
+    """One study, with every error turned into a :class:`StudyFailure` (the batch goes on)."""
+    try:
+        return segment_volume(path, spec, out_dir, model=model, progress=blocks, **options)
+    except SegpipeError as exc:
+        log.warning("%s", exc)
+        return StudyFailure(str(path), str(exc))
+    except Exception as exc:  # noqa: BLE001 - a study must never stop the batch; the message keeps the cause
+        log.exception("%s: unexpected failure", path)
+        return StudyFailure(str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (please report this with the input's description)")
+
+
+def _run_on_dask(
+    address: str, todo: list[Path], spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], progress: BatchProgress | None
+) -> list[VolumeResult | StudyFailure]:
+    """One Dask task per study on the scheduler at ``address``; outcomes in input order."""
+    from distributed import Client, as_completed
+
+    with Client(address) as client:
+        futures = {}
+        for index, path in enumerate(todo):
+            if progress is not None:
+                progress.study_started(study_stem(path), index, len(todo))
+            futures[client.submit(_segment_one, path, spec, out_dir, model, options, None, key=f"segpipe-volume-{study_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
+        outcomes: list[Any] = [None] * len(todo)
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker must not stop the batch
+                outcome = StudyFailure(str(todo[index]), f"{todo[index]}: worker failed: {type(exc).__name__}: {exc}")
+            outcomes[index] = outcome
+            if progress is not None:
+                progress.study_finished(outcome)
+    return outcomes
