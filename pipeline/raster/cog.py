@@ -106,6 +106,7 @@ def _write_tiled(labels, mask, info: RasterInfo, classes, path: Path, *, dtype, 
     profile = dict(TEMP_PROFILE, width=info.width, height=info.height, count=1, dtype=dtype.name, crs=info.crs, transform=info.transform, nodata=nodata)
     step = _chunk_step(labels)
     with rasterio.open(path, "w", **profile) as dst:
+        dst.write_colormap(1, _colormap(classes, nodata))  # before any pixel: it sets the photometric tag
         for r0 in range(0, info.height, step[0]):
             for c0 in range(0, info.width, step[1]):
                 rows = slice(r0, min(r0 + step[0], info.height))
@@ -115,7 +116,6 @@ def _write_tiled(labels, mask, info: RasterInfo, classes, path: Path, *, dtype, 
                     tile[~np.asarray(mask[rows, cols]).astype(bool)] = nodata
                 window = Window(cols.start, rows.start, tile.shape[1], tile.shape[0])
                 dst.write(tile, 1, window=window)
-        dst.write_colormap(1, _colormap(classes, nodata))
         dst.set_band_description(1, "class")
         dst.update_tags(1, **{f"CLASS_{c.id}": c.name for c in classes})
         dst.update_tags(SEGPIPE_CLASSES=json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in classes]), SEGPIPE_NODATA=str(nodata))

@@ -44,6 +44,7 @@ def test_cog_grid_values_colours_names_and_layout(tmp_path, cog_layout):
         assert (src.width, src.height, src.count, src.dtypes[0]) == (w, h, 1, "uint8")
         assert src.crs == info.crs and src.transform == info.transform
         assert src.nodata == 255
+        assert src.colorinterp[0] == rasterio.enums.ColorInterp.palette
         assert src.profile["tiled"] and src.block_shapes == [(512, 512)]
         assert src.compression.name.lower() == "deflate"
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
