@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import NodataShadowWarning
 
 from models.spec import ClassInfo
 
@@ -81,7 +83,9 @@ def write_quicklook(
 
 def _composite(image: str | Path, rgb: Sequence[int] | None, shape: tuple[int, int]) -> np.ndarray:
     """``(Y, X, 3)`` float in [0, 1], percentile-stretched per band over valid pixels; nodata is black."""
-    with rasterio.open(image) as src:
+    with rasterio.open(image) as src, warnings.catch_warnings():
+        # a 4-band image may carry an alpha flag next to its nodata value; nodata decides, as in ingest
+        warnings.simplefilter("ignore", NodataShadowWarning)
         bands = list(rgb) if rgb else ([1, 2, 3] if src.count >= 3 else [1])
         data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average, masked=True)
     out = np.zeros((*shape, len(bands)))

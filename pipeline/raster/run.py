@@ -1,0 +1,244 @@
+"""One scene end to end: ingest -> engine -> label COG -> statistics -> quicklook.
+
+Outputs in ``out_dir``: ``<stem>.labels.tif`` (+ ``.aux.xml`` with category names),
+``<stem>.quicklook.png`` and the shared ``stats.zarr``. Working data lives in
+``out_dir/.work/<stem>.zarr`` (the ingested image, the labels and the engine's finished-block
+record): a killed run resumes from it, and it is removed after a successful run. Every output is
+written under a temporary name and renamed when complete, and inputs are validated (raster,
+bands, regions) before anything is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+import time as _time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from models.spec import ModelSpec, load_spec
+from pipeline.errors import InputError, ModelSpecError
+from pipeline.raster.cog import write_label_cog
+from pipeline.raster.ingest import RasterInfo, band_stats, ingest_raster, probe_raster, scene_stem
+from pipeline.raster.quicklook import write_quicklook
+from pipeline.raster.regions import Regions, read_regions, scene_region
+from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: ingest, segment, stats
+WORK_DIR = ".work"
+LABELS_ATTR = "segpipe_labels"
+
+
+@dataclass(frozen=True)
+class RasterResult:
+    """What one scene produced.
+
+    Attributes:
+        scene: the scene name (file stem), also its ``scene`` coordinate in ``stats.zarr``.
+        labels_path, stats_path, quicklook_path: the outputs.
+        info: the input raster's description.
+        stats: this run's statistics (dims ``region``, ``class``).
+        engine: the engine's report (windows, blocks, seconds).
+        seconds: wall time of the whole scene.
+    """
+
+    scene: str
+    labels_path: Path
+    stats_path: Path
+    quicklook_path: Path
+    info: RasterInfo
+    stats: xr.Dataset
+    engine: Any
+    seconds: float
+
+
+def segment_raster(
+    image: str | Path,
+    spec: ModelSpec | str | Path,
+    out_dir: str | Path,
+    *,
+    regions: str | Path | None = None,
+    region_field: str | None = None,
+    block: int = 1024,
+    device: str = "auto",
+    bands: Sequence[int] | None = None,
+    time: Any = None,
+    progress: Progress | None = None,
+    model: Any = None,
+    dask_client: Any = None,
+    keep_work: bool = False,
+) -> RasterResult:
+    """Segment one raster scene and write its label COG, statistics and quicklook.
+
+    Args:
+        image: the raster (path or GDAL-readable URL).
+        spec: a :class:`ModelSpec`, a catalog name or a YAML path (task ``raster``).
+        out_dir: output folder (created).
+        regions: polygons file for the statistics; None = one region ``scene``.
+        region_field: attribute naming the regions (default ``name`` if present).
+        block: block (zarr chunk) size in pixels; bounds memory.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        bands: 1-based bands to feed the model (default all; their number must be ``in_channels``).
+        time: run time for ``stats.zarr`` (default now, UTC).
+        progress: optional ``callable(stage, done, total)``.
+        model: a ready model (``(N, C, y, x) -> (N, K, y, x)``); default ``models.checkpoint.load_model(spec, device)``.
+        dask_client: a ``distributed.Client`` to run the blocks on (the output folder must be
+            reachable from its workers); None runs locally.
+        keep_work: keep ``.work/<stem>.zarr`` after success (default: removed).
+
+    Raises:
+        InputError: bad raster, bands, regions or options (nothing is written).
+        ModelSpecError, CheckpointError: bad model.
+    """
+    started = _time.perf_counter()
+    spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
+    if spec.task != "raster":
+        raise ModelSpecError(spec.source or spec.name, f"task is '{spec.task}', not 'raster'", "use a raster (2D) model for `segpipe raster`")
+    if region_field is not None and regions is None:
+        raise InputError(str(region_field), "--region-field given without --regions", "add --regions FILE")
+    run_time = to_datetime64(time)
+    stem = scene_stem(image)
+    out_dir = Path(out_dir)
+    # validate everything before writing anything
+    info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
+    region_set = read_regions(regions, info, field=region_field) if regions is not None else scene_region(info)
+    label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
+    if model is None and dask_client is None:
+        from models.checkpoint import load_model
+
+        model = load_model(spec, device)
+
+    work = out_dir / WORK_DIR / f"{stem}.zarr"
+    created = [p for p in (out_dir, out_dir / WORK_DIR) if not p.exists()]
+    try:
+        info = ingest_raster(image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"))
+        report = _segment(work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client, progress=_stage(progress, "segment"))
+        result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress)
+    except BaseException:
+        for path in reversed(created):  # leave no empty folders behind a failed first run
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+        _remove_if_empty(out_dir / WORK_DIR)
+    labels_path, stats_path, quicklook_path, stats = result
+    return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started)
+
+
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return functools.partial(progress, stage)
+
+
+def _remove_if_empty(path: Path) -> None:
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
+def _fingerprint(spec: ModelSpec, info: RasterInfo, block: int, label_dtype: str) -> dict[str, Any]:
+    """What the labels in the work store depend on; a mismatch discards them."""
+    ckpt = spec.checkpoint
+    stat = ckpt.stat() if ckpt is not None and Path(ckpt).is_file() else None
+    return {
+        "model": spec.name,
+        "architecture": spec.architecture,
+        "params": json.loads(json.dumps(spec.params, default=str)),
+        "checkpoint": None if ckpt is None else str(ckpt),
+        "checkpoint_stat": None if stat is None else [stat.st_size, stat.st_mtime_ns],
+        "window": list(spec.window),
+        "overlap": spec.overlap,
+        "blend": spec.blend,
+        "normalize": repr(spec.normalize),
+        "class_ids": list(spec.class_ids),
+        "bands": list(info.bands),
+        "block": block,
+        "dtype": label_dtype,
+    }
+
+
+def _label_arrays(work: Path, fingerprint: dict[str, Any], shape: tuple[int, int], block: int, grid: tuple[int, int], dtype: str):
+    """The ``labels`` and ``labels_done`` arrays of the work store, reused when the fingerprint matches."""
+    import zarr
+
+    group = zarr.open_group(work, mode="r+", use_consolidated=False)
+    if group.attrs.get(LABELS_ATTR) == fingerprint and "labels" in group and "labels_done" in group:
+        return group["labels"], group["labels_done"]
+    labels = group.create_array("labels", shape=shape, chunks=(block, block), dtype=dtype, fill_value=0, dimension_names=("y", "x"), overwrite=True)
+    done = group.create_array("labels_done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0, dimension_names=("block_y", "block_x"), overwrite=True)
+    group.attrs[LABELS_ATTR] = fingerprint
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(work)
+    return labels, done
+
+
+def _preprocess(spec: ModelSpec, work: Path):
+    from models.normalize import NormStats, normalizer
+
+    stats = None
+    if spec.normalize.kind == "zscore":
+        raw = band_stats(work)
+        stats = NormStats(tuple(raw["mean"]), tuple(s if s > 0 else 1.0 for s in raw["std"]))
+    return normalizer(spec.normalize, stats)
+
+
+def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, device: str, label_dtype: str, model: Any, dask_client: Any, progress):
+    import zarr
+
+    from pipeline.engine import EngineConfig, auto_device, plan_for, run_engine
+
+    config = EngineConfig(
+        window=tuple(spec.window), overlap=spec.overlap, blend=spec.blend, block=(block, block), device=device,
+        output="labels", class_ids=tuple(spec.class_ids), label_dtype=label_dtype,
+    )
+    image = zarr.open_group(work, mode="r", use_consolidated=False)["image"]
+    grid = plan_for(tuple(image.shape), config).shape
+    labels, done = _label_arrays(work, _fingerprint(spec, info, block, label_dtype), info.shape, block, grid, label_dtype)
+    preprocess = _preprocess(spec, work)
+    if dask_client is not None:
+        from pipeline.distributed import ZarrRef, run_engine_dask
+
+        store = str(work.resolve())
+        if model is not None:
+            factory = functools.partial(_given_model, model)
+        else:
+            from models.checkpoint import load_model
+
+            factory = functools.partial(load_model, spec, device)
+        key = f"{spec.name}-{device}-{id(model) if model is not None else spec.checkpoint}"
+        return run_engine_dask(
+            dask_client, ZarrRef(store, "image"), key, factory, config, ZarrRef(store, "labels"),
+            done=ZarrRef(store, "labels_done"), preprocess=preprocess, progress=progress,
+        )
+    if hasattr(model, "to") and hasattr(model, "eval"):
+        model = model.to(auto_device(device)).eval()
+    return run_engine(image, model, config, labels, done=done, preprocess=preprocess, progress=progress)
+
+
+def _given_model(model: Any) -> Any:
+    return model.eval() if hasattr(model, "eval") else model
+
+
+def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions, out_dir: Path, *, stem: str, block: int, time, progress):
+    import zarr
+
+    group = zarr.open_group(work, mode="r", use_consolidated=False)
+    labels, mask = group["labels"], group["mask"]
+    labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
+    stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
+    stats_path = append_stats(stats, out_dir / "stats.zarr", time=time, scene=stem)
+    rgb = list(info.bands[:3]) if len(info.bands) >= 3 else [info.bands[0]]
+    quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb)
+    return labels_path, stats_path, quicklook_path, stats
+

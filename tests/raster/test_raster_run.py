@@ -1,0 +1,214 @@
+"""pipeline.raster.run and ``segpipe raster``: end to end on real scenes with a per-pixel model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import xarray as xr
+import yaml
+from safetensors.torch import save_file
+
+from models.spec import spec_from_dict
+from pipeline.cli import main
+from pipeline.errors import InputError
+from pipeline.raster import stats as stats_module
+from pipeline.raster.run import segment_raster
+
+CLASSES = [{"id": 0, "name": "water", "color": "#1f78b4"}, {"id": 1, "name": "forest", "color": "#33a02c"}, {"id": 5, "name": "urban", "color": "#e31a1c"}]
+
+
+def per_pixel_model(weight, bias) -> torch.nn.Conv2d:
+    """Conv2d kernel 1 with known weights: logits = W x + b at every pixel."""
+    w = torch.tensor(weight, dtype=torch.float32)
+    conv = torch.nn.Conv2d(w.shape[1], w.shape[0], kernel_size=1)
+    with torch.no_grad():
+        conv.weight.copy_(w[:, :, None, None])
+        conv.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return conv.eval()
+
+
+def spec_for(in_channels: int, *, window=(256, 256), normalize=None, tmp_path=None, model=None):
+    raw = {
+        "name": "per-pixel", "task": "raster", "architecture": "torch.nn:Conv2d",
+        "params": {"in_channels": in_channels, "out_channels": 3, "kernel_size": 1},
+        "in_channels": in_channels, "classes": CLASSES, "window": list(window), "overlap": 0.25,
+        "normalize": normalize or {"kind": "none"},
+    }
+    if tmp_path is None:
+        return spec_from_dict(raw)
+    save_file(model.state_dict(), str(tmp_path / "pp.safetensors"))
+    raw["checkpoint"] = "pp.safetensors"
+    path = tmp_path / "pp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+# integer weights and half-integer biases: logits are exact in float32 and never tie
+LANDSAT_W = ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [0.5, 0.25, 0.0])
+
+
+def expected_labels(pixels: np.ndarray, weight, bias, scale: float = 1.0) -> np.ndarray:
+    logits = np.einsum("kc,cyx->kyx", np.asarray(weight), pixels.astype(np.float64) * scale) + np.asarray(bias)[:, None, None]
+    return np.array([c["id"] for c in CLASSES])[np.argmax(logits, axis=0)]
+
+
+def test_landsat_per_pixel_labels_nodata_grid_and_stats(landsat, bahamas, tmp_path):
+    spec = spec_for(3)
+    out = tmp_path / "out"
+    seen = []
+    result = segment_raster(
+        landsat, spec, out, regions=bahamas, block=512, device="cpu", time="2024-06-01T02:00",
+        model=per_pixel_model(*LANDSAT_W), progress=lambda stage, done, total: seen.append(stage),
+    )
+    assert {"ingest", "segment", "stats"} <= set(seen)
+    with rasterio.open(landsat) as src, rasterio.open(result.labels_path) as lab:
+        pixels = src.read()
+        valid = src.dataset_mask() > 0
+        assert (lab.crs, lab.transform, lab.width, lab.height) == (src.crs, src.transform, src.width, src.height)
+        labels = lab.read(1)
+        assert lab.nodata == 255
+    expected = expected_labels(pixels, *LANDSAT_W)
+    np.testing.assert_array_equal(labels[valid], expected[valid])
+    assert (labels[~valid] == 255).all()
+    assert len(np.unique(labels[valid])) == 3  # all classes occur: the check is not vacuous
+    assert result.labels_path == out / "landsat7_bahamas_rgb.labels.tif"
+    assert result.quicklook_path.read_bytes()[:4] == b"\x89PNG"
+    ds = xr.open_zarr(out / "stats.zarr")
+    assert ds.area_m2.dims == ("time", "scene", "region", "class")
+    assert list(ds.region.values) == ["The Bahamas"] and list(ds.scene.values) == ["landsat7_bahamas_rgb"]
+    assert not (out / ".work").exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "landsat7_bahamas_rgb.labels.tif", "landsat7_bahamas_rgb.labels.tif.aux.xml", "landsat7_bahamas_rgb.quicklook.png", "stats.zarr",
+    ]
+
+
+@pytest.mark.slow
+def test_naip_four_bands_with_scaling_and_same_time_rerun(naip, tmp_path):
+    weight = [[1.0, 0.0, 0.0, -1.0], [0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]]
+    bias = [0.5 / 256, 0.25 / 256, 0.0]
+    spec = spec_for(4, normalize={"kind": "scale", "factor": 1 / 256})
+    model = per_pixel_model(weight, bias)
+    for _ in range(2):  # same time twice: the entry is replaced, not duplicated
+        result = segment_raster(naip, spec, tmp_path, block=512, device="cpu", time="2024-06-01", model=model)
+    with rasterio.open(naip) as src, rasterio.open(result.labels_path) as lab:
+        pixels = src.read()
+        labels = lab.read(1)
+        assert (lab.crs, lab.transform, lab.shape) == (src.crs, src.transform, src.shape)
+    np.testing.assert_array_equal(labels, expected_labels(pixels, weight, bias, scale=1 / 256))
+    assert len(np.unique(labels)) == 3
+    ds = xr.open_zarr(tmp_path / "stats.zarr")
+    assert ds.sizes["time"] == 1 and ds.sizes["scene"] == 1 and list(ds.region.values) == ["scene"]
+    # the scene's area is 723 x 934 pixels of 5 m x 5 m, corrected for the UTM scale factor (~0.9996^-2)
+    total = float(ds.area_m2.sum())
+    assert total == pytest.approx(723 * 934 * 25.0, rel=2e-3)
+    assert float(ds.pixel_count.sum()) == 723 * 934
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_redoing_blocks(naip, tmp_path, monkeypatch):
+    spec = spec_for(4, window=(128, 128))
+    model = per_pixel_model([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], [0.5, 0.25, 0.0])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr("pipeline.raster.run.compute_stats", crash)
+    with pytest.raises(RuntimeError):
+        segment_raster(naip, spec, tmp_path, block=256, device="cpu", model=model)
+    work = tmp_path / ".work" / "naip_north_dakota_rgbn.zarr"
+    assert work.is_dir()
+    assert not (tmp_path / "stats.zarr").exists()
+    monkeypatch.setattr("pipeline.raster.run.compute_stats", stats_module.compute_stats)
+    result = segment_raster(naip, spec, tmp_path, block=256, device="cpu", model=model)
+    assert result.engine.windows_run == 0 and result.engine.blocks_skipped == result.engine.blocks_total
+    assert not work.exists()
+
+
+# --- bad inputs: a clear error and no output left ---
+
+
+def _no_outputs(out):
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.rglob("*"))
+
+
+@pytest.fixture
+def conv3():
+    return per_pixel_model(*LANDSAT_W)
+
+
+def test_not_a_raster(tmp_path, conv3):
+    bad = tmp_path / "scene.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    with pytest.raises(InputError, match=r"scene\.tif: not a readable raster"):
+        segment_raster(bad, spec_for(3), tmp_path / "out", model=conv3)
+    _no_outputs(tmp_path / "out")
+
+
+def test_truncated_raster(naip, tmp_path):
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(naip.read_bytes()[:150_000])
+    with pytest.raises(InputError, match=r"cut\.tif: read failed.*truncated"):
+        segment_raster(cut, spec_for(4), tmp_path / "out", block=256, model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    _no_outputs(tmp_path / "out")
+
+
+def test_wrong_band_count(naip, tmp_path, conv3):
+    with pytest.raises(InputError, match=r"naip_north_dakota_rgbn\.tif: 4 bands, model 'per-pixel' needs 3 \(pick bands with --bands 1,2,3\)"):
+        segment_raster(naip, spec_for(3), tmp_path / "out", model=conv3)
+    _no_outputs(tmp_path / "out")
+
+
+def test_raster_without_crs(tmp_path, make_geotiff, conv3):
+    from affine import Affine
+
+    tif = make_geotiff(tmp_path / "nocrs.tif", np.ones((3, 16, 16), np.uint8), crs=None, transform=Affine.identity())
+    with pytest.raises(InputError, match=r"nocrs\.tif: no CRS"):
+        segment_raster(tif, spec_for(3), tmp_path / "out", model=conv3)
+    _no_outputs(tmp_path / "out")
+
+
+def test_regions_not_intersecting(naip, bahamas, tmp_path):
+    with pytest.raises(InputError, match="intersects the raster"):
+        segment_raster(naip, spec_for(4), tmp_path / "out", regions=bahamas, model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    _no_outputs(tmp_path / "out")
+
+
+def test_regions_without_the_attribute(landsat, bahamas, tmp_path, conv3):
+    with pytest.raises(InputError, match=r"no attribute 'district' \(available attributes: id, name\)"):
+        segment_raster(landsat, spec_for(3), tmp_path / "out", regions=bahamas, region_field="district", model=conv3)
+    _no_outputs(tmp_path / "out")
+
+
+# --- the command line ---
+
+
+@pytest.mark.slow
+def test_cli_one_bad_scene_is_reported_and_the_others_finish(landsat, tmp_path, capsys):
+    spec_path = spec_for(3, tmp_path=tmp_path, model=per_pixel_model(*LANDSAT_W))
+    bad = tmp_path / "broken.tif"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    code = main(["raster", str(bad), str(landsat), "--model", str(spec_path), "--out", str(out), "--block", "512", "--device", "cpu", "--time", "2024-06-01"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.tif: not a readable raster" in captured.err
+    assert "1/2 scene(s) done" in captured.out
+    assert (out / "landsat7_bahamas_rgb.labels.tif").is_file()
+    assert not list(out.glob("broken*"))
+    assert list(xr.open_zarr(out / "stats.zarr").scene.values) == ["landsat7_bahamas_rgb"]
+
+
+@pytest.mark.slow
+def test_cli_bands_option_and_bad_options(naip, tmp_path, capsys):
+    spec_path = spec_for(3, tmp_path=tmp_path, model=per_pixel_model(*LANDSAT_W))
+    out = tmp_path / "out"
+    assert main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--bands", "4,1,2", "--device", "cpu"]) == 0
+    assert (out / "naip_north_dakota_rgbn.labels.tif").is_file()
+    assert main(["raster", str(naip), "--model", str(spec_path), "--out", str(out)]) == 1
+    assert "4 bands, model 'per-pixel' needs 3 (pick bands with --bands 1,2,3)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--bands", "0,x"])
+    with pytest.raises(SystemExit):
+        main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--device", "tpu"])
