@@ -212,3 +212,17 @@ def test_cli_bands_option_and_bad_options(naip, tmp_path, capsys):
         main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--bands", "0,x"])
     with pytest.raises(SystemExit):
         main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--device", "tpu"])
+
+
+@pytest.mark.slow
+def test_dask_client_gives_the_local_labels(naip, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    spec = spec_for(4, window=(128, 128))
+    model = per_pixel_model([[1, 0, 0, -1], [0, 0, 0, 1], [0, 1, 0, 0]], [0.5, 0.25, 0.0])
+    local = segment_raster(naip, spec, tmp_path / "local", block=256, device="cpu", model=model)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            remote = segment_raster(naip, spec, tmp_path / "dask", block=256, device="cpu", model=model, dask_client=client)
+    with rasterio.open(local.labels_path) as a, rasterio.open(remote.labels_path) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    assert remote.engine.windows_run == remote.engine.windows_total
