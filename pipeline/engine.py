@@ -125,10 +125,20 @@ def auto_device(name: str = "auto") -> torch.device:
 
 
 def importance_map(window: tuple[int, ...], blend: Blend, sigma_scale: float, device: torch.device) -> torch.Tensor:
-    """MONAI's importance map (gaussian or constant), clamped to a small positive minimum as MONAI does."""
-    from monai.data.utils import compute_importance_map
+    """MONAI's importance map (``monai.data.utils.compute_importance_map``), gaussian or constant.
 
-    return compute_importance_map(window, mode=blend, sigma_scale=sigma_scale, device=device, dtype=torch.float32)
+    Same formula, clamped to the same small positive minimum; written here because importing
+    ``monai.data`` loads all of MONAI (and transformers), seconds of start-up for ten lines.
+    ``tests/pipeline/test_engine.py`` checks it equals MONAI's.
+    """
+    if blend == "constant":
+        return torch.ones(window, dtype=torch.float32, device=device)
+    weights = torch.ones((), dtype=torch.float32, device=device)
+    for size in window:
+        x = torch.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1, dtype=torch.float32, device=device)
+        g = torch.exp(x**2 / (-2 * (size * sigma_scale) ** 2))
+        weights = weights.unsqueeze(-1) * g
+    return torch.clamp(weights, min=max(weights.min().item(), 1e-3))
 
 
 def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:

@@ -188,3 +188,15 @@ def test_peak_memory_does_not_grow_with_image_size(tmp_path):
     small = _peak_numpy_bytes(tmp_path, 768)
     large = _peak_numpy_bytes(tmp_path, 3072)  # 16x the pixels
     assert large < 1.1 * small, (small, large)
+
+
+@pytest.mark.parametrize("window", [(64, 64), (96, 80, 48), (7,), (5, 512)])
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_importance_map_equals_monai(window, blend):
+    from monai.data.utils import compute_importance_map
+
+    from pipeline.engine import importance_map
+
+    ours = importance_map(window, blend, 0.125, torch.device("cpu"))
+    theirs = compute_importance_map(window, mode=blend, sigma_scale=0.125, device="cpu", dtype=torch.float32)
+    assert torch.equal(ours, theirs)
