@@ -33,6 +33,7 @@ def register(subparsers) -> None:
 
 def run_models(args: argparse.Namespace) -> int:
     """Print the catalog as a table."""
+    from rich.markup import escape
     from rich.table import Table
 
     from models.catalog import list_catalog
@@ -43,12 +44,13 @@ def run_models(args: argparse.Namespace) -> int:
         table.add_column(column, no_wrap=column in ("name", "window"))
     for e in entries:
         if e.spec is None:
-            table.add_row(e.name, "-", "[red]invalid[/red]", e.error or "", "-", "-")
+            table.add_row(escape(e.name), "-", "[red]invalid[/red]", escape(e.error or ""), "-", "-")
             continue
         s = e.spec
         names = ", ".join(c.name for c in s.classes[:4]) + (", ..." if len(s.classes) > 4 else "")
-        state = {"none": "none (random init)", "present": s.checkpoint.name if s.checkpoint else "", "missing": "[yellow]missing[/yellow] (run segpipe train)"}
-        table.add_row(s.name, s.task, s.architecture, f"{s.n_classes}: {names}", "x".join(map(str, s.window)), state[e.checkpoint_state])
+        state = {"none": "none (random init)", "present": escape(s.checkpoint.name if s.checkpoint else ""), "missing": "[yellow]missing[/yellow] (run segpipe train)"}
+        cells = (s.name, s.task, s.architecture, f"{s.n_classes}: {names}", "x".join(map(str, s.window)))
+        table.add_row(*(escape(c) for c in cells), state[e.checkpoint_state])
     console = _console()
     console.print(table)
     if not entries:

@@ -46,6 +46,7 @@ def test_models_survives_missing_checkpoints_and_bad_specs(tmp_path, monkeypatch
     assert "missing" in tiny and "2: land, water" in tiny and "16x16" in tiny
     broken = next(line for line in lines if "aab-broken" in line)
     assert "invalid" in broken
+    assert "[16, 16, 16]" in "\n".join(lines)  # brackets in messages survive rich markup
 
 
 def _write_pair(folder, i):
