@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if spec.task != "raster":
         raise InputError(args.model, f"model task is '{spec.task}'", "use a raster model with `segpipe raster`")
     when = to_datetime64(args.time)
+    _check_unique_stems(args.images, scene_stem)
     client = _dask_client(args.dask_address) if args.dask_address else None
     model = None
     if client is None:
@@ -123,6 +124,16 @@ def run(args: argparse.Namespace) -> int:
         err.print(escape(f"{len(failed)} scene(s) failed: {', '.join(failed)}"), soft_wrap=True)
         return 1
     return 0
+
+
+def _check_unique_stems(images: list[str], stem_of) -> None:
+    """Outputs are named by file stem: two inputs with one stem would overwrite each other."""
+    seen: dict[str, str] = {}
+    for image in images:
+        stem = stem_of(image)
+        if stem in seen and seen[stem] != image:
+            raise InputError(image, f"has the same name '{stem}' as {seen[stem]}; both would write {stem}.labels.tif", "rename one, or run them with different --out folders")
+        seen[stem] = image
 
 
 def _dask_client(address: str):

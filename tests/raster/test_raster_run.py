@@ -212,6 +212,11 @@ def test_cli_bands_option_and_bad_options(naip, tmp_path, capsys):
         main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--bands", "0,x"])
     with pytest.raises(SystemExit):
         main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--device", "tpu"])
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / naip.name).write_bytes(naip.read_bytes())
+    assert main(["raster", str(naip), str(other / naip.name), "--model", str(spec_path), "--out", str(out)]) == 2
+    assert "same name 'naip_north_dakota_rgbn'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
