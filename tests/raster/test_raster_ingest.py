@@ -177,3 +177,13 @@ def test_raster_info_is_frozen(landsat):
     assert isinstance(info, RasterInfo)
     with pytest.raises(AttributeError):
         info.width = 3  # type: ignore[misc]
+
+
+def test_rotated_transform_round_trips(tmp_path, make_geotiff):
+    t = Affine(10 * np.cos(0.3), -10 * np.sin(0.3), 500000.0, 10 * np.sin(0.3), -10 * np.cos(0.3), 6000000.0)
+    tif = make_geotiff(tmp_path / "rot.tif", np.ones((1, 12, 9), dtype=np.uint8), transform=t)
+    info = ingest_raster(tif, tmp_path / "rot.zarr", block=8)
+    ds = _open(tmp_path / "rot.zarr")
+    assert info.transform == t
+    assert ds.rio.transform().almost_equals(t)
+    assert ds.rio.crs == info.crs
