@@ -109,7 +109,7 @@ def _print_summary(console, report) -> None:
     if report.results:
         table = Table(title="segmented studies")
         for column in ("study", "status", "labels", "seconds", "largest label (mL)"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for r in report.results:
             present = [lab for lab in r.stats.labels if lab.label_id != 0 and lab.voxel_count]
             largest = max(present, key=lambda lab: lab.volume_ml, default=None)
@@ -123,8 +123,8 @@ def _print_summary(console, report) -> None:
         console.print(table)
     if report.failures:
         table = Table(title=f"{len(report.failures)} failed", style="red")
-        table.add_column("input")
-        table.add_column("problem and fix")
+        table.add_column("input", overflow="fold")
+        table.add_column("problem and fix", overflow="fold")
         for failure in report.failures:
             table.add_row(failure.source, failure.message)
         console.print(table)
