@@ -56,13 +56,14 @@ class SceneOutput:
     name: str
     labels: str
     stats: str
-    quicklook: str | None
+    quicklook: str
     seconds: float
 
 
 @dataclass(frozen=True)
 class LandcoverReport:
-    """What a ``landcover`` run produced: outputs in catalog order, failures, and the run's stats time (ISO, UTC)."""
+    """What a ``landcover`` run produced: outputs in catalog order, failures, and the run's ``time`` in
+    ``stats.zarr`` (naive ISO 8601, UTC)."""
 
     out_dir: str
     time: str
@@ -100,14 +101,13 @@ def segment_scene(
         scene, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device,
         time=time, model=cached_model(spec, device),
     )
-    quicklook = getattr(result, "quicklook", None)
     return SceneOutput(
         scene=scene,
-        name=name,
-        labels=str(Path(out_dir) / f"{name}.labels.tif"),
-        stats=str(Path(out_dir) / STATS_STORE),
-        quicklook=None if quicklook is None else str(quicklook),
-        seconds=float(getattr(result, "seconds", 0.0) or 0.0),
+        name=result.scene,
+        labels=str(result.labels_path),
+        stats=str(result.stats_path),
+        quicklook=str(result.quicklook_path),
+        seconds=float(result.seconds),
     )
 
 
@@ -243,7 +243,7 @@ def _spec_path(model: str, base: Path) -> str:
 
 
 def _run_time() -> str:
-    """The flow run's scheduled start (UTC, ISO 8601); now when run outside a deployment."""
+    """The flow run's scheduled start as naive UTC ISO 8601 (``2024-06-01T00:00:00``); now when unknown."""
     from prefect.runtime import flow_run
 
     when = flow_run.scheduled_start_time
@@ -252,7 +252,7 @@ def _run_time() -> str:
     when = datetime.fromisoformat(str(when)) if not isinstance(when, datetime) else when
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).replace(microsecond=0).isoformat()
+    return when.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None).isoformat()
 
 
 def area_rows(store: str | Path, time: str, scenes: list[str]) -> list[dict]:
@@ -304,7 +304,7 @@ def _publish(report: LandcoverReport) -> None:
         "| scene | labels | quicklook | seconds |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {o.name} | `{o.labels}` | {f'`{o.quicklook}`' if o.quicklook else '-'} | {o.seconds:.1f} |" for o in report.outputs]
+    lines += [f"| {o.name} | `{o.labels}` | `{o.quicklook}` | {o.seconds:.1f} |" for o in report.outputs]
     if report.failures:
         lines += ["", "## Failed scenes", "", "| scene | error | message |", "|---|---|---|"]
         lines += [f"| `{f.item}` | {f.error} | {_cell(f.message)} |" for f in report.failures]
