@@ -209,8 +209,6 @@ def _labels_on_native_grid(
     volume: Volume, spec: ModelSpec, work: Path, model: Any, *, device: str, block: tuple[int, int, int] | None, progress: BlockProgress | None
 ) -> tuple[np.ndarray, Any]:
     """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``."""
-    import zarr
-
     from pipeline.engine import EngineConfig, run_engine
     from pipeline.grid import BlockPlan, WindowGrid
 
@@ -229,7 +227,7 @@ def _labels_on_native_grid(
         attrs={"source": str(volume.source), "modality": volume.modality},
     )
     fingerprint = _fingerprint(volume, spec, grid, config)
-    out, done = _resumable_outputs(work, fingerprint, grid, config, plan.shape, zarr)
+    out, done = _resumable_outputs(work, fingerprint, grid, config, plan.shape)
     report = run_engine(source.array, model, config, out, done=done, preprocess=intensity_for(spec, volume.data), progress=progress)
     if grid.resampled:
         labels = logits_to_native(out, grid, spec.class_ids, dtype)
@@ -244,6 +242,7 @@ def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any
     return {
         "source": str(volume.source),
         "source_mtime_ns": stat.st_mtime_ns,
+        "dicom_series": None if volume.dicom is None else [volume.dicom.series_uid, *volume.dicom.sop_instance_uids],
         "model": spec.name,
         "checkpoint_mtime_ns": checkpoint.stat().st_mtime_ns if checkpoint is not None and checkpoint.exists() else None,
         "classes": list(spec.class_ids),
@@ -258,8 +257,10 @@ def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any
     }
 
 
-def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMapping, config: Any, block_grid: tuple[int, ...], zarr: Any):
+def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMapping, config: Any, block_grid: tuple[int, ...]):
     """The engine's output and ``done`` arrays: reopened when the fingerprint matches, else created."""
+    import zarr
+
     out_path, done_path = work / "out.zarr", work / "done.zarr"
     try:
         out = zarr.open_array(store=str(out_path), mode="r+")

@@ -292,6 +292,10 @@ def merge_into_store(stats: StudyStats, store: str | Path) -> Path:
         rows = [_study_dataset(stats)]
         if store.exists():
             existing = xr.open_zarr(store, consolidated=None).load()
+            if "study" not in existing.dims or "label" not in existing.dims:
+                from pipeline.errors import InputError
+
+                raise InputError(store, f"holds other statistics (dims {dict(existing.sizes)}), not study x label volume statistics", "write volume results to another --out folder")
             if stats.study in set(existing.study.values.tolist()):
                 existing = existing.drop_sel(study=stats.study)
             if existing.sizes.get("study", 0):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -142,3 +143,13 @@ def test_json_round_trip_and_store_merge_replace(ct_case, tmp_path):
     with pytest.raises(InputError, match="no label named 'livr'"):
         volumes_by_label(store, "livr")
     assert not list(tmp_path.glob(".stats.zarr*"))  # no temporary stores left behind
+
+
+def test_store_of_another_kind_is_not_overwritten(ct_case, tmp_path):
+    store = tmp_path / "stats.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: consolidated metadata is not in the v3 spec
+        xr.Dataset({"area_m2": (("region", "class"), np.ones((2, 2)))}).to_zarr(store, zarr_format=3, consolidated=True)
+    with pytest.raises(InputError, match="not study x label"):
+        merge_into_store(ct_case[3], store)
+    assert "area_m2" in xr.open_zarr(store)
