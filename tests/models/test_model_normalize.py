@@ -66,3 +66,12 @@ def test_channel_count_mismatch_is_an_error():
     f = normalizer(Normalize(kind="meanstd", mean=(0.0, 0.0), std=(1.0, 1.0)))
     with pytest.raises(ModelSpecError, match="2 mean/std values for an image with 3 channels"):
         f(IMAGE)
+
+
+@pytest.mark.parametrize("norm", KINDS, ids=lambda n: n.kind)
+def test_normalizer_pickles(norm):
+    """Dask workers receive the normaliser pickled; it must survive the trip unchanged."""
+    import pickle
+
+    f = normalizer(norm)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(f))(IMAGE), f(IMAGE))
