@@ -146,12 +146,14 @@ def list_studies(where: str | Path) -> list[str]:
     """Studies in a folder or matching a glob pattern: NIfTI files and DICOM series folders, sorted.
 
     A folder lists its ``.nii``/``.nii.gz`` files and its sub-folders (each taken as one DICOM
-    series); a pattern lists the matching NIfTI files and folders.
+    series); a pattern lists the matching NIfTI files and folders; a NIfTI file is one study.
 
     Raises:
         InputError: nothing found.
     """
     text = str(where)
+    if Path(text).is_file() and text.lower().endswith(NIFTI_SUFFIXES):
+        return [str(Path(text).resolve())]
     if glob.has_magic(text):
         matches = [Path(p) for p in sorted(glob.glob(text))]
         hint = "check the pattern (quote it so the shell does not expand it)"

@@ -123,6 +123,7 @@ def landcover(
     device: str = "auto",
     dask_address: str | None = None,
     max_parallel: int | None = None,
+    time: str | None = None,
 ) -> LandcoverReport:
     """Segment scenes into ``<out>/<stem>.labels.tif`` and append area per region and class to ``<out>/stats.zarr``.
 
@@ -141,6 +142,8 @@ def landcover(
         dask_address: run the scene tasks on this Dask scheduler (``tcp://host:8786``) via prefect-dask;
             workers must see the same file system.
         max_parallel: scenes in flight at once (None: as many as the task runner allows).
+        time: the ``time`` of this run's entries in ``stats.zarr`` (ISO 8601; naive = UTC), e.g. to
+            backfill a night; default: the flow run's scheduled start.
 
     Returns:
         The report; failures are listed there and in the ``landcover-failures`` artifact.
@@ -151,7 +154,7 @@ def landcover(
     """
     logger = get_run_logger()
     plan = plan_scenes(catalog, scenes, model, regions, region_field, out)
-    stamp = _run_time()
+    stamp = _run_time(time)
     failures = list(plan.failures)
     logger.info("landcover: %d scene(s) -> %s (model %s, time %s)", len(plan.todo), plan.out_dir, plan.model, stamp)
     calls = [
@@ -242,14 +245,22 @@ def _spec_path(model: str, base: Path) -> str:
     return str(resolve_spec_path(model_ref(model, base)).resolve())
 
 
-def _run_time() -> str:
-    """The flow run's scheduled start as naive UTC ISO 8601 (``2024-06-01T00:00:00``); now when unknown."""
+def _run_time(given: str | None) -> str:
+    """``given`` or the flow run's scheduled start, as naive UTC ISO 8601 (``2024-06-01T00:00:00``).
+
+    Raises:
+        InputError: ``given`` is not an ISO 8601 date or date-time.
+    """
     from prefect.runtime import flow_run
 
-    when = flow_run.scheduled_start_time
-    if when is None:
-        when = datetime.now(timezone.utc)
-    when = datetime.fromisoformat(str(when)) if not isinstance(when, datetime) else when
+    if given is not None:
+        try:
+            when = datetime.fromisoformat(given)
+        except ValueError as exc:
+            raise InputError(given, "not an ISO 8601 date/time", "give e.g. time='2024-06-01T02:00:00+02:00'") from exc
+    else:
+        when = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+        when = when if isinstance(when, datetime) else datetime.fromisoformat(str(when))
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None).isoformat()

@@ -156,13 +156,19 @@ def test_io_errors_are_retried_and_bad_input_is_not(scenes, tmp_path, monkeypatc
 
     monkeypatch.setattr(run, "segment_raster", flaky)
     monkeypatch.setattr(lflow, "segment_scene", lflow.segment_scene.with_options(retry_delay_seconds=0))
-    report = landcover(scenes=[str(folder / "west.tif"), str(folder / "corrupt.tif")], model=str(spec), out=str(tmp_path / "o"), device="cpu", block=64)
+    report = landcover(
+        scenes=[str(folder / "west.tif"), str(folder / "corrupt.tif")], model=str(spec), out=str(tmp_path / "o"),
+        device="cpu", block=64, time="2024-06-01T02:00:00+02:00",
+    )
 
     assert calls.count("west.tif") == 3  # two I/O failures, then the second retry succeeded
     assert calls.count("corrupt.tif") == 1  # InputError: never retried
     assert [o.name for o in report.outputs] == ["west"]
     with rasterio.open(tmp_path / "o" / "west.labels.tif") as src:
         np.testing.assert_array_equal(src.read(1), labels["west"])
+    assert report.time == "2024-06-01T00:00:00"  # the given time, in UTC
+    with xr.open_zarr(tmp_path / "o" / "stats.zarr") as ds:
+        assert list(ds.time.values) == [np.datetime64("2024-06-01T00:00:00", "ns")]
 
 
 def test_retry_rule():

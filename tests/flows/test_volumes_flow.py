@@ -161,3 +161,22 @@ def test_catalog_with_demo_recipe_generates_missing_studies(tmp_path, pointwise_
     np.testing.assert_allclose(labels.affine, source.affine)
     assert json.loads((out / "p1.stats.json").read_text())["study"] == "p1"
     assert os.path.samefile(report.outputs[0].study, out / "demo-inputs" / "p1.nii.gz")
+
+
+def test_default_run_generates_and_segments_the_demo(tmp_path, monkeypatch):
+    from models.spec import load_spec
+
+    checkpoint = load_spec("demo-ct").checkpoint
+    if checkpoint is None or not checkpoint.is_file():
+        pytest.skip("demo-ct checkpoint not shipped yet")
+    monkeypatch.setenv("SEGPIPE_OUT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    report = segment_volumes()
+    out = tmp_path / "segment-volumes"
+    assert Path(report.out_dir) == out and not report.failures
+    assert [o.name for o in report.outputs] == ["phantom-001", "phantom-002"]
+    for name in ("phantom-001", "phantom-002"):
+        labels, source = nib.load(str(out / f"{name}.labels.nii.gz")), nib.load(str(out / "demo-inputs" / f"{name}.nii.gz"))
+        assert labels.shape == source.shape
+        np.testing.assert_allclose(labels.affine, source.affine)
+    assert segment_volumes().skipped == ("phantom-001", "phantom-002")
