@@ -144,6 +144,37 @@ def test_io_errors_are_retried_and_bad_input_is_not(batch, tmp_path, monkeypatch
     assert [(f.error, "simulated bad input" in f.message) for f in report.failures] == [("InputError", True)]
 
 
+@pytest.mark.parametrize("max_parallel", [1, 3])
+def test_max_parallel_bounds_studies_in_flight(batch, tmp_path, monkeypatch, max_parallel):
+    import threading
+    import time
+
+    import pipeline.volume.run as run
+
+    studies, spec, _ = batch
+    (studies / "broken.nii.gz").unlink()
+    for name in ("ct-c", "ct-d"):
+        _write_study(studies / f"{name}.nii.gz", 7, _affine())
+    real = run.segment_volume
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def slow(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.4)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(run, "segment_volume", slow)
+    report = segment_volumes(studies=str(studies), model=str(spec), out=str(tmp_path / "out"), device="cpu", max_parallel=max_parallel)
+    assert len(report.outputs) == 4 and not report.failures
+    assert peak[0] == 1 if max_parallel == 1 else peak[0] > 1
+
+
 def test_catalog_with_demo_recipe_generates_missing_studies(tmp_path, pointwise_spec):
     spec = pointwise_spec(tmp_path / "model", task="volume", weight=WEIGHT, bias=BIAS, classes=CLASSES, window=[8, 16, 16])
     catalog = tmp_path / "cat" / "studies.yaml"
