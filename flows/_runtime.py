@@ -24,6 +24,8 @@ OUT_ENV = "SEGPIPE_OUT"
 DEFAULT_OUT = Path("segpipe-demo")
 """Output root when neither a parameter, a catalog nor ``$SEGPIPE_OUT`` names one (relative to the working directory)."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
+GPU_TAG = "segpipe-gpu"
+"""Tag of every model-running task: ``prefect concurrency-limit create segpipe-gpu 1`` runs one at a time across all runs."""
 # OSErrors that retrying cannot fix: the file is not there or not ours to read
 _PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 

@@ -13,6 +13,10 @@ scene failed, which points at a systemic problem (model, storage, network) worth
 
 All scenes of one flow run share one ``time``: the run's scheduled start (the night it stands for),
 so ``stats.zarr`` gains one entry per night and scene.
+
+The flow keeps flat, typed parameters (more than the six a library function should take) because
+Prefect turns them into the deployment's parameter schema: each one shows in the UI form and can
+be overridden alone (``prefect deployment run landcover/nightly --param device=cpu``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows._runtime import (
+    GPU_TAG,
     AllItemsFailedError,
     Failure,
     cached_model,
@@ -44,8 +49,6 @@ from pipeline.errors import InputError
 FLOW_NAME = "landcover"
 DEFAULT_CATALOG = "catalogs/scenes/demo.yaml"
 STATS_STORE = "stats.zarr"
-GPU_TAG = "segpipe-gpu"
-"""Tag of every model-running task: ``prefect concurrency-limit create segpipe-gpu 1`` runs one at a time across all runs."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows._runtime import (
+    GPU_TAG,
     AllItemsFailedError,
     Failure,
     cached_model,
@@ -41,7 +42,6 @@ from pipeline.errors import InputError
 FLOW_NAME = "segment-volumes"
 DEFAULT_CATALOG = "catalogs/studies/demo.yaml"
 STATS_STORE = "stats.zarr"
-GPU_TAG = "segpipe-gpu"
 
 
 @dataclass(frozen=True)
