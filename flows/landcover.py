@@ -21,6 +21,7 @@ be overridden alone (``prefect deployment run landcover/nightly --param device=c
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -278,7 +279,10 @@ def area_rows(store: str | Path, time: str, scenes: list[str]) -> list[dict]:
 
     if not scenes or not (Path(store) / "zarr.json").is_file():
         return []
-    with xr.open_zarr(store) as ds:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        ds = xr.open_zarr(store)
+    with ds:
         t = to_datetime64(time)
         if t not in ds.time.values:
             return []
