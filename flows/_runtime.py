@@ -118,6 +118,14 @@ def distinct_names(items: Sequence[str], name_of: Any) -> tuple[list[tuple[str, 
     return todo, failures
 
 
+def in_flight(max_parallel: int | None, dask_address: str | None, local_default: int) -> int | None:
+    """How many tasks to keep in flight: ``max_parallel`` when given (at least 1); otherwise
+    ``local_default`` on this machine and no bound on a Dask cluster (its workers are the bound)."""
+    if max_parallel is not None:
+        return max(1, int(max_parallel))
+    return None if dask_address else local_default
+
+
 def submit_bounded(task: Any, calls: Sequence[dict[str, Any]], *, limit: int | None = None, runner: Any = None) -> list[Any]:
     """Submit ``task`` once per parameter dict, with at most ``limit`` runs in flight, and wait for all.
 

@@ -39,6 +39,7 @@ from flows._runtime import (
     distinct_names,
     failure_of,
     failures_table,
+    in_flight,
     outcome,
     output_root,
     retry_on_io_error,
@@ -50,6 +51,7 @@ from pipeline.errors import InputError
 FLOW_NAME = "landcover"
 DEFAULT_CATALOG = "catalogs/scenes/demo.yaml"
 STATS_STORE = "stats.zarr"
+LOCAL_SCENES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ def landcover(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dask_address: run the scene tasks on this Dask scheduler (``tcp://host:8786``) via prefect-dask;
             workers must see the same file system.
-        max_parallel: scenes in flight at once (None: as many as the task runner allows).
+        max_parallel: scenes in flight at once; None = 2 on this machine (one scene's I/O overlaps
+            another's inference; memory stays bounded by two scenes' blocks), unbounded on Dask.
         time: the ``time`` of this run's entries in ``stats.zarr`` (ISO 8601; naive = UTC), e.g. to
             backfill a night; default: the flow run's scheduled start.
 
@@ -167,7 +170,8 @@ def landcover(
         for name, scene in plan.todo
     ]
     with dask_runner(dask_address) as runner:
-        futures = submit_bounded(segment_scene, calls, limit=max_parallel, runner=runner)
+        limit = in_flight(max_parallel, dask_address, LOCAL_SCENES_IN_FLIGHT)
+        futures = submit_bounded(segment_scene, calls, limit=limit, runner=runner)
         outputs = []
         for (name, scene), future in zip(plan.todo, futures):
             result, exc, message = outcome(future)

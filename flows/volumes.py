@@ -1,8 +1,8 @@
 """The ``segment-volumes`` flow: segment a batch of CT/MRI studies into label volumes and per-label statistics.
 
 One task per study wraps :func:`pipeline.volume.run.segment_volume`; tasks receive and return
-paths. Concurrency is bounded: at most ``max_parallel`` studies are in flight (default 1: one model
-at a time on the GPU); every task also carries the tag ``segpipe-gpu``, so
+paths. Concurrency is bounded: at most ``max_parallel`` studies are in flight (default 1 on this
+machine: one model at a time on the GPU; on a Dask cluster, its workers); every task also carries the tag ``segpipe-gpu``, so
 ``prefect concurrency-limit create segpipe-gpu 1`` serialises GPU work across all flow runs of a
 work pool. A task retries twice on I/O errors (``OSError``) and never on bad input
 (:class:`~pipeline.errors.InputError`).
@@ -31,6 +31,7 @@ from flows._runtime import (
     distinct_names,
     failure_of,
     failures_table,
+    in_flight,
     outcome,
     output_root,
     retry_on_io_error,
@@ -115,7 +116,7 @@ def segment_volumes(
     out: str | None = None,
     device: str = "auto",
     force: bool = False,
-    max_parallel: int = 1,
+    max_parallel: int | None = None,
     dask_address: str | None = None,
 ) -> VolumesReport:
     """Segment studies into ``<out>/<stem>.labels.nii.gz`` (input grid and affine) and ``<out>/stats.zarr``.
@@ -131,7 +132,8 @@ def segment_volumes(
             else ``./segpipe-demo/segment-volumes``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         force: redo studies whose outputs are complete.
-        max_parallel: studies in flight at once (1 = one model at a time per GPU).
+        max_parallel: studies in flight at once; None = 1 on this machine (one model at a time per
+            GPU), unbounded with ``dask_address`` (the cluster's workers bound it).
         dask_address: run the study tasks on this Dask scheduler via prefect-dask (shared file system).
 
     Returns:
@@ -147,7 +149,7 @@ def segment_volumes(
     logger.info("segment-volumes: %d study(ies) -> %s (model %s)", len(plan.todo), plan.out_dir, plan.model)
     calls = [dict(name=name, study=study, model=plan.model, out_dir=str(plan.out_dir), device=device, force=force) for name, study in plan.todo]
     with dask_runner(dask_address) as runner:
-        futures = submit_bounded(segment_study, calls, limit=max(1, max_parallel), runner=runner)
+        futures = submit_bounded(segment_study, calls, limit=in_flight(max_parallel, dask_address, 1), runner=runner)
         outputs = []
         for (name, study), future in zip(plan.todo, futures):
             result, exc, message = outcome(future)

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_server():
-    """One temporary Prefect server (SQLite in a temp folder) for all flow tests."""
+    """One temporary Prefect server (SQLite in a temp folder) for all flow tests of the session
+    (modules that run flows use it with ``pytestmark = pytest.mark.usefixtures("prefect_server")``)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

@@ -18,7 +18,7 @@ from affine import Affine
 from flows import landcover as lflow
 from flows.landcover import landcover
 
-pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")]
 
 CLASSES = [(0, "water"), (1, "forest"), (2, "urban")]
 # logits: water 0, forest nir - 1000, urban 2 nir - 3000

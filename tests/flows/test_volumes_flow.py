@@ -17,6 +17,8 @@ import pytest
 from flows import volumes as vflow
 from flows.volumes import segment_volumes
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 CLASSES = [(0, "background"), (1, "soft"), (2, "bone")]
 # logits: background 0, soft x - 100, bone 2x - 400
 WEIGHT = np.array([[0.0], [1.0], [2.0]])
