@@ -224,13 +224,16 @@ def write_scene_geotiff(
         crs: any CRS rasterio accepts; default UTM zone 33N (WGS 84).
         origin: ``(x, y)`` of the upper-left pixel corner, CRS units (metres for UTM).
         pixel: pixel size in CRS units (square, north-up).
-        band_names: band descriptions (``None`` for none).
+        band_names: band descriptions (``None`` for none); ``B``, ``G`` and ``R`` also set the
+            bands' colour interpretation (blue, green, red) so viewers show true colour.
 
     Returns:
         The written path.
     """
     import rasterio
+    from rasterio.enums import ColorInterp
 
+    interp = {"B": ColorInterp.blue, "G": ColorInterp.green, "R": ColorInterp.red}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = image[None] if image.ndim == 2 else image
@@ -244,14 +247,16 @@ def write_scene_geotiff(
         if band_names and len(band_names) == data.shape[0]:
             for i, name in enumerate(band_names, start=1):
                 dst.set_band_description(i, name)
+            dst.colorinterp = [interp.get(name, ColorInterp.undefined) for name in band_names]
     return path
 
 
 def district_polygons(size: tuple[int, int]) -> dict[str, list[tuple[float, float]]]:
     """Three named districts as closed rings of ``(col, row)`` pixel coordinates (fractions of the scene).
 
-    ``Northfield`` covers the northern third, ``Riverside`` a south-western block and ``Old Town``
-    a south-eastern pentagon; together they cover most, but not all, of the scene.
+    ``Northfield`` covers the northern third, ``Riverside`` a south-western quadrilateral and
+    ``Old Town`` a south-eastern pentagon; together they cover most, but not all, of the scene.
+    (The names are used by the flows' demo catalogs and tests: keep them.)
     """
     ny, nx = size
     rings = {
@@ -287,7 +292,7 @@ def write_regions_geojson(
     features = []
     for name, ring in district_polygons(size).items():
         dense = _densify(ring + ring[:1], 32)
-        xs, ys = zip(*(transform * pt for pt in dense))
+        xs, ys = zip(*(transform @ pt for pt in dense))
         lon, lat = to_wgs84.transform(xs, ys)
         coords = [[round(a, 9), round(b, 9)] for a, b in zip(lon, lat)]
         coords[-1] = coords[0]
