@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 Blend = Literal["gaussian", "constant"]
 Output = Literal["labels", "logits"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
+Compile = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_BLOCK_2D = 1024
@@ -66,6 +68,7 @@ class EngineConfig:
         sigma_scale: gaussian sigma as a fraction of the window.
         prefetch: blocks read ahead on a background thread.
         pending_memory_mb: memory for pieces waiting for their block; beyond it they wait on local disk.
+        compile: ``torch.compile`` mode for the model (``none`` = eager).
     """
 
     window: tuple[int, ...]
@@ -81,6 +84,7 @@ class EngineConfig:
     sigma_scale: float = 0.125
     prefetch: int = 2
     pending_memory_mb: int = 512
+    compile: Compile = "none"
 
     def block_for(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         """The block size to use for an image of spatial shape ``spatial``."""
@@ -167,13 +171,36 @@ def read_region(
     return np.pad(data, pad)
 
 
+def prepare_model(
+    model: Callable[[torch.Tensor], torch.Tensor], device: torch.device, *, channels_last: bool = False, compile_mode: Compile = "none"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Move a ``torch.nn.Module`` to ``device`` in eval mode (other callables pass through), optionally
+    in channels_last layout and compiled with ``torch.compile``."""
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    if compile_mode != "none":
+        key = (compile_mode, device)
+        per_model = _COMPILED.setdefault(model, {})
+        if key not in per_model:  # compile once per model, not once per block
+            per_model[key] = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+        model = per_model[key]
+    return model
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class WindowRunner:
     """Runs the windows of one block through the model and accumulates importance-weighted logits."""
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], config: EngineConfig, device: torch.device):
-        self.model = model
         self.config = config
         self.device = device
+        # channels_last suits cuDNN's 2D convolutions (tensor cores); other layouts stay as they are
+        self.channels_last = device.type == "cuda" and len(config.window) == 2
+        self.model = prepare_model(model, device, channels_last=self.channels_last, compile_mode=config.compile)
         self.weights = importance_map(config.window, config.blend, config.sigma_scale, device)
         self.with_weights = config.output == "logits"
         self.seconds_model = 0.0
@@ -195,6 +222,8 @@ class WindowRunner:
             batch_offsets = offsets[i : i + self.config.batch_size]
             views = [tensor[(slice(None), *(slice(o, o + w) for o, w in zip(off, window)))] for off in batch_offsets]
             batch = torch.stack(views)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), _autocast(self.device, self.config.precision):
                 logits = self.model(batch)
             if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(batch_offsets) or tuple(logits.shape[2:]) != window:
