@@ -12,13 +12,13 @@ outputs (DIR defaults to ./segpipe-demo):
   DIR/landcover/demo-scene.truth.tif      its ground truth; DIR/landcover/districts.geojson
   DIR/landcover/demo-scene.labels.tif     label COG (colour table, class names, overviews)
   DIR/landcover/demo-scene.quicklook.png  RGB | labels preview
-  DIR/landcover/stats.zarr                area_m2 by time, scene, region, class
+  DIR/landcover/stats.zarr                area_m2 by time, scene, region, class (each run adds a time)
   DIR/ct/demo-ct.nii.gz                   CT phantom (HU, LPS, 3.5 x 3.5 x 5 mm) and
   DIR/ct/demo-ct.truth.nii.gz             its organ labels
   DIR/ct/demo-ct.labels.nii.gz            labels on the input grid (+ .json, .txt, .ctbl)
   DIR/ct/stats.zarr                       volume_ml, voxel_count, intensity_* by study, label
 
-Everything runs on the CPU in about a minute; the models are small demo checkpoints trained
+Inputs are regenerated on every run. It all runs on a CPU in well under a minute; the models are small demo checkpoints trained
 on other synthetic seeds (catalogs/weights/README.md), not models for real data.
 """
 
