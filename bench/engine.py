@@ -120,7 +120,7 @@ def main() -> None:
     print(f"engine / forward      = {t_engine / t_forward:.3f}   (target <= 1.10)")
     print(f"MONAI / engine        = {t_monai / t_engine:.3f}   (target >= 1.40 on CPU)")
     print(f"windows run / grid    = {report.windows_run}/{report.windows_total} = {report.duplication:.3f}")
-    print(f"engine split: model {report.seconds_model:.2f}s, read {report.seconds_read:.2f}s (background), write {report.seconds_write:.2f}s (background)")
+    print(f"engine split (last round): model {report.seconds_model:.2f}s, stitch {report.seconds_stitch:.2f}s, read {report.seconds_read:.2f}s (background), write {report.seconds_write:.2f}s (background)")
     print(f"label agreement with MONAI = {agreement * 100:.4f} %")
 
 

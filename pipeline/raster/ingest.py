@@ -21,6 +21,7 @@ import logging
 import shutil
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -316,41 +318,96 @@ def _typed_nodata(nodata: float, dtype: str):
     return np.dtype(dtype).type(nodata)
 
 
+class _BandMoments:
+    """Per-band count/mean/std over valid pixels, merged tile by tile.
+
+    8/16-bit integer bands keep exact histograms (``np.bincount``, one pass, no float copies);
+    other types merge per-tile moments (Chan's parallel algorithm).
+    """
+
+    def __init__(self, count: int, dtype: str) -> None:
+        kind = np.dtype(dtype)
+        self.hist_size = 2 ** (8 * kind.itemsize) if kind.kind == "u" and kind.itemsize <= 2 else 0
+        self.hist = np.zeros((count, self.hist_size), dtype=np.int64) if self.hist_size else None
+        self.n = np.zeros(count)
+        self.mean = np.zeros(count)
+        self.m2 = np.zeros(count)
+
+    def add(self, data: np.ndarray, valid: np.ndarray | None) -> None:
+        """``data`` (C, Y, X); ``valid`` (Y, X) bool or None when every pixel is valid."""
+        if self.hist is not None:
+            for b in range(data.shape[0]):
+                values = data[b] if valid is None else data[b][valid]
+                self.hist[b] += np.bincount(values.ravel(), minlength=self.hist_size)
+            return
+        vals = (data.reshape(data.shape[0], -1) if valid is None else data[:, valid]).astype(np.float64)
+        k = vals.shape[1]
+        if not k:
+            return
+        t_mean = vals.mean(axis=1)
+        t_m2 = ((vals - t_mean[:, None]) ** 2).sum(axis=1)
+        delta = t_mean - self.mean
+        total = self.n + k
+        self.mean = self.mean + delta * k / total
+        self.m2 = self.m2 + t_m2 + delta**2 * self.n * k / total
+        self.n = total
+
+    def result(self) -> dict[str, list[float]]:
+        if self.hist is not None:
+            values = np.arange(self.hist_size, dtype=np.float64)
+            self.n = self.hist.sum(axis=1).astype(np.float64)
+            safe = np.maximum(self.n, 1)
+            self.mean = (self.hist * values).sum(axis=1) / safe
+            self.m2 = (self.hist * (values[None, :] - self.mean[:, None]) ** 2).sum(axis=1)
+        c = len(self.n)
+        std = np.sqrt(np.divide(self.m2, self.n, out=np.zeros(c), where=self.n > 0))
+        mean = np.where(self.n > 0, self.mean, 0.0)
+        return {"count": self.n.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+
+
+def _all_valid(src, bands: Sequence[int]) -> bool:
+    """True when GDAL says every pixel of these bands is valid (no nodata, no mask, no alpha)."""
+    return all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands)
+
+
+def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, all_valid: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+    try:
+        data = src.read(indexes=list(info.bands), window=window, out_dtype=info.dtype)
+        if all_valid:
+            return data, None
+        masks = src.read_masks(indexes=list(info.bands), window=window)
+    except RasterioError as exc:
+        raise InputError(
+            info.path,
+            f"read failed at rows {rows.start}..{rows.stop}, cols {cols.start}..{cols.stop}: the file is truncated or corrupt ({_gdal_reason(exc)})",
+            "re-download or re-export the file",
+        ) from exc
+    return data, (masks > 0).any(axis=0)
+
+
 def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress) -> dict[str, list[float]]:
-    """Copy every tile; return per-band count/mean/std over valid pixels (Chan's parallel merge)."""
-    c = info.count
-    n = np.zeros(c)
-    mean = np.zeros(c)
-    m2 = np.zeros(c)
+    """Copy every tile; return per-band count/mean/std over valid pixels.
+
+    The next tile is read (GDAL, GIL released) on a background thread while this one is compressed
+    into zarr, so reading and writing overlap. One reader thread only: a rasterio dataset is not
+    safe for concurrent reads.
+    """
     grid = list(tiles(info.height, info.width, block))
-    for i, (rows, cols) in enumerate(grid):
-        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-        try:
-            data = src.read(indexes=list(info.bands), window=window, out_dtype=info.dtype)
-            masks = src.read_masks(indexes=list(info.bands), window=window)
-        except RasterioError as exc:
-            raise InputError(
-                info.path,
-                f"read failed at rows {rows.start}..{rows.stop}, cols {cols.start}..{cols.stop}: the file is truncated or corrupt ({_gdal_reason(exc)})",
-                "re-download or re-export the file",
-            ) from exc
-        valid = (masks > 0).any(axis=0)
-        arrays["image"][:, rows, cols] = data
-        arrays["mask"][rows, cols] = valid
-        k = int(valid.sum())
-        if k:
-            vals = data[:, valid].astype(np.float64)
-            t_mean = vals.mean(axis=1)
-            t_m2 = ((vals - t_mean[:, None]) ** 2).sum(axis=1)
-            delta = t_mean - mean
-            total = n + k
-            mean = mean + delta * k / total
-            m2 = m2 + t_m2 + delta**2 * n * k / total
-            n = total
-        if progress is not None:
-            progress(i + 1, len(grid))
-    std = np.sqrt(np.divide(m2, n, out=np.zeros(c), where=n > 0))
-    return {"count": n.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+    all_valid = _all_valid(src, info.bands)
+    moments = _BandMoments(info.count, info.dtype)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-ingest") as reader:
+        pending = reader.submit(_read_tile, src, info, *grid[0], all_valid) if grid else None
+        for i, (rows, cols) in enumerate(grid):
+            data, valid = pending.result()
+            if i + 1 < len(grid):
+                pending = reader.submit(_read_tile, src, info, *grid[i + 1], all_valid)
+            arrays["image"][:, rows, cols] = data
+            arrays["mask"][rows, cols] = np.ones(data.shape[1:], dtype=bool) if valid is None else valid
+            moments.add(data, valid)
+            if progress is not None:
+                progress(i + 1, len(grid))
+    return moments.result()
 
 
 def _finish_store(path: Path, attrs: dict[str, Any]) -> None:

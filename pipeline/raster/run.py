@@ -61,6 +61,9 @@ class RasterResult:
     seconds: float
 
 
+GDAL_CACHE_BYTES = 256 * 2**20  # GDAL's block cache otherwise grows to 5 % of RAM with the image
+
+
 def segment_raster(
     image: str | Path,
     spec: ModelSpec | str | Path,
@@ -99,6 +102,16 @@ def segment_raster(
         InputError: bad raster, bands, regions or options (nothing is written).
         ModelSpecError, CheckpointError: bad model.
     """
+    import rasterio
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        return _segment_raster(
+            image, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device, bands=bands,
+            time=time, progress=progress, model=model, dask_client=dask_client, keep_work=keep_work,
+        )
+
+
+def _segment_raster(image, spec, out_dir, *, regions, region_field, block, device, bands, time, progress, model, dask_client, keep_work) -> RasterResult:
     started = _time.perf_counter()
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     if spec.task != "raster":
