@@ -193,6 +193,7 @@ def ingest_raster(
     in_channels: int | None = None,
     model_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    preview_size: int = 1024,
 ) -> RasterInfo:
     """Copy a raster into a zarr v3 store tile by tile (see the module docstring for the layout).
 
@@ -205,6 +206,8 @@ def ingest_raster(
         in_channels: expected number of bands (the model's), checked before any pixel is read.
         model_name: named in the band-count error.
         progress: optional ``callable(tiles_done, tiles_total)``.
+        preview_size: long side of the decimated preview kept for the quicklook (memory:
+            ``bands x preview_size^2`` values at most).
 
     Returns:
         The :class:`RasterInfo` of the ingested image.
@@ -224,7 +227,7 @@ def ingest_raster(
         tmp = store_path.with_name(f"{store_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             arrays = _create_store(tmp, info, block)
-            stats = _copy_tiles(src, info, arrays, block, progress)
+            stats = _copy_tiles(src, info, arrays, block, progress, preview_size)
             _finish_store(tmp, {"signature": signature, "info": info.to_json(), "block": block, "band_stats": stats})
             if store_path.exists():
                 _remove_store(store_path)
@@ -309,7 +312,7 @@ def _create_store(path: Path, info: RasterInfo, block: int) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=True)
     group = zarr.open_group(path, mode="r+")
-    return {"image": group["image"], "mask": group["mask"]}
+    return {"image": group["image"], "mask": group["mask"], "group": group}
 
 
 def _typed_nodata(nodata: float, dtype: str):
@@ -386,7 +389,7 @@ def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, all_valid: bool)
     return data, (masks > 0).any(axis=0)
 
 
-def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress) -> dict[str, list[float]]:
+def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress, preview_size: int) -> dict[str, list[float]]:
     """Copy every tile; return per-band count/mean/std over valid pixels.
 
     The next tile is read (GDAL, GIL released) on a background thread while this one is compressed
@@ -396,6 +399,7 @@ def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress) -> dict[str
     grid = list(tiles(info.height, info.width, block))
     all_valid = _all_valid(src, info.bands)
     moments = _BandMoments(info.count, info.dtype)
+    preview = _Preview(info, preview_size)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-ingest") as reader:
         pending = reader.submit(_read_tile, src, info, *grid[0], all_valid) if grid else None
         for i, (rows, cols) in enumerate(grid):
@@ -405,9 +409,48 @@ def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress) -> dict[str
             arrays["image"][:, rows, cols] = data
             arrays["mask"][rows, cols] = np.ones(data.shape[1:], dtype=bool) if valid is None else valid
             moments.add(data, valid)
+            preview.add(rows, cols, data, valid)
             if progress is not None:
                 progress(i + 1, len(grid))
+    preview.save(arrays["group"])
     return moments.result()
+
+
+class _Preview:
+    """Every ``stride``-th pixel of the image and mask, gathered while tiles stream past.
+
+    The quicklook is drawn from it, so it needs no second pass over a gigapixel input (a decimated
+    GDAL read of a file without overviews decodes every block again).
+    """
+
+    def __init__(self, info: RasterInfo, size: int) -> None:
+        self.stride = max(1, -(-max(info.height, info.width) // size))
+        shape = (-(-info.height // self.stride), -(-info.width // self.stride))
+        self.image = np.zeros((info.count, *shape), dtype=info.dtype)
+        self.mask = np.zeros(shape, dtype=bool)
+
+    def add(self, rows: slice, cols: slice, data: np.ndarray, valid: np.ndarray | None) -> None:
+        r0, c0 = (-rows.start) % self.stride, (-cols.start) % self.stride
+        sub = data[:, r0 :: self.stride, c0 :: self.stride]
+        if sub.size == 0:
+            return
+        pr, pc = (rows.start + r0) // self.stride, (cols.start + c0) // self.stride
+        target = (slice(pr, pr + sub.shape[1]), slice(pc, pc + sub.shape[2]))
+        self.image[(slice(None), *target)] = sub
+        self.mask[target] = True if valid is None else valid[r0 :: self.stride, c0 :: self.stride]
+
+    def save(self, group) -> None:
+        dims = ("preview_y", "preview_x")
+        group.create_array("preview", data=self.image, attributes={"stride": self.stride}, dimension_names=("band", *dims), overwrite=True)
+        group.create_array("preview_mask", data=self.mask, dimension_names=dims, overwrite=True)
+
+
+def read_preview(store_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ingest preview: ``(C, y, x)`` image and ``(y, x)`` valid mask, every ``stride``-th pixel."""
+    import zarr
+
+    group = zarr.open_group(store_path, mode="r", use_consolidated=False)
+    return group["preview"][...], group["preview_mask"][...]
 
 
 def _finish_store(path: Path, attrs: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """A PNG quicklook per scene: the image as an RGB composite with the labels overlaid and a legend.
 
-Both rasters are read decimated (``out_shape``, so GDAL uses overviews where the files have them):
-memory is bounded by the quicklook size, not the scene.
+Both rasters are read decimated (``out_shape``, so GDAL uses overviews where the files have them),
+or the image comes from the preview gathered during ingest: memory is bounded by the quicklook
+size, not the scene. :func:`rgb_bands` picks red, green and blue by the bands' colour interpretation.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ def write_quicklook(
     rgb: Sequence[int] | None = None,
     max_size: int = MAX_SIZE,
     alpha: float = 0.45,
+    preview: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Render ``image`` (bands ``rgb``, 1-based; default the first three, or the first as grey)
     with ``labels_tif`` overlaid in the class colours, and a legend. Written atomically.
+
+    ``preview``: a decimated ``(C, y, x)`` image and ``(y, x)`` valid mask already in memory (from
+    ingest); ``rgb`` then indexes its channels (1-based) and ``image`` is only used for the title.
 
     Returns:
         ``out_png``.
@@ -48,10 +53,18 @@ def write_quicklook(
 
     out_png = Path(out_png)
     with rasterio.open(labels_tif) as lab_src:
-        scale = min(1.0, max_size / max(lab_src.width, lab_src.height))
-        shape = (max(1, round(lab_src.height * scale)), max(1, round(lab_src.width * scale)))
+        if preview is not None:
+            shape = preview[1].shape
+        else:
+            scale = min(1.0, max_size / max(lab_src.width, lab_src.height))
+            shape = (max(1, round(lab_src.height * scale)), max(1, round(lab_src.width * scale)))
         labels = lab_src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    base = _composite(image, rgb, shape)
+    if preview is not None:
+        bands = [b - 1 for b in (rgb or ([1, 2, 3] if preview[0].shape[0] >= 3 else [1]))]
+        mask = ~preview[1]
+        base = _stretch(np.ma.array([preview[0][b] for b in bands], mask=[mask] * len(bands)), shape)
+    else:
+        base = _composite(image, rgb, shape)
     ids = np.array([c.id for c in classes])
     index = np.full(labels.shape, -1)
     for i, cid in enumerate(ids):
@@ -88,7 +101,12 @@ def _composite(image: str | Path, rgb: Sequence[int] | None, shape: tuple[int, i
         warnings.simplefilter("ignore", NodataShadowWarning)
         bands = list(rgb) if rgb else ([1, 2, 3] if src.count >= 3 else [1])
         data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average, masked=True)
-    out = np.zeros((*shape, len(bands)))
+    return _stretch(data, shape)
+
+
+def _stretch(data: np.ma.MaskedArray, shape: tuple[int, int]) -> np.ndarray:
+    """``(B, Y, X)`` masked bands -> ``(Y, X, 3)`` float in [0, 1], percentile-stretched; masked is black."""
+    out = np.zeros((*shape, len(data)))
     for i, band in enumerate(data):
         values = band.compressed()
         if values.size == 0:
@@ -96,4 +114,20 @@ def _composite(image: str | Path, rgb: Sequence[int] | None, shape: tuple[int, i
         lo, hi = np.percentile(values, STRETCH)
         scaled = (band.filled(lo).astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)
         out[..., i] = np.where(np.ma.getmaskarray(band), 0.0, np.clip(scaled, 0.0, 1.0))
-    return np.repeat(out, 3, axis=2) if len(bands) == 1 else out
+    return np.repeat(out, 3, axis=2) if len(data) == 1 else out
+
+
+def rgb_bands(image: str | Path, bands: Sequence[int]) -> list[int]:
+    """1-based positions within ``bands`` to show as red, green, blue.
+
+    Uses the bands' colour interpretation when the file declares red, green and blue (a B,G,R,NIR
+    scene is shown in true colour); otherwise the first three bands, or the first as grey.
+    """
+    from rasterio.enums import ColorInterp
+
+    with rasterio.open(image) as src:
+        interp = [src.colorinterp[b - 1] for b in bands]
+    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if all(c in interp for c in wanted):
+        return [interp.index(c) + 1 for c in wanted]
+    return [1, 2, 3] if len(bands) >= 3 else [1]

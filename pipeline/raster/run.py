@@ -26,8 +26,8 @@ import xarray as xr
 from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
 from pipeline.raster.cog import write_label_cog
-from pipeline.raster.ingest import RasterInfo, band_stats, ingest_raster, probe_raster, scene_stem
-from pipeline.raster.quicklook import write_quicklook
+from pipeline.raster.ingest import RasterInfo, band_stats, ingest_raster, probe_raster, read_preview, scene_stem
+from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
 
@@ -251,7 +251,7 @@ def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions
     labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
     stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
     stats_path = append_stats(stats, out_dir / "stats.zarr", time=time, scene=stem)
-    rgb = list(info.bands[:3]) if len(info.bands) >= 3 else [info.bands[0]]
-    quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb)
+    rgb = rgb_bands(image, info.bands)
+    quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb, preview=read_preview(work))
     return labels_path, stats_path, quicklook_path, stats
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import rasterio
 import zarr
 from matplotlib.image import imread
 
@@ -35,3 +36,26 @@ def test_quicklook_png(tmp_path, make_geotiff):
 def test_package_exports_resolve():
     for name in raster.__all__:
         assert callable(getattr(raster, name))
+
+
+def test_rgb_bands_follow_colour_interpretation(tmp_path, make_geotiff):
+    from rasterio.enums import ColorInterp
+
+    from pipeline.raster.quicklook import rgb_bands
+
+    path = make_geotiff(tmp_path / "bgrn.tif", np.zeros((4, 8, 8), np.uint8))
+    assert rgb_bands(path, [1, 2, 3, 4]) == [1, 2, 3]  # no declared colours: first three
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
+    assert rgb_bands(path, [1, 2, 3, 4]) == [3, 2, 1]
+    assert rgb_bands(path, [4, 3, 2]) == [1, 2, 3]  # no blue among the picked bands: first three
+
+
+def test_preview_from_ingest_matches_the_image(tmp_path, make_geotiff):
+    from pipeline.raster.ingest import ingest_raster, read_preview
+
+    data = np.random.default_rng(0).integers(1, 255, (3, 700, 530), dtype=np.uint8)
+    path = make_geotiff(tmp_path / "p.tif", data, nodata=0)
+    ingest_raster(path, tmp_path / "p.zarr", block=128, preview_size=100)
+    image, mask = read_preview(tmp_path / "p.zarr")
+    assert np.array_equal(image, data[:, ::7, ::7]) and mask.all()
