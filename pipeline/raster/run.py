@@ -17,7 +17,7 @@ import shutil
 import time as _time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import xarray as xr
 
 from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
+from pipeline.timing import Stopwatch
 from pipeline.raster.cog import write_label_cog
 from pipeline.raster.ingest import RasterInfo, band_stats, ingest_raster, probe_raster, read_preview, scene_stem
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
@@ -49,6 +50,7 @@ class RasterResult:
         stats: this run's statistics (dims ``region``, ``class``).
         engine: the engine's report (windows, blocks, seconds).
         seconds: wall time of the whole scene.
+        timings: wall seconds per stage (load model, ingest, segment, cog, stats, quicklook).
     """
 
     scene: str
@@ -59,6 +61,7 @@ class RasterResult:
     stats: xr.Dataset
     engine: Any
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 GDAL_CACHE_BYTES = 256 * 2**20  # GDAL's block cache otherwise grows to 5 % of RAM with the image
@@ -125,17 +128,21 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
     region_set = read_regions(regions, info, field=region_field) if regions is not None else scene_region(info)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
+    watch = Stopwatch()
     if model is None and dask_client is None:
         from models.checkpoint import load_model
 
-        model = load_model(spec, device)
+        with watch.stage("load model"):
+            model = load_model(spec, device)
 
     work = out_dir / WORK_DIR / f"{stem}.zarr"
     created = [p for p in (out_dir, out_dir / WORK_DIR) if not p.exists()]
     try:
-        info = ingest_raster(image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"))
-        report = _segment(work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client, progress=_stage(progress, "segment"))
-        result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress)
+        with watch.stage("ingest"):
+            info = ingest_raster(image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"))
+        with watch.stage("segment"):
+            report = _segment(work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client, progress=_stage(progress, "segment"))
+        result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress, watch=watch)
     except BaseException:
         for path in reversed(created):  # leave no empty folders behind a failed first run
             if path.is_dir() and not any(path.iterdir()):
@@ -145,7 +152,7 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
         shutil.rmtree(work, ignore_errors=True)
         _remove_if_empty(out_dir / WORK_DIR)
     labels_path, stats_path, quicklook_path, stats = result
-    return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started)
+    return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
 
 
 def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
@@ -243,15 +250,18 @@ def _given_model(model: Any) -> Any:
     return model.eval() if hasattr(model, "eval") else model
 
 
-def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions, out_dir: Path, *, stem: str, block: int, time, progress):
+def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions, out_dir: Path, *, stem: str, block: int, time, progress, watch: Stopwatch):
     import zarr
 
     group = zarr.open_group(work, mode="r", use_consolidated=False)
     labels, mask = group["labels"], group["mask"]
-    labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
-    stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
-    stats_path = append_stats(stats, out_dir / "stats.zarr", time=time, scene=stem)
-    rgb = rgb_bands(image, info.bands)
-    quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb, preview=read_preview(work))
+    with watch.stage("cog"):
+        labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
+    with watch.stage("stats"):
+        stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
+        stats_path = append_stats(stats, out_dir / "stats.zarr", time=time, scene=stem)
+    with watch.stage("quicklook"):
+        rgb = rgb_bands(image, info.bands)
+        quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb, preview=read_preview(work))
     return labels_path, stats_path, quicklook_path, stats
 

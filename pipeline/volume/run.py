@@ -31,6 +31,7 @@ import numpy as np
 
 from models.spec import ModelSpec
 from pipeline.errors import ModelSpecError, SegpipeError
+from pipeline.timing import Stopwatch
 from pipeline.volume.preprocess import GridMapping, intensity_for, labels_to_native, logits_to_native, plan_grid, to_model
 from pipeline.volume.readers import read_volume, study_stem
 from pipeline.volume.stats import StudyStats, merge_into_store, open_stats, read_stats_json, study_statistics, write_stats_json
@@ -97,6 +98,8 @@ class VolumeResult:
     dicom_seg: bool = False
     windows_run: int = 0
     blocks_run: int = 0
+    engine: Any = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,9 @@ def segment_volume(
         _ensure_row(stats, out_dir / STATS_STORE)
         log.info("%s: outputs present, skipped (use force to redo)", stem)
         return VolumeResult(stem, input_path, outputs, stats, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file())
-    volume = read_volume(input_path, series_uid=series_uid)
+    watch = Stopwatch()
+    with watch.stage("read"):
+        volume = read_volume(input_path, series_uid=series_uid)
     out_dir.mkdir(parents=True, exist_ok=True)
     if force:
         shutil.rmtree(outputs.work, ignore_errors=True)
@@ -186,22 +191,26 @@ def segment_volume(
         from models.checkpoint import load_model
         from pipeline.engine import auto_device
 
-        model = load_model(spec, auto_device(device))
-    labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, device=device, block=block, progress=progress)
-    dicom_seg = _write_label_outputs(volume, spec, labels, outputs)
-    stats = study_statistics(
-        stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
-        source=str(input_path), modality=volume.modality, model=spec.name,
-    )
-    write_stats_json(stats, outputs.stats)  # last: marks the study complete
-    merge_into_store(stats, out_dir / STATS_STORE)
+        with watch.stage("load model"):
+            model = load_model(spec, auto_device(device))
+    with watch.stage("segment"):
+        labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, device=device, block=block, progress=progress)
+    with watch.stage("write"):
+        dicom_seg = _write_label_outputs(volume, spec, labels, outputs)
+    with watch.stage("stats"):
+        stats = study_statistics(
+            stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
+            source=str(input_path), modality=volume.modality, model=spec.name,
+        )
+        write_stats_json(stats, outputs.stats)  # last: marks the study complete
+        merge_into_store(stats, out_dir / STATS_STORE)
     shutil.rmtree(outputs.work, ignore_errors=True)
     _remove_if_empty(out_dir / WORK_DIR)
     seconds = time.perf_counter() - started
     log.info("%s: %d windows, %d blocks, %.1fs", stem, engine_report.windows_run, engine_report.blocks_run, seconds)
     return VolumeResult(
         stem, input_path, outputs, stats, skipped=False, seconds=seconds, dicom_seg=dicom_seg,
-        windows_run=engine_report.windows_run, blocks_run=engine_report.blocks_run,
+        windows_run=engine_report.windows_run, blocks_run=engine_report.blocks_run, engine=engine_report, timings=watch.seconds,
     )
 
 
