@@ -66,7 +66,10 @@ def write_spec(folder: Path) -> Path:
 
 
 def job_pipeline(image: str, spec: str, out: str, block: int) -> dict:
+    from pipeline.memory import limit_malloc_arenas
     from pipeline.raster.run import segment_raster
+
+    limit_malloc_arenas()  # as `segpipe` does
 
     t0 = time.perf_counter()
     result = segment_raster(image, spec, out, block=block, device="cpu")

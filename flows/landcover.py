@@ -47,6 +47,7 @@ from flows._runtime import (
 )
 from flows.catalog import expand, load_scene_catalog, model_ref
 from pipeline.errors import InputError
+from pipeline.memory import limit_malloc_arenas
 
 FLOW_NAME = "landcover"
 DEFAULT_CATALOG = "catalogs/scenes/demo.yaml"
@@ -160,6 +161,7 @@ def landcover(
         AllItemsFailedError: every scene failed.
     """
     logger = get_run_logger()
+    limit_malloc_arenas()
     plan = plan_scenes(catalog, scenes, model, regions, region_field, out)
     stamp = _run_time(time)
     failures = list(plan.failures)

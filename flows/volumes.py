@@ -39,6 +39,7 @@ from flows._runtime import (
 )
 from flows.catalog import expand, list_studies, load_study_catalog, model_ref
 from pipeline.errors import InputError
+from pipeline.memory import limit_malloc_arenas
 
 FLOW_NAME = "segment-volumes"
 DEFAULT_CATALOG = "catalogs/studies/demo.yaml"
@@ -144,6 +145,7 @@ def segment_volumes(
         AllItemsFailedError: every study failed.
     """
     logger = get_run_logger()
+    limit_malloc_arenas()
     plan = plan_studies(studies, model, out)
     failures = list(plan.failures)
     logger.info("segment-volumes: %d study(ies) -> %s (model %s)", len(plan.todo), plan.out_dir, plan.model)

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from pipeline.errors import SegpipeError
+from pipeline.memory import limit_malloc_arenas
 
 # module path of each subcommand's ``register`` function, in the order ``--help`` lists them
 COMMANDS = (
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    limit_malloc_arenas()
     try:
         return int(args.func(args) or 0)
     except SegpipeError as exc:

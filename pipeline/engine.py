@@ -83,7 +83,7 @@ class EngineConfig:
     precision: Precision = "auto"
     sigma_scale: float = 0.125
     prefetch: int = 2
-    pending_memory_mb: int = 512
+    pending_memory_mb: int = 128
     compile: Compile = "none"
 
     def block_for(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
