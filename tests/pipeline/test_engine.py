@@ -195,7 +195,7 @@ def test_peak_memory_does_not_grow_with_image_size(tmp_path):
 def test_importance_map_equals_monai(window, blend):
     from monai.data.utils import compute_importance_map
 
-    from pipeline.engine import importance_map
+    from pipeline.windows import importance_map
 
     ours = importance_map(window, blend, 0.125, torch.device("cpu"))
     theirs = compute_importance_map(window, mode=blend, sigma_scale=0.125, device="cpu", dtype=torch.float32)

@@ -1,0 +1,166 @@
+"""Running windows through a model on a device: device choice, importance map, autocast, model
+preparation (eval, channels_last, torch.compile) and the per-block window runner.
+
+Axis order: windows ``(N, C, *window)``; logits ``(N, K, *window)``; accumulators ``(K[+1], *region)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from pipeline.errors import EngineError
+
+if TYPE_CHECKING:
+    from pipeline.engine import EngineConfig
+
+Blend = Literal["gaussian", "constant"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+Compile = Literal["none", "default", "reduce-overhead", "max-autotune"]
+
+def auto_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; any other name is passed to :class:`torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
+    return device
+
+
+def importance_map(window: tuple[int, ...], blend: Blend, sigma_scale: float, device: torch.device) -> torch.Tensor:
+    """MONAI's importance map (``monai.data.utils.compute_importance_map``), gaussian or constant.
+
+    Same formula, clamped to the same small positive minimum; written here because importing
+    ``monai.data`` loads all of MONAI (and transformers), seconds of start-up for ten lines.
+    ``tests/pipeline/test_engine.py`` checks it equals MONAI's.
+    """
+    if blend == "constant":
+        return torch.ones(window, dtype=torch.float32, device=device)
+    weights = torch.ones((), dtype=torch.float32, device=device)
+    for size in window:
+        x = torch.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1, dtype=torch.float32, device=device)
+        g = torch.exp(x**2 / (-2 * (size * sigma_scale) ** 2))
+        weights = weights.unsqueeze(-1) * g
+    return torch.clamp(weights, min=max(weights.min().item(), 1e-3))
+
+
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    if precision == "float32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    if precision == "auto":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_model(
+    model: Callable[[torch.Tensor], torch.Tensor], device: torch.device, *, channels_last: bool = False, compile_mode: Compile = "none"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Move a ``torch.nn.Module`` to ``device`` in eval mode (other callables pass through), optionally
+    in channels_last layout and compiled with ``torch.compile``."""
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    if compile_mode != "none":
+        key = (compile_mode, device)
+        per_model = _COMPILED.setdefault(model, {})
+        if key not in per_model:  # compile once per model, not once per block
+            per_model[key] = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+        model = per_model[key]
+    return model
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _Timer:
+    """Sums model time: wall clock on CPU, CUDA events on GPU (no synchronisation per batch)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.spans: list = []
+
+    @contextlib.contextmanager
+    def model(self):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.spans.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.spans.append(time.perf_counter() - t0)
+
+    def total(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(s.elapsed_time(e) for s, e in self.spans) / 1000
+        return sum(self.spans)
+
+
+class WindowRunner:
+    """Runs the windows of one block through the model and accumulates importance-weighted logits."""
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], config: EngineConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        # channels_last (NHWC) for 2D: cuDNN's tensor-core layout on GPU, and oneDNN's fast path on CPU
+        # (a 1x1 Conv2d runs ~10x faster, U-Net/DeepLab/SegFormer 0-10 % faster; measured here)
+        self.channels_last = len(config.window) == 2
+        self.model = prepare_model(model, device, channels_last=self.channels_last, compile_mode=config.compile)
+        self.weights = importance_map(config.window, config.blend, config.sigma_scale, device)
+        self.with_weights = config.output == "logits"
+        self.seconds_model = 0.0
+        self.pin = device.type == "cuda"
+
+    def accumulate(self, region: np.ndarray, offsets: list[tuple[int, ...]]) -> torch.Tensor:
+        """Sum ``weights * model(window)`` of the windows at ``offsets`` (relative to ``region``).
+
+        Returns ``(K[+1], *region_spatial)`` float32 on the runner's device.
+        """
+        tensor = torch.from_numpy(region)
+        if self.pin:
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(self.device, non_blocking=True)
+        if self.channels_last:  # (C, Y, X) -> (Y, X, C) once, so stacked windows are channels_last without another copy
+            tensor = tensor.permute(1, 2, 0).contiguous()
+        window = self.config.window
+        acc: torch.Tensor | None = None
+        timer = _Timer(self.device)
+        for i in range(0, len(offsets), self.config.batch_size):
+            batch_offsets = offsets[i : i + self.config.batch_size]
+            if self.channels_last:
+                views = [tensor[oy : oy + window[0], ox : ox + window[1]] for oy, ox in batch_offsets]
+                batch = torch.stack(views).permute(0, 3, 1, 2)  # (N, C, Y, X) view in channels_last memory
+            else:
+                views = [tensor[(slice(None), *(slice(o, o + w) for o, w in zip(off, window)))] for off in batch_offsets]
+                batch = torch.stack(views)
+            with timer.model(), torch.inference_mode(), _autocast(self.device, self.config.precision):
+                logits = self.model(batch)
+            if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(batch_offsets) or tuple(logits.shape[2:]) != window:
+                shape = getattr(logits, "shape", type(logits).__name__)
+                raise EngineError(f"model returned {shape} for a batch {tuple(batch.shape)}; expected (N, K, *window) logits")
+            logits = logits.float().contiguous()  # NCHW: accumulating channels_last logits is ~4x slower
+            if acc is None:
+                channels = logits.shape[1] + (1 if self.with_weights else 0)
+                acc = torch.zeros((channels, *region.shape[1:]), dtype=torch.float32, device=self.device)
+            for off, window_logits in zip(batch_offsets, logits):
+                where = tuple(slice(o, o + w) for o, w in zip(off, window))
+                # fused multiply-add into the accumulator: one pass, no temporary (5x faster than * then +=)
+                acc[(slice(0, window_logits.shape[0]), *where)].addcmul_(window_logits, self.weights)
+                if self.with_weights:
+                    acc[(-1, *where)] += self.weights
+        self.seconds_model += timer.total()
+        assert acc is not None  # every computed block has at least one window
+        return acc
