@@ -152,7 +152,7 @@ def spec_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> ModelS
     if checkpoint:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_absolute() and source is not None:
-            checkpoint = source.parent / checkpoint
+            checkpoint = Path(os.path.normpath(source.parent / checkpoint))
     nodata = int(raw.get("nodata", 255))
     if nodata in {c.id for c in classes}:
         raise ModelSpecError(where, f"nodata value {nodata} is also a class id", "choose a nodata value outside the class ids")
