@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
     done = len(args.images) - len(failed)
-    out.print(escape(f"{done}/{len(args.images)} scene(s) done; statistics in {Path(args.out) / 'stats.zarr'}"), highlight=False, soft_wrap=True)
+    where = f"; statistics in {Path(args.out) / 'stats.zarr'}" if done else ""
+    out.print(escape(f"{done}/{len(args.images)} scene(s) done{where}"), highlight=False, soft_wrap=True)
     if failed:
         err.print(escape(f"{len(failed)} scene(s) failed: {', '.join(failed)}"), soft_wrap=True)
         return 1
