@@ -1,0 +1,35 @@
+"""The benchmark scripts still run end to end (tiny sizes) and print their tables; figures are not asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_engine_bench_runs():
+    out = run("engine.py", "--shape", "48", "48", "32", "--window", "32", "--rounds", "1", "--threads", "1")
+    assert "engine / forward" in out and "label agreement with MONAI = 100.0000 %" in out
+
+
+@pytest.mark.slow
+def test_raster_scaling_bench_runs(tmp_path):
+    out = run("raster_scaling.py", "--sizes", "512", "1024", "--block", "256", "--keep", str(tmp_path))
+    assert "peak RSS 1024 / 512" in out and "% of io" in out
+
+
+@pytest.mark.slow
+def test_end_to_end_bench_runs():
+    out = run("end_to_end.py", "--scene", "256", "--ct", "32", "64", "64", "--device", "cpu")
+    assert "segpipe raster 256x256x4" in out and "segpipe volume (32, 64, 64)" in out
