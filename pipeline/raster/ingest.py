@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -390,45 +389,29 @@ def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, all_valid: bool)
     return data, (masks > 0).any(axis=0)
 
 
-READERS = 2  # reader threads, each with its own dataset handle (GDAL decodes with the GIL released)
-
-
 def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress, preview_size: int) -> dict[str, list[float]]:
     """Copy every tile; return per-band count/mean/std over valid pixels.
 
-    Tiles are read ahead by :data:`READERS` threads while this thread compresses the current one
-    into zarr, so decoding and encoding overlap. Each reader thread opens its own dataset handle:
-    a rasterio dataset is not safe for concurrent reads. Tiles are consumed in order.
+    The next tile is read (GDAL, GIL released) on a background thread while this one is compressed
+    into zarr, so reading and writing overlap. One reader thread only: a rasterio dataset is not
+    safe for concurrent reads.
     """
     grid = list(tiles(info.height, info.width, block))
     all_valid = _all_valid(src, info.bands)
     moments = _BandMoments(info.count, info.dtype)
     preview = _Preview(info, preview_size)
-    local = threading.local()
-    handles = []
-
-    def read(rows: slice, cols: slice):
-        if not hasattr(local, "src"):
-            local.src = open_raster(info.path)
-            handles.append(local.src)
-        return _read_tile(local.src, info, rows, cols, all_valid)
-
-    try:
-        with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="segpipe-ingest") as reader:
-            ahead = [reader.submit(read, *tile) for tile in grid[: READERS + 1]]
-            for i, (rows, cols) in enumerate(grid):
-                data, valid = ahead.pop(0).result()
-                if i + READERS + 1 < len(grid):
-                    ahead.append(reader.submit(read, *grid[i + READERS + 1]))
-                arrays["image"][:, rows, cols] = data
-                arrays["mask"][rows, cols] = np.ones(data.shape[1:], dtype=bool) if valid is None else valid
-                moments.add(data, valid)
-                preview.add(rows, cols, data, valid)
-                if progress is not None:
-                    progress(i + 1, len(grid))
-    finally:
-        for handle in handles:
-            handle.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-ingest") as reader:
+        pending = reader.submit(_read_tile, src, info, *grid[0], all_valid) if grid else None
+        for i, (rows, cols) in enumerate(grid):
+            data, valid = pending.result()
+            if i + 1 < len(grid):
+                pending = reader.submit(_read_tile, src, info, *grid[i + 1], all_valid)
+            arrays["image"][:, rows, cols] = data
+            arrays["mask"][rows, cols] = np.ones(data.shape[1:], dtype=bool) if valid is None else valid
+            moments.add(data, valid)
+            preview.add(rows, cols, data, valid)
+            if progress is not None:
+                progress(i + 1, len(grid))
     preview.save(arrays["group"])
     return moments.result()
 
