@@ -105,10 +105,7 @@ def _finalize_task(
 ) -> Block:
     plan = _plan(source_shape, config)
     pieces = [p for pieces in piece_lists for p in pieces if p.target == t]
-    ids = class_table(config)
-    if ids is None:
-        ids = np.arange(pieces[0].data.shape[0] - (1 if config.output == "logits" else 0))
-    result = finalize_block(plan, t, pieces, config, ids)
+    result = finalize_block(plan, t, pieces, config, class_table(config))
     write_block(plan, t, result, out.open("r+"), None if done is None else done.open("r+"))
     return t
 

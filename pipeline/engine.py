@@ -166,11 +166,13 @@ def compute_block(plan: BlockPlan, b: Block, region: np.ndarray, runner: WindowR
 
 
 def finalize_block(
-    plan: BlockPlan, t: Block, pieces: list[Piece], config: EngineConfig, class_ids: np.ndarray
+    plan: BlockPlan, t: Block, pieces: list[Piece], config: EngineConfig, class_ids: np.ndarray | None
 ) -> np.ndarray:
     """Sum the pieces that land in block ``t`` (in source order) and turn them into labels or mean logits."""
     shape = tuple(s.stop - s.start for s in plan.slices(t))
     ordered = sorted(pieces, key=lambda p: p.source)
+    if class_ids is None:  # no ids given: label i is logit channel i
+        class_ids = np.arange(ordered[0].data.shape[0] - (1 if config.output == "logits" else 0))
     # torch (multi-threaded) rather than numpy (one thread): these passes are memory-bound
     acc = torch.zeros((ordered[0].data.shape[0], *shape), dtype=torch.float32)
     for piece in ordered:
@@ -303,8 +305,6 @@ def run_engine(
                 report.blocks_run += 1
             if not finished[b]:
                 pieces = pending.pop(b)
-                if class_ids is None:
-                    class_ids = np.arange(pieces[0].data.shape[0] - (1 if config.output == "logits" else 0))
                 t0 = time.perf_counter()
                 result = finalize_block(plan, b, pieces, config, class_ids)
                 stitch_seconds[0] += time.perf_counter() - t0
