@@ -76,7 +76,7 @@ def job_pipeline(image: str, spec: str, out: str, block: int) -> dict:
     seconds = time.perf_counter() - t0
     e = result.engine
     return {"seconds": seconds, "engine": e.seconds, "model": e.seconds_model, "stitch": e.seconds_stitch,
-            "read": e.seconds_read, "write": e.seconds_write}
+            "read": e.seconds_read, "write": e.seconds_write, "stages": result.timings}
 
 
 def job_io_limit(image: str, out: str, block: int) -> dict:
@@ -152,6 +152,9 @@ def main() -> None:
               f"{io['seconds']:>8.1f}{mpx / io['seconds']:>9.2f}{100 * io['seconds'] / pipe['seconds']:>8.0f}%"
               f"{pipe['engine']:>9.1f}{pipe['model']:>8.1f}{pipe['stitch']:>9.1f}{pipe['read']:>8.1f}{pipe['write']:>8.1f}{per / base:>10.2f}")
     small, large = rows[0][2]["rss_mb"], rows[-1][2]["rss_mb"]
+    print("wall seconds per stage of the pipeline runs:")
+    for side, _, pipe in rows:
+        print(f"  {side}^2: " + ", ".join(f"{k} {v:.1f}" for k, v in pipe["stages"].items()))
     print(f"peak RSS {args.sizes[-1]} / {args.sizes[0]} = {large / small:.2f}  (target <= 1.5)")
     if len(rows) >= 2:
         (s1, _, p1), (s2, _, p2) = rows[-2], rows[-1]

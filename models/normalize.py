@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from models.spec import Normalize
 from pipeline.errors import ModelSpecError
@@ -89,10 +90,7 @@ class _Affine:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         x = np.asarray(image, dtype=np.float32)
-        if len(self.shift) not in (1, x.shape[0]):
-            raise ModelSpecError(
-                "normalize", f"{len(self.shift)} mean/std values for an image with {x.shape[0]} channels", "give one value per channel, or one for all"
-            )
+        self._check_channels(x.shape[0])
         if self.lo is not None:
             x = np.clip(x, np.float32(self.lo), np.float32(self.hi))
         per_channel = (-1,) + (1,) * (x.ndim - 1)
@@ -101,6 +99,29 @@ class _Affine:
         if np.all(shift == 0) and np.all(divisor == 1):
             return x.copy() if x is image else x
         return ((x - shift) / divisor).astype(np.float32, copy=False)
+
+    def apply_(self, x: torch.Tensor) -> None:
+        """Normalise float32 ``x`` ``(C, *spatial)`` in place, in any memory layout; same values as calling it.
+
+        The engine reads each block straight into its (channels-last) model buffer and normalises it
+        there: one pass instead of a cast, a normalisation and a transpose, each into a new array.
+        """
+        self._check_channels(x.shape[0])
+        if self.lo is not None:
+            x.clamp_(float(np.float32(self.lo)), float(np.float32(self.hi)))
+        per_channel = (-1,) + (1,) * (x.dim() - 1)
+        shift = torch.tensor(self.shift, dtype=torch.float32).reshape(per_channel)
+        divisor = torch.tensor(self.divisor, dtype=torch.float32).reshape(per_channel)
+        if bool((shift != 0).any()):
+            x.sub_(shift)
+        if bool((divisor != 1).any()):
+            x.div_(divisor)
+
+    def _check_channels(self, channels: int) -> None:
+        if len(self.shift) not in (1, channels):
+            raise ModelSpecError(
+                "normalize", f"{len(self.shift)} mean/std values for an image with {channels} channels", "give one value per channel, or one for all"
+            )
 
 
 def _check_meanstd(mean: tuple[float, ...], std: tuple[float, ...], what: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -96,7 +96,8 @@ def _compute_task(
     plan = _plan(tuple(array.shape), config)
     lo, hi = region_of(plan, b)
     runner = WindowRunner(worker_model(key, factory), config, auto_device(config.device))
-    return [p for p in compute_block(plan, b, read_region(array, lo, hi, preprocess), runner) if p.target in wanted]
+    region = read_region(array, lo, hi, preprocess, channels_last=runner.channels_last)
+    return [p for p in compute_block(plan, b, region, runner) if p.target in wanted]
 
 
 def _finalize_task(

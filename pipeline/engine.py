@@ -28,6 +28,7 @@ from pipeline.engine_types import Block, Piece
 from pipeline.grid import BlockPlan, WindowGrid
 from pipeline.pending import PendingPieces
 from pipeline.windows import Blend, Compile, Precision, WindowRunner, auto_device
+from pipeline.workspace import BufferPool, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +122,52 @@ class EngineReport:
 
 
 def read_region(
-    source: ArraySource, lo: tuple[int, ...], hi: tuple[int, ...], preprocess: Preprocess | None = None
-) -> np.ndarray:
-    """Read ``source[:, lo:hi]`` as float32 ``(C, *region)``; parts outside the image are zero (after preprocess)."""
-    spatial = source.shape[1:]
+    source: ArraySource,
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    preprocess: Preprocess | None = None,
+    *,
+    channels_last: bool = False,
+    pool: BufferPool | None = None,
+) -> torch.Tensor:
+    """Read ``source[:, lo:hi]`` as a float32 CPU tensor; parts outside the image are zero (after preprocess).
+
+    Returns ``(C, *region)``, or ``(*region, C)`` when ``channels_last`` (the 2D model layout). The
+    raw values are cast, transposed and normalised in one pass into the output buffer (taken from
+    ``pool`` when given) when ``preprocess`` offers an in-place ``apply_`` (the spec normalisers do);
+    any other callable ``(C, *spatial) -> (C, *spatial)`` is applied on a float32 copy.
+    """
+    channels, spatial = source.shape[0], source.shape[1:]
     clipped_lo = tuple(max(a, 0) for a in lo)
     clipped_hi = tuple(min(b, s) for b, s in zip(hi, spatial))
-    data = np.asarray(source[(slice(None), *(slice(a, b) for a, b in zip(clipped_lo, clipped_hi)))], dtype=np.float32)
-    if preprocess is not None:
-        data = np.asarray(preprocess(data), dtype=np.float32)
-    if clipped_lo == lo and clipped_hi == hi:
-        return data
-    pad = [(0, 0)] + [(a - b, c - d) for a, b, c, d in zip(clipped_lo, lo, hi, clipped_hi)]
-    return np.pad(data, pad)
+    raw = np.asarray(source[(slice(None), *(slice(a, b) for a, b in zip(clipped_lo, clipped_hi)))])
+    size = tuple(b - a for a, b in zip(lo, hi))
+    shape = (*size, channels) if channels_last else (channels, *size)
+    buffer = pool.take(shape) if pool is not None else torch.empty(shape, dtype=torch.float32)
+    if clipped_lo != lo or clipped_hi != hi:
+        buffer.zero_()
+    as_channels_first = buffer.movedim(-1, 0) if channels_last else buffer
+    inside = as_channels_first[(slice(None), *(slice(a - l, b - l) for a, b, l in zip(clipped_lo, clipped_hi, lo)))]
+    in_place = getattr(preprocess, "apply_", None)
+    if preprocess is None or in_place is not None:
+        inside.copy_(_as_tensor(raw))
+        if in_place is not None:
+            in_place(inside)
+    else:
+        inside.copy_(torch.from_numpy(np.asarray(preprocess(raw.astype(np.float32)), dtype=np.float32)))
+    return buffer
+
+
+def _as_tensor(raw: np.ndarray) -> torch.Tensor:
+    """``raw`` as a tensor without a copy where torch has the dtype (all usual raster/volume types)."""
+    if not raw.dtype.isnative:
+        raw = raw.astype(raw.dtype.newbyteorder("="))
+    elif not raw.flags.writeable:
+        raw = raw.copy()
+    try:
+        return torch.from_numpy(raw)
+    except TypeError:  # a dtype torch lacks: cast here
+        return torch.from_numpy(raw.astype(np.float32))
 
 
 def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -144,8 +178,12 @@ def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ..
     return lo, hi
 
 
-def compute_block(plan: BlockPlan, b: Block, region: np.ndarray, runner: WindowRunner) -> list[Piece]:
-    """Run block ``b``'s windows over its read region and cut the result into pieces per target block."""
+def compute_block(plan: BlockPlan, b: Block, region: torch.Tensor, runner: WindowRunner) -> list[Piece]:
+    """Run block ``b``'s windows over its read region and cut the result into pieces per target block.
+
+    ``region`` is :func:`read_region`'s tensor in the runner's layout. The piece for ``b`` itself is
+    a view of the runner's accumulator: with ``reuse_buffers`` it is valid until the next block runs.
+    """
     lo, _ = region_of(plan, b)
     offsets = [tuple(s - p - l for s, p, l in zip(start, plan.grid.pad_before, lo)) for start in plan.windows(b)]
     acc = runner.accumulate(region, offsets)
@@ -166,21 +204,32 @@ def compute_block(plan: BlockPlan, b: Block, region: np.ndarray, runner: WindowR
 
 
 def finalize_block(
-    plan: BlockPlan, t: Block, pieces: list[Piece], config: EngineConfig, class_ids: np.ndarray | None
+    plan: BlockPlan,
+    t: Block,
+    pieces: list[Piece],
+    config: EngineConfig,
+    class_ids: np.ndarray | None,
+    workspace: Workspace | None = None,
 ) -> np.ndarray:
-    """Sum the pieces that land in block ``t`` (in source order) and turn them into labels or mean logits."""
+    """Sum the pieces that land in block ``t`` (in source order) and turn them into labels or mean logits.
+
+    ``workspace``: where to keep the block's sum between calls (fresh memory when ``None``).
+    """
     shape = tuple(s.stop - s.start for s in plan.slices(t))
     ordered = sorted(pieces, key=lambda p: p.source)
+    channels = ordered[0].data.shape[0]
     if class_ids is None:  # no ids given: label i is logit channel i
-        class_ids = np.arange(ordered[0].data.shape[0] - (1 if config.output == "logits" else 0))
+        class_ids = np.arange(channels - (1 if config.output == "logits" else 0))
+    workspace = workspace or Workspace()
     # torch (multi-threaded) rather than numpy (one thread): these passes are memory-bound
-    acc = torch.zeros((ordered[0].data.shape[0], *shape), dtype=torch.float32)
+    acc = workspace.get("sum", (channels, *shape)).zero_()
     for piece in ordered:
         acc[(slice(None), *piece.where)] += torch.from_numpy(piece.data)
     if config.output == "logits":
         return (acc[:-1] / acc[-1:]).numpy()
     # torch's max over the class axis is ~2.5x faster than np.argmax(axis=0); both return the first maximum
-    index = acc.max(dim=0).indices.numpy()
+    best = (workspace.get("best", shape), workspace.get("index", shape, torch.int64))
+    index = torch.max(acc, dim=0, out=best).indices.numpy()
     if len(class_ids) and class_ids[0] == 0 and np.array_equal(class_ids, np.arange(len(class_ids))):
         return index.astype(config.label_dtype)
     return class_ids[index].astype(config.label_dtype, copy=False)
@@ -252,7 +301,10 @@ def run_engine(
     finished = np.asarray(done[...], dtype=bool) if done is not None else np.zeros(plan.shape, dtype=bool)
 
     device = auto_device(config.device)
-    runner = WindowRunner(model, config, device)
+    # reused buffers: each block's own piece is finalised in the same step, before the next block runs
+    runner = WindowRunner(model, config, device, reuse_buffers=True)
+    regions = BufferPool(keep=config.prefetch + 2)  # blocks read ahead + the one running
+    sums = Workspace()
     order = plan.order()
     needs_compute = {b for b in order if any(not finished[t] for t in plan.targets(b))}
     to_compute = [b for b in order if b in needs_compute]
@@ -266,7 +318,7 @@ def run_engine(
     def read(b: Block) -> np.ndarray:
         t0 = time.perf_counter()
         lo, hi = region_of(plan, b)
-        region = read_region(source, lo, hi, preprocess)
+        region = read_region(source, lo, hi, preprocess, channels_last=runner.channels_last, pool=regions)
         read_seconds[0] += time.perf_counter() - t0
         return region
 
@@ -297,6 +349,7 @@ def run_engine(
                 n_windows = len(plan.windows(b))
                 t0, model_before = time.perf_counter(), runner.seconds_model
                 pieces = compute_block(plan, b, region, runner)
+                regions.give(region)
                 stitch_seconds[0] += time.perf_counter() - t0 - (runner.seconds_model - model_before)
                 for piece in pieces:
                     if not finished[piece.target]:
@@ -306,7 +359,7 @@ def run_engine(
             if not finished[b]:
                 pieces = pending.pop(b)
                 t0 = time.perf_counter()
-                result = finalize_block(plan, b, pieces, config, class_ids)
+                result = finalize_block(plan, b, pieces, config, class_ids, sums)
                 stitch_seconds[0] += time.perf_counter() - t0
                 writes.append(writers.submit(write, b, result))
                 if len(writes) > 4:

@@ -75,3 +75,20 @@ def test_normalizer_pickles(norm):
 
     f = normalizer(norm)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(f))(IMAGE), f(IMAGE))
+
+
+@pytest.mark.parametrize("norm", KINDS, ids=lambda n: n.kind)
+def test_in_place_on_a_channels_last_buffer_equals_calling(norm):
+    """``apply_`` (what the engine uses on its channels-last read buffer) gives bit-identical values."""
+    torch = pytest.importorskip("torch")
+    f = normalizer(norm)
+    buffer = torch.from_numpy(np.ascontiguousarray(IMAGE.transpose(1, 2, 0)))  # (Y, X, C) memory
+    f.apply_(buffer.movedim(-1, 0))  # normalised through a (C, Y, X) view
+    np.testing.assert_array_equal(buffer.numpy().transpose(2, 0, 1), f(IMAGE))
+
+
+def test_in_place_checks_the_channel_count():
+    torch = pytest.importorskip("torch")
+    f = normalizer(Normalize(kind="meanstd", mean=(1.0, 2.0), std=(1.0, 1.0)))
+    with pytest.raises(ModelSpecError, match="2 mean/std values for an image with 3 channels"):
+        f.apply_(torch.zeros((3, 4, 4)))
