@@ -12,7 +12,6 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import torch
 
 from pipeline.errors import EngineError
