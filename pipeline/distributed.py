@@ -39,6 +39,7 @@ from pipeline.engine import (
 )
 from pipeline.engine_types import Block, Piece
 from pipeline.grid import BlockPlan
+from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class ZarrRef:
     path: str
 
     def open(self, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(self.store, path=self.path, mode=mode)
+        array = zarr.open_array(self.store, path=self.path, mode=mode)
+        return array if mode == "r" else fast_writes(array)
 
 
 _MODELS: dict[str, torch.nn.Module] = {}

@@ -36,6 +36,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from pipeline.errors import InputError
+from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ def _create_store(path: Path, info: RasterInfo, block: int) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=True)
     group = zarr.open_group(path, mode="r+")
-    return {"image": group["image"], "mask": group["mask"], "group": group}
+    return {"image": fast_writes(group["image"]), "mask": fast_writes(group["mask"]), "group": group}
 
 
 def _typed_nodata(nodata: float, dtype: str):

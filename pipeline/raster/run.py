@@ -26,6 +26,7 @@ import xarray as xr
 from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
 from pipeline.timing import Stopwatch
+from pipeline.zarr_write import fast_writes
 from pipeline.raster.cog import write_label_cog
 from pipeline.raster.ingest import RasterInfo, band_stats, ingest_raster, probe_raster, read_preview, scene_stem
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
@@ -193,14 +194,14 @@ def _label_arrays(work: Path, fingerprint: dict[str, Any], shape: tuple[int, int
 
     group = zarr.open_group(work, mode="r+", use_consolidated=False)
     if group.attrs.get(LABELS_ATTR) == fingerprint and "labels" in group and "labels_done" in group:
-        return group["labels"], group["labels_done"]
+        return fast_writes(group["labels"]), fast_writes(group["labels_done"])
     labels = group.create_array("labels", shape=shape, chunks=(block, block), dtype=dtype, fill_value=0, dimension_names=("y", "x"), overwrite=True)
     done = group.create_array("labels_done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0, dimension_names=("block_y", "block_x"), overwrite=True)
     group.attrs[LABELS_ATTR] = fingerprint
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         zarr.consolidate_metadata(work)
-    return labels, done
+    return fast_writes(labels), fast_writes(done)
 
 
 def _preprocess(spec: ModelSpec, work: Path):

@@ -37,6 +37,7 @@ from pipeline.volume.readers import read_volume, study_stem
 from pipeline.volume.stats import StudyStats, merge_into_store, open_stats, read_stats_json, study_statistics, write_stats_json
 from pipeline.volume.store import write_volume_store
 from pipeline.volume.volume import Volume
+from pipeline.zarr_write import fast_writes
 from pipeline.volume.writers import (
     itksnap_label_table,
     label_dtype,
@@ -276,7 +277,7 @@ def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMappin
         done = zarr.open_array(store=str(done_path), mode="r+")
         if out.attrs.get("fingerprint") == json.loads(json.dumps(fingerprint)):
             log.info("%s: resuming, %d of %d blocks already done", work.name, int(np.count_nonzero(done[...])), done.size)
-            return out, done
+            return fast_writes(out), fast_writes(done)
     except (FileNotFoundError, ValueError, KeyError, OSError):
         pass
     blk = tuple(config.block)
@@ -287,7 +288,7 @@ def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMappin
         out = zarr.create_array(store=str(out_path), shape=(k, *grid.model_shape), chunks=(k, *blk), dtype="float32", zarr_format=3, overwrite=True)
     done = zarr.create_array(store=str(done_path), shape=block_grid, chunks=(1,) * len(block_grid), dtype="uint8", zarr_format=3, overwrite=True, fill_value=0)
     out.attrs["fingerprint"] = fingerprint
-    return out, done
+    return fast_writes(out), fast_writes(done)
 
 
 def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, outputs: StudyOutputs) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.volume.volume import orientation_code, spacing_zyx
+from pipeline.zarr_write import fast_writes
 
 AXES = ("c", "z", "y", "x")
 
@@ -60,6 +61,7 @@ def write_volume_store(
     array = zarr.create_array(
         store=str(path), shape=(1, *data.shape), chunks=chunks, dtype="float32", zarr_format=3, overwrite=True, fill_value=0.0
     )
+    array = fast_writes(array)
     for z0 in range(0, data.shape[0], chunks[1]):
         z1 = min(data.shape[0], z0 + chunks[1])
         array[:, z0:z1] = np.asarray(data[z0:z1], dtype=np.float32)[None]
