@@ -249,6 +249,13 @@ def band_stats(store_path: str | Path) -> dict[str, list[float]]:
     return _store_attrs(Path(store_path))["band_stats"]
 
 
+def every_pixel_valid(store_path: str | Path) -> bool:
+    """True when the ingest found no invalid pixel (no nodata, mask or alpha): the mask is all True."""
+    attrs = _store_attrs(Path(store_path))
+    counts, info = attrs["band_stats"]["count"], RasterInfo.from_json(attrs["info"])
+    return bool(counts) and int(counts[0]) == info.height * info.width
+
+
 def _store_attrs(store_path: Path) -> dict[str, Any]:
     import zarr
 

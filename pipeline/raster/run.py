@@ -28,7 +28,7 @@ from pipeline.errors import InputError, ModelSpecError
 from pipeline.timing import Stopwatch
 from pipeline.zarr_write import fast_writes
 from pipeline.raster.cog import write_label_cog
-from pipeline.raster.ingest import RasterInfo, band_stats, ingest_raster, probe_raster, read_preview, scene_stem
+from pipeline.raster.ingest import RasterInfo, band_stats, every_pixel_valid, ingest_raster, probe_raster, read_preview, scene_stem
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
@@ -255,7 +255,8 @@ def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions
     import zarr
 
     group = zarr.open_group(work, mode="r", use_consolidated=False)
-    labels, mask = group["labels"], group["mask"]
+    # an all-valid mask changes nothing: skip reading it (twice) when the ingest saw no invalid pixel
+    labels, mask = group["labels"], None if every_pixel_valid(work) else group["mask"]
     with watch.stage("cog"):
         labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
     with watch.stage("stats"):

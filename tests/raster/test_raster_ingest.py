@@ -12,7 +12,7 @@ import zarr
 from affine import Affine
 
 from pipeline.errors import InputError
-from pipeline.raster.ingest import RasterInfo, band_stats, ingest_raster, probe_raster, read_info, scene_stem
+from pipeline.raster.ingest import RasterInfo, band_stats, every_pixel_valid, ingest_raster, probe_raster, read_info, scene_stem
 
 
 def _open(store, **kw):
@@ -37,6 +37,7 @@ def test_landsat_round_trip_keeps_pixels_mask_crs_transform_nodata(landsat, tmp_
     np.testing.assert_array_equal(raw.image.values, expected)
     np.testing.assert_array_equal(raw.mask.values, expected_mask)
     assert 0 < expected_mask.sum() < expected_mask.size  # the nodata collar is really there
+    assert not every_pixel_valid(store)
     group = zarr.open_group(store, mode="r")
     assert group["image"].chunks == (3, 256, 256) and group["mask"].chunks == (256, 256)
     assert group["mask"].dtype == np.bool_
@@ -95,6 +96,7 @@ def test_band_descriptions_and_float_nodata(tmp_path, make_geotiff):
     assert ds.image.rio.encoded_nodata == -9999.0
     assert np.isnan(ds.image.values[:, :5]).all() and not np.isnan(ds.image.values[:, 5:]).any()
     assert (~ds.mask.values[:5]).all() and ds.mask.values[5:].all()
+    assert not every_pixel_valid(tmp_path / "f.zarr")
 
 
 def test_no_nodata_means_all_valid_and_raw_values(tmp_path, make_geotiff):
@@ -104,6 +106,7 @@ def test_no_nodata_means_all_valid_and_raw_values(tmp_path, make_geotiff):
     ds = _open(tmp_path / "z.zarr")
     assert info.nodata is None and ds.image.rio.nodata is None
     assert ds.image.dtype == np.uint16 and ds.mask.values.all()
+    assert every_pixel_valid(tmp_path / "z.zarr")
 
 
 def test_complete_store_is_reused_and_a_changed_source_re_ingested(tmp_path, make_geotiff):
