@@ -57,7 +57,7 @@ def pixel_area_m2(crs: Any, transform: Affine, rows: slice, cols: slice) -> np.n
     if kind == "equal_area":
         return np.full(shape, cell)
     scale = _areal_scale(key, t, r0, r1, c0, c1)
-    return cell / scale
+    return np.divide(cell, scale, out=scale)
 
 
 def _bounds(rows: slice, cols: slice) -> tuple[int, int, int, int]:
@@ -215,8 +215,17 @@ def _transformers(key: str) -> tuple[Transformer, Transformer, float]:
 def _bilinear(coarse: np.ndarray, rs: np.ndarray, cs: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Separable linear interpolation of ``coarse`` (sampled at ``rs`` x ``cs``) onto ``rows`` x ``cols``."""
     along_cols = np.stack([np.interp(cols, cs, line) for line in coarse])  # (len(rs), len(cols))
-    i = np.clip(np.searchsorted(rs, rows, side="right") - 1, 0, max(len(rs) - 2, 0))
     if len(rs) == 1:
         return np.repeat(along_cols, len(rows), axis=0)
-    w = ((rows - rs[i]) / (rs[i + 1] - rs[i]))[:, None]
-    return along_cols[i] * (1.0 - w) + along_cols[i + 1] * w
+    i = np.clip(np.searchsorted(rs, rows, side="right") - 1, 0, len(rs) - 2)
+    w = (rows - rs[i]) / (rs[i + 1] - rs[i])
+    # row by row of the coarse lattice: lo + w * (hi - lo), written in place (two passes over the
+    # output, no full-size temporaries; the areas of a 1024^2 block took 8 ms, most of it here)
+    out = np.empty((len(rows), len(cols)))
+    for k in np.unique(i):
+        band = np.flatnonzero(i == k)
+        lo, hi = along_cols[k], along_cols[k + 1]
+        part = out[band[0] : band[-1] + 1]
+        np.multiply(w[band, None], hi - lo, out=part)
+        part += lo
+    return out

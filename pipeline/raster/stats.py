@@ -83,7 +83,7 @@ def compute_stats(
         lab = np.asarray(labels[rows, cols])
         bucket = _buckets(lab, lut)
         if mask is not None:
-            bucket = np.where(np.asarray(mask[rows, cols]).astype(bool), bucket, k)
+            np.putmask(bucket, ~np.asarray(mask[rows, cols], dtype=bool), k)
         bucket = bucket.ravel()
         px_area = pixel_area_m2(info.crs, info.transform, rows, cols).ravel()
         for j, cells, cover in block_coverage(regions, tree, info, rows, cols):
@@ -111,7 +111,9 @@ def _chunk_size(labels: Any) -> int:
 def _class_lookup(classes: Sequence[ClassInfo]) -> np.ndarray:
     """Table label value -> class index (0..K-1); every other value -> K + 1 (unknown). The last
     entry catches all values beyond the table (see :func:`_buckets`)."""
-    lut = np.full(max(256, max(c.id for c in classes) + 2), len(classes) + 1, dtype=np.int64)
+    # uint8 buckets while they fit: the per-pixel lookup writes 1 byte instead of 8 (bincount casts once)
+    dtype = np.uint8 if len(classes) + 2 <= 256 else np.int64
+    lut = np.full(max(256, max(c.id for c in classes) + 2), len(classes) + 1, dtype=dtype)
     for i, c in enumerate(classes):
         lut[c.id] = i
     return lut
@@ -119,7 +121,7 @@ def _class_lookup(classes: Sequence[ClassInfo]) -> np.ndarray:
 
 def _buckets(lab: np.ndarray, lut: np.ndarray) -> np.ndarray:
     if lab.dtype == np.uint8:
-        return lut[lab]
+        return np.take(lut, lab)  # 2x faster than lut[lab] here
     return lut[np.clip(lab.astype(np.int64), 0, len(lut) - 1)]
 
 
