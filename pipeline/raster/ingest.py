@@ -349,7 +349,7 @@ class _BandMoments:
         if self.hist is not None:
             for b in range(data.shape[0]):
                 values = data[b] if valid is None else data[b][valid]
-                self.hist[b] += np.bincount(values.ravel(), minlength=self.hist_size)
+                self.hist[b] += _histogram(np.ascontiguousarray(values).ravel(), self.hist_size)
             return
         vals = (data.reshape(data.shape[0], -1) if valid is None else data[:, valid]).astype(np.float64)
         k = vals.shape[1]
@@ -374,6 +374,16 @@ class _BandMoments:
         std = np.sqrt(np.divide(self.m2, self.n, out=np.zeros(c), where=self.n > 0))
         mean = np.where(self.n > 0, self.mean, 0.0)
         return {"count": self.n.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+
+
+def _histogram(values: np.ndarray, size: int) -> np.ndarray:
+    """Counts of each value of 1-D unsigned ``values`` (``size`` bins); torch's bincount counts
+    uint8 without numpy's cast to int64, 4x faster here (ingest spent 2 s of 16k^2 in np.bincount)."""
+    if values.dtype == np.uint8:
+        import torch
+
+        return torch.bincount(torch.from_numpy(values), minlength=size).numpy()
+    return np.bincount(values, minlength=size)
 
 
 def _all_valid(src, bands: Sequence[int]) -> bool:
