@@ -13,6 +13,7 @@ and seconds per Mpx relative to the smallest size (time linear in pixels).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -68,15 +69,25 @@ def write_spec(folder: Path) -> Path:
 def job_pipeline(image: str, spec: str, out: str, block: int) -> dict:
     from pipeline.memory import limit_malloc_arenas
     from pipeline.raster.run import segment_raster
+    from pipeline.timing import Stopwatch
 
     limit_malloc_arenas()  # as `segpipe` does
+    peaks: dict[str, float] = {}
+    stage = Stopwatch.stage
+
+    def stage_with_peak(self, name):  # the process's peak RSS when each stage ends (it only grows)
+        with stage(self, name):
+            yield
+        peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    Stopwatch.stage = contextlib.contextmanager(stage_with_peak)
 
     t0 = time.perf_counter()
     result = segment_raster(image, spec, out, block=block, device="cpu")
     seconds = time.perf_counter() - t0
     e = result.engine
     return {"seconds": seconds, "engine": e.seconds, "model": e.seconds_model, "stitch": e.seconds_stitch,
-            "read": e.seconds_read, "write": e.seconds_write, "stages": result.timings}
+            "read": e.seconds_read, "write": e.seconds_write, "stages": result.timings, "peaks": peaks}
 
 
 def job_io_limit(image: str, out: str, block: int) -> dict:
@@ -155,6 +166,9 @@ def main() -> None:
     print("wall seconds per stage of the pipeline runs:")
     for side, _, pipe in rows:
         print(f"  {side}^2: " + ", ".join(f"{k} {v:.1f}" for k, v in pipe["stages"].items()))
+    print("peak RSS (MB) of the pipeline process when each stage ended:")
+    for side, _, pipe in rows:
+        print(f"  {side}^2: " + ", ".join(f"{k} {v:.0f}" for k, v in pipe["peaks"].items()))
     print(f"peak RSS {args.sizes[-1]} / {args.sizes[0]} = {large / small:.2f}  (target <= 1.5)")
     if len(rows) >= 2:
         (s1, _, p1), (s2, _, p2) = rows[-2], rows[-1]

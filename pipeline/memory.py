@@ -29,3 +29,18 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
     log.debug("malloc arenas capped at %d: %s", arenas, ok)
     return ok
+
+
+def release_free_memory() -> bool:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``); False where that is not possible.
+
+    Freed small blocks (GDAL's block cache during ingest, zarr's chunk buffers) stay in the process's
+    heap, so without this the memory of one stage adds to the peak of the next.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

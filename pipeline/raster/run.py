@@ -25,6 +25,7 @@ import xarray as xr
 
 from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
+from pipeline.memory import release_free_memory
 from pipeline.timing import Stopwatch
 from pipeline.zarr_write import fast_writes
 from pipeline.raster.cog import write_label_cog
@@ -141,8 +142,10 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     try:
         with watch.stage("ingest"):
             info = ingest_raster(image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"))
+        release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
         with watch.stage("segment"):
             report = _segment(work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client, progress=_stage(progress, "segment"))
+        release_free_memory()
         result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress, watch=watch)
     except BaseException:
         for path in reversed(created):  # leave no empty folders behind a failed first run
