@@ -164,8 +164,9 @@ class WindowRunner:
             if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(batch_offsets) or tuple(logits.shape[2:]) != window:
                 shape = getattr(logits, "shape", type(logits).__name__)
                 raise EngineError(f"model returned {shape} for a batch {tuple(batch.shape)}; expected (N, K, *window) logits")
-            # NCHW float32: accumulating channels_last logits is ~4x slower
-            logits = self._buffer("logits", tuple(logits.shape)).copy_(logits)
+            if logits.dtype != torch.float32 or not logits.is_contiguous():
+                # NCHW float32: accumulating channels_last logits is ~4x slower
+                logits = self._buffer("logits", tuple(logits.shape)).copy_(logits)
             if acc is None:
                 channels = logits.shape[1] + (1 if self.with_weights else 0)
                 acc = self._buffer("acc", (channels, *spatial)).zero_()
