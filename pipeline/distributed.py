@@ -99,7 +99,7 @@ def _compute_task(
     lo, hi = region_of(plan, b)
     runner = WindowRunner(worker_model(key, factory), config, auto_device(config.device))
     region = read_region(array, lo, hi, preprocess, channels_last=runner.channels_last)
-    return [p for p in compute_block(plan, b, region, runner) if p.target in wanted]
+    return [p.on_host() for p in compute_block(plan, b, region, runner) if p.target in wanted]
 
 
 def _finalize_task(

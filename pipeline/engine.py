@@ -181,8 +181,9 @@ def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ..
 def compute_block(plan: BlockPlan, b: Block, region: torch.Tensor, runner: WindowRunner) -> list[Piece]:
     """Run block ``b``'s windows over its read region and cut the result into pieces per target block.
 
-    ``region`` is :func:`read_region`'s tensor in the runner's layout. The piece for ``b`` itself is
-    a view of the runner's accumulator: with ``reuse_buffers`` it is valid until the next block runs.
+    ``region`` is :func:`read_region`'s tensor in the runner's layout. Pieces hold tensors on the
+    runner's device; the piece for ``b`` itself is a view of the runner's accumulator: with
+    ``reuse_buffers`` it is valid until the next block runs.
     """
     lo, _ = region_of(plan, b)
     offsets = [tuple(s - p - l for s, p, l in zip(start, plan.grid.pad_before, lo)) for start in plan.windows(b)]
@@ -195,11 +196,9 @@ def compute_block(plan: BlockPlan, b: Block, region: torch.Tensor, runner: Windo
         src = tuple(slice(a - l, c - l) for (a, c), l in zip(inter, lo))
         dst = tuple(slice(a - ts.start, c - ts.start) for (a, c), ts in zip(inter, t_slices))
         view = acc[(slice(None), *src)]
-        if runner.device.type != "cpu":
-            data = view.cpu().numpy()
-        else:  # a spill piece is copied so it does not keep the whole accumulator alive while it waits
-            data = view.numpy() if t == b else view.numpy().copy()
-        pieces.append(Piece(b, t, dst, data))
+        # a spill piece is copied so it does not keep the whole accumulator alive while it waits;
+        # pieces stay on the runner's device (a GPU sums and argmaxes them without a round trip)
+        pieces.append(Piece(b, t, dst, view if t == b else view.clone()))
     return pieces
 
 
@@ -213,7 +212,8 @@ def finalize_block(
 ) -> np.ndarray:
     """Sum the pieces that land in block ``t`` (in source order) and turn them into labels or mean logits.
 
-    ``workspace``: where to keep the block's sum between calls (fresh memory when ``None``).
+    ``workspace``: where to keep the block's sum between calls (fresh memory when ``None``); the sum
+    is formed on the workspace's device (the engine's: on a GPU only the labels come back).
     """
     shape = tuple(s.stop - s.start for s in plan.slices(t))
     ordered = sorted(pieces, key=lambda p: p.source)
@@ -221,18 +221,21 @@ def finalize_block(
     if class_ids is None:  # no ids given: label i is logit channel i
         class_ids = np.arange(channels - (1 if config.output == "logits" else 0))
     workspace = workspace or Workspace()
+    device = workspace.device
     # torch (multi-threaded) rather than numpy (one thread): these passes are memory-bound
     acc = workspace.get("sum", (channels, *shape)).zero_()
     for piece in ordered:
-        acc[(slice(None), *piece.where)] += torch.from_numpy(piece.data)
+        data = torch.from_numpy(piece.data) if isinstance(piece.data, np.ndarray) else piece.data
+        acc[(slice(None), *piece.where)] += data.to(device, non_blocking=True)
     if config.output == "logits":
-        return (acc[:-1] / acc[-1:]).numpy()
+        return (acc[:-1] / acc[-1:]).cpu().numpy()
     # torch's max over the class axis is ~2.5x faster than np.argmax(axis=0); both return the first maximum
     best = (workspace.get("best", shape), workspace.get("index", shape, torch.int64))
-    index = torch.max(acc, dim=0, out=best).indices.numpy()
+    index = torch.max(acc, dim=0, out=best).indices
     if len(class_ids) and class_ids[0] == 0 and np.array_equal(class_ids, np.arange(len(class_ids))):
-        return index.astype(config.label_dtype)
-    return class_ids[index].astype(config.label_dtype, copy=False)
+        small = torch.uint8 if len(class_ids) <= 256 else torch.int32  # copy 1 byte per pixel off the device, not 8
+        return index.to(small).cpu().numpy().astype(config.label_dtype, copy=False)
+    return class_ids[index.cpu().numpy()].astype(config.label_dtype, copy=False)
 
 
 def write_block(plan: BlockPlan, t: Block, result: np.ndarray, out: Any, done: Any | None) -> None:
@@ -304,7 +307,7 @@ def run_engine(
     # reused buffers: each block's own piece is finalised in the same step, before the next block runs
     runner = WindowRunner(model, config, device, reuse_buffers=True)
     regions = BufferPool(keep=config.prefetch + 2)  # blocks read ahead + the one running
-    sums = Workspace()
+    sums = Workspace(device)
     order = plan.order()
     needs_compute = {b for b in order if any(not finished[t] for t in plan.targets(b))}
     to_compute = [b for b in order if b in needs_compute]
@@ -319,6 +322,10 @@ def run_engine(
         t0 = time.perf_counter()
         lo, hi = region_of(plan, b)
         region = read_region(source, lo, hi, preprocess, channels_last=runner.channels_last, pool=regions)
+        if runner.pin:  # the page-locked copy for the GPU is made here, off the main thread
+            staged = region.pin_memory()
+            regions.give(region)
+            region = staged
         read_seconds[0] += time.perf_counter() - t0
         return region
 
@@ -349,7 +356,8 @@ def run_engine(
                 n_windows = len(plan.windows(b))
                 t0, model_before = time.perf_counter(), runner.seconds_model
                 pieces = compute_block(plan, b, region, runner)
-                regions.give(region)
+                if not runner.pin:
+                    regions.give(region)
                 stitch_seconds[0] += time.perf_counter() - t0 - (runner.seconds_model - model_before)
                 for piece in pieces:
                     if not finished[piece.target]:

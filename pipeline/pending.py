@@ -33,14 +33,14 @@ class PendingPieces:
         self.pieces_on_disk = 0
 
     def add(self, piece: Piece) -> None:
-        size = piece.data.nbytes
+        size = piece.nbytes
         if self.bytes_in_memory + size <= self.memory_bytes:
             self._pieces[piece.target].append(piece)
             self.bytes_in_memory += size
             self.peak_bytes_in_memory = max(self.peak_bytes_in_memory, self.bytes_in_memory)
             return
         path = self._scratch_path() / f"{'_'.join(map(str, piece.source))}-{'_'.join(map(str, piece.target))}.npy"
-        np.save(path, piece.data)
+        np.save(path, piece.on_host().data)
         self._pieces[piece.target].append((replace(piece, data=np.empty(0, np.float32)), path))
         self.pieces_on_disk += 1
 
@@ -48,7 +48,7 @@ class PendingPieces:
         pieces = []
         for item in self._pieces.pop(target, []):
             if isinstance(item, Piece):
-                self.bytes_in_memory -= item.data.nbytes
+                self.bytes_in_memory -= item.nbytes
                 pieces.append(item)
             else:
                 stub, path = item

@@ -144,7 +144,7 @@ class WindowRunner:
 
         Returns ``(K[+1], *region_spatial)`` float32 on the runner's device.
         """
-        tensor = region.pin_memory() if self.pin else region
+        tensor = region.pin_memory() if self.pin else region  # a no-op when the reader already pinned it
         tensor = tensor.to(self.device, non_blocking=True)
         spatial = tensor.shape[:-1] if self.channels_last else tensor.shape[1:]
         window = self.config.window
