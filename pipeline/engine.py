@@ -134,8 +134,10 @@ def read_region(
 
     Returns ``(C, *region)``, or ``(*region, C)`` when ``channels_last`` (the 2D model layout). The
     raw values are cast, transposed and normalised in one pass into the output buffer (taken from
-    ``pool`` when given) when ``preprocess`` offers an in-place ``apply_`` (the spec normalisers do);
-    any other callable ``(C, *spatial) -> (C, *spatial)`` is applied on a float32 copy.
+    ``pool`` when given) when ``preprocess`` offers ``into(raw, out)`` (the spec normalisers do);
+    any other callable ``(C, *spatial) -> (C, *spatial)`` is applied on a float32 copy. numpy only,
+    channel by channel: this runs on the reader thread, where torch's OpenMP threads would compete
+    with the model's.
     """
     channels, spatial = source.shape[0], source.shape[1:]
     clipped_lo = tuple(max(a, 0) for a in lo)
@@ -144,30 +146,19 @@ def read_region(
     size = tuple(b - a for a, b in zip(lo, hi))
     shape = (*size, channels) if channels_last else (channels, *size)
     buffer = pool.take(shape) if pool is not None else torch.empty(shape, dtype=torch.float32)
+    array = buffer.numpy()
     if clipped_lo != lo or clipped_hi != hi:
-        buffer.zero_()
-    as_channels_first = buffer.movedim(-1, 0) if channels_last else buffer
+        array.fill(0)
+    as_channels_first = np.moveaxis(array, -1, 0) if channels_last else array
     inside = as_channels_first[(slice(None), *(slice(a - l, b - l) for a, b, l in zip(clipped_lo, clipped_hi, lo)))]
-    in_place = getattr(preprocess, "apply_", None)
-    if preprocess is None or in_place is not None:
-        inside.copy_(_as_tensor(raw))
-        if in_place is not None:
-            in_place(inside)
+    write_into = getattr(preprocess, "into", None)
+    if write_into is not None:
+        write_into(raw, inside)
     else:
-        inside.copy_(torch.from_numpy(np.asarray(preprocess(raw.astype(np.float32)), dtype=np.float32)))
+        values = raw if preprocess is None else np.asarray(preprocess(raw.astype(np.float32)), dtype=np.float32)
+        for c in range(channels):  # channel by channel: contiguous reads, one pass
+            np.copyto(inside[c], values[c], casting="unsafe")
     return buffer
-
-
-def _as_tensor(raw: np.ndarray) -> torch.Tensor:
-    """``raw`` as a tensor without a copy where torch has the dtype (all usual raster/volume types)."""
-    if not raw.dtype.isnative:
-        raw = raw.astype(raw.dtype.newbyteorder("="))
-    elif not raw.flags.writeable:
-        raw = raw.copy()
-    try:
-        return torch.from_numpy(raw)
-    except TypeError:  # a dtype torch lacks: cast here
-        return torch.from_numpy(raw.astype(np.float32))
 
 
 def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -33,3 +33,9 @@ def test_raster_scaling_bench_runs(tmp_path):
 def test_end_to_end_bench_runs():
     out = run("end_to_end.py", "--scene", "256", "--ct", "32", "64", "64", "--device", "cpu")
     assert "segpipe raster 256x256x4" in out and "segpipe volume (32, 64, 64)" in out
+
+
+@pytest.mark.slow
+def test_gpu_throughput_bench_runs_on_cpu():
+    out = run("gpu_throughput.py", "--device", "cpu", "--side", "512", "--window", "128", "--block", "256", "--batch", "2")
+    assert "segformer-b0" in out and "unet" in out and "busy" in out
