@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import EngineError
+from pipeline.chunk_cache import ChunkCache
 from pipeline.engine_types import Block, Piece
 from pipeline.grid import BlockPlan, WindowGrid
 from pipeline.pending import PendingPieces
@@ -237,6 +238,14 @@ def write_block(plan: BlockPlan, t: Block, result: np.ndarray, out: Any, done: A
         done[tuple(slice(i, i + 1) for i in t)] = np.ones((1,) * len(t), dtype=np.uint8)
 
 
+def _with_chunk_cache(source: ArraySource) -> ArraySource:
+    """A chunked source (zarr) read through :class:`ChunkCache`; anything else as it is."""
+    chunks = getattr(source, "chunks", None)
+    if chunks and all(isinstance(c, int) for c in chunks) and chunks[0] == source.shape[0]:
+        return ChunkCache(source)
+    return source
+
+
 def plan_for(source_shape: tuple[int, ...], config: EngineConfig) -> BlockPlan:
     """The block plan the engine uses for a source of shape ``(C, *spatial)``."""
     spatial = tuple(int(s) for s in source_shape[1:])
@@ -298,6 +307,7 @@ def run_engine(
     # reused buffers: each block's own piece is finalised in the same step, before the next block runs
     runner = WindowRunner(model, config, device, reuse_buffers=True)
     regions = BufferPool(keep=config.prefetch + 2)  # blocks read ahead + the one running
+    reader_source = _with_chunk_cache(source)
     sums = Workspace(device)
     order = plan.order()
     needs_compute = {b for b in order if any(not finished[t] for t in plan.targets(b))}
@@ -312,7 +322,7 @@ def run_engine(
     def read(b: Block) -> np.ndarray:
         t0 = time.perf_counter()
         lo, hi = region_of(plan, b)
-        region = read_region(source, lo, hi, preprocess, channels_last=runner.channels_last, pool=regions)
+        region = read_region(reader_source, lo, hi, preprocess, channels_last=runner.channels_last, pool=regions)
         if runner.pin:  # the page-locked copy for the GPU is made here, off the main thread
             staged = region.pin_memory()
             regions.give(region)
