@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pipeline.errors import InputError
+from pipeline.yaml_files import read_yaml_mapping
 
 OUTPUT_TOKEN = "{output}"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -179,13 +179,7 @@ def _is_study(path: Path) -> bool:
 
 def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:
     source = find_catalog(path)
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(source, f"not valid YAML: {exc}", "fix the syntax") from exc
-    if not isinstance(raw, dict):
-        raise InputError(source, "a catalog must be a YAML mapping", "see flows/catalog.py for the keys")
-    return source, raw
+    return source, read_yaml_mapping(source, what="a catalog", help_for_keys="see flows/catalog.py for the keys")
 
 
 def _strings(raw: dict[str, Any], key: str, source: Path) -> tuple[str, ...]:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from pipeline.errors import ModelSpecError
+from pipeline.yaml_files import read_yaml_mapping
 
 Task = Literal["raster", "volume"]
 Blend = Literal["gaussian", "constant"]
@@ -107,12 +107,7 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
 def load_spec(name_or_path: str | Path) -> ModelSpec:
     """Load and validate a model spec from a catalog name or a YAML path."""
     path = resolve_spec_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ModelSpecError(path, f"not valid YAML: {exc}", "fix the syntax") from exc
-    if not isinstance(raw, dict):
-        raise ModelSpecError(path, "a model spec must be a YAML mapping", "see the model spec in the README")
+    raw = read_yaml_mapping(path, what="a model spec", help_for_keys="see the model spec in the README", error=ModelSpecError)
     return spec_from_dict(raw, source=path)
 
 
