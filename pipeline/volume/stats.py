@@ -135,32 +135,32 @@ def label_statistics(
 
 
 def _one_label(labels, image, affine, voxel_mm3, label_id, name, box) -> LabelStats:
-    from scipy import ndimage
-
     mask = labels[box] == label_id if box is not None else None
     count = int(np.count_nonzero(mask)) if mask is not None else 0
     if count == 0:
         nan = float("nan")
         return LabelStats(label_id, name, 0, 0.0, nan, nan, nan, nan, nan, nan, nan, (nan, nan, nan), (-1, -1, -1), (-1, -1, -1), 0, False)
     values = image[box][mask]
-    p5, median, p95 = (float(v) for v in np.percentile(values, [5, 50, 95]))
+    mean, std, vmin, vmax, (p5, median, p95) = intensity_summary(values)
     offset = np.array([s.start for s in box], dtype=np.float64)
-    idx = np.nonzero(mask)
-    mean_zyx = np.array([i.mean(dtype=np.float64) for i in idx]) + offset
+    # per-axis voxel counts instead of np.nonzero: no index arrays (3 x 8 bytes a voxel: 1.8 GB for
+    # a 512x512x300 background); sums of integer indices are exact, so the centroid is unchanged
+    per_axis = [np.count_nonzero(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)) for axis in range(mask.ndim)]
+    mean_zyx = np.array([np.dot(np.arange(c.size), c) / count for c in per_axis]) + offset
     centroid = index_to_world(affine, mean_zyx)
-    lo = tuple(int(s.start + i.min()) for s, i in zip(box, idx))
-    hi = tuple(int(s.start + i.max()) for s, i in zip(box, idx))
-    n_components = int(ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))[1])
+    lo = tuple(int(s.start + np.flatnonzero(c)[0]) for s, c in zip(box, per_axis))
+    hi = tuple(int(s.start + np.flatnonzero(c)[-1]) for s, c in zip(box, per_axis))
+    n_components = count_components(mask)
     touches = any(a == 0 or b == n - 1 for a, b, n in zip(lo, hi, labels.shape))
     return LabelStats(
         label_id=label_id,
         name=name,
         voxel_count=count,
         volume_ml=count * voxel_mm3 / 1000.0,
-        intensity_mean=float(np.mean(values, dtype=np.float64)),
-        intensity_std=float(np.std(values, dtype=np.float64)),
-        intensity_min=float(values.min()),
-        intensity_max=float(values.max()),
+        intensity_mean=mean,
+        intensity_std=std,
+        intensity_min=vmin,
+        intensity_max=vmax,
         intensity_median=median,
         intensity_p5=p5,
         intensity_p95=p95,
@@ -170,6 +170,58 @@ def _one_label(labels, image, affine, voxel_mm3, label_id, name, box) -> LabelSt
         n_components=n_components,
         touches_border=bool(touches),
     )
+
+
+def count_components(mask: np.ndarray) -> int:
+    """Number of 26-connected (8 in 2D) components of a boolean mask.
+
+    cc3d (connected-components-3d) gives the same counts as ``scipy.ndimage.label`` with a full
+    3x3x3 structure, 5-10x faster on a 512x512x300 CT (scipy took 20 s of a noisy study's statistics).
+    """
+    import cc3d
+
+    if mask.ndim not in (2, 3):
+        from scipy import ndimage
+
+        return int(ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))[1])
+    return int(cc3d.connected_components(mask, connectivity=26 if mask.ndim == 3 else 8, return_N=True)[1])
+
+
+PERCENTILES = (5.0, 50.0, 95.0)
+HISTOGRAM_MAX_BINS = 1 << 20
+
+
+def intensity_summary(values: np.ndarray) -> tuple[float, float, float, float, tuple[float, ...]]:
+    """Mean, std, min, max and the 5th/50th/95th percentiles of 1-D ``values`` (non-empty).
+
+    Integer intensities (CT HU, most MR) go through an exact histogram: one counting pass instead
+    of float64 copies and a partial sort (a 512x512x300 CT's background took seconds). The mean,
+    min, max and percentiles equal numpy's (``np.percentile``'s default linear method, reproduced
+    below); the std differs by float rounding only. Other types use numpy directly.
+    """
+    lo, hi = values.min(), values.max()
+    if values.dtype.kind not in "iu" or int(hi) - int(lo) >= HISTOGRAM_MAX_BINS:
+        pcts = tuple(float(v) for v in np.percentile(values, PERCENTILES))
+        return float(np.mean(values, dtype=np.float64)), float(np.std(values, dtype=np.float64)), float(lo), float(hi), pcts
+    hist = np.bincount(np.subtract(values, lo, dtype=np.int64), minlength=int(hi) - int(lo) + 1)
+    levels = np.arange(hist.size, dtype=np.int64) + int(lo)
+    n = int(values.size)
+    mean = int(np.dot(levels, hist)) / n  # exact integer sum, then one rounding (as numpy's float64 sum of integers)
+    std = float(np.sqrt(np.dot(hist, (levels - mean) ** 2) / n))
+    cumulative = np.cumsum(hist)
+
+    def order_statistic(k: int) -> float:  # the k-th smallest value (0-based)
+        return float(levels[int(np.searchsorted(cumulative, k, side="right"))])
+
+    pcts = []
+    for q in PERCENTILES:
+        quantile = np.float64(q) / 100
+        virtual = (n - 1) * quantile  # numpy's virtual index for the linear method
+        below = int(np.floor(virtual))
+        gamma = virtual - below
+        a, b = order_statistic(min(max(below, 0), n - 1)), order_statistic(min(max(below + 1, 0), n - 1))
+        pcts.append(float(b - (b - a) * (1 - gamma)) if gamma >= 0.5 else float(a + (b - a) * gamma))  # numpy's _lerp
+    return float(mean), std, float(lo), float(hi), tuple(pcts)
 
 
 def study_statistics(

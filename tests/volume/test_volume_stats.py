@@ -153,3 +153,32 @@ def test_store_of_another_kind_is_not_overwritten(ct_case, tmp_path):
     with pytest.raises(InputError, match="not study x label"):
         merge_into_store(ct_case[3], store)
     assert "area_m2" in xr.open_zarr(store)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.uint16, np.int32, np.float32])
+def test_intensity_summary_equals_numpy(dtype):
+    """The histogram path for integer images gives numpy's mean, min, max and percentiles exactly."""
+    from pipeline.volume.stats import intensity_summary
+
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize))
+    for n in (1, 2, 7, 20, 1001, 30000):
+        values = rng.integers(0 if np.dtype(dtype).kind == "u" else -1024, 250 if dtype == np.uint8 else 3000, size=n).astype(dtype)
+        mean, std, lo, hi, pcts = intensity_summary(values)
+        assert mean == float(np.mean(values, dtype=np.float64))
+        assert (lo, hi) == (float(values.min()), float(values.max()))
+        assert pcts == tuple(float(v) for v in np.percentile(values, [5, 50, 95]))
+        assert std == pytest.approx(float(np.std(values, dtype=np.float64)), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (12, 30, 40)])
+def test_component_counts_equal_scipy_full_connectivity(shape):
+    from scipy import ndimage
+
+    from pipeline.volume.stats import count_components
+
+    rng = np.random.default_rng(len(shape))
+    for density in (0.05, 0.3, 0.6):
+        mask = rng.random(shape) < density
+        expected = ndimage.label(mask, structure=np.ones((3,) * len(shape), dtype=bool))[1]
+        assert count_components(mask) == expected
+        assert count_components(np.asfortranarray(mask)) == expected  # NIfTI data often comes Fortran-ordered
