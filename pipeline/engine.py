@@ -23,9 +23,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from pipeline.errors import EngineError
 from pipeline.chunk_cache import ChunkCache
 from pipeline.engine_types import Block, Piece
+from pipeline.errors import EngineError
 from pipeline.grid import BlockPlan, WindowGrid
 from pipeline.pending import PendingPieces
 from pipeline.windows import Blend, Compile, Precision, WindowRunner, auto_device
@@ -319,7 +319,7 @@ def run_engine(
     write_seconds = [0.0]
     stitch_seconds = [0.0]
 
-    def read(b: Block) -> np.ndarray:
+    def read(b: Block) -> torch.Tensor:
         t0 = time.perf_counter()
         lo, hi = region_of(plan, b)
         region = read_region(reader_source, lo, hi, preprocess, channels_last=runner.channels_last, pool=regions)

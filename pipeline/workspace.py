@@ -43,9 +43,8 @@ class BufferPool:
     Never blocks: an empty pool allocates. At most ``keep`` buffers are kept for reuse.
     """
 
-    def __init__(self, keep: int, *, pin_memory: bool = False) -> None:
+    def __init__(self, keep: int) -> None:
         self.keep = keep
-        self.pin_memory = pin_memory
         self._free: list[torch.Tensor] = []
         self._lock = threading.Lock()
 
@@ -55,7 +54,7 @@ class BufferPool:
             fits = [i for i, s in enumerate(self._free) if s.numel() >= n]
             storage = self._free.pop(fits[0]) if fits else None
         if storage is None:
-            storage = torch.empty(n, dtype=torch.float32, pin_memory=self.pin_memory)
+            storage = torch.empty(n, dtype=torch.float32)
         return _view(storage, shape)
 
     def give(self, buffer: torch.Tensor) -> None:
