@@ -122,6 +122,9 @@ def label_statistics(
     voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
     if labels.dtype.kind not in "ui":
         raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+    one_pass = _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes)
+    if one_pass is not None:
+        return one_pass
     objects = ndimage.find_objects(labels) if labels.size and int(labels.max()) > 0 else []
     whole = tuple(slice(0, s) for s in labels.shape)
     out = []
@@ -172,6 +175,85 @@ def _one_label(labels, image, affine, voxel_mm3, label_id, name, box) -> LabelSt
     )
 
 
+ONE_PASS_MAX_BINS = 1 << 24
+
+
+def _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes) -> tuple[LabelStats, ...] | None:
+    """Every label's statistics from one sweep over the slices, or None where this does not apply.
+
+    For 3D integer images with a modest label x intensity range (CT, most MR): per slice, one
+    ``bincount`` of label x intensity (the per-label histograms) and one each of label x row and
+    label x column (voxel counts per axis: counts, centroids, boxes); cc3d labels every label's
+    components at once. The figures equal the per-label path's (:func:`_one_label`), which masked
+    the whole volume once per label and took 6 s of a 512x512x300 study's statistics.
+    """
+    if labels.ndim != 3 or image.dtype.kind not in "iu" or labels.size == 0:
+        return None
+    n_labels = int(labels.max()) + 1
+    lo, hi = int(image.min()), int(image.max())
+    levels = hi - lo + 1
+    if n_labels * levels > ONE_PASS_MAX_BINS or n_labels > 4096:
+        return None
+    depth, rows, cols = labels.shape
+    hist = np.zeros(n_labels * levels, dtype=np.int64)
+    per_y = np.zeros(n_labels * rows, dtype=np.int64)
+    per_x = np.zeros(n_labels * cols, dtype=np.int64)
+    per_z = np.zeros((depth, n_labels), dtype=np.int64)
+    row_index = (np.arange(rows, dtype=np.intp) * n_labels)[:, None]
+    col_index = (np.arange(cols, dtype=np.intp) * n_labels)[None, :]
+    for z in range(depth):
+        lab = labels[z].astype(np.intp)
+        hist += np.bincount((lab * levels + np.subtract(image[z], lo, dtype=np.intp)).ravel(), minlength=hist.size)
+        by_row = np.bincount((lab + row_index).ravel(), minlength=per_y.size)
+        per_y += by_row
+        per_z[z] = by_row.reshape(rows, n_labels).sum(axis=0)
+        per_x += np.bincount((lab + col_index).ravel(), minlength=per_x.size)
+    hist = hist.reshape(n_labels, levels)
+    per_axis = (per_z.T, per_y.reshape(rows, n_labels).T, per_x.reshape(cols, n_labels).T)
+    components = _components_per_label(labels, n_labels)
+    out = []
+    for label_id, name in classes:
+        label_id = int(label_id)
+        count = int(per_axis[0][label_id].sum()) if 0 <= label_id < n_labels else 0
+        if count == 0:
+            out.append(_absent(label_id, str(name)))
+            continue
+        mean, std, vmin, vmax, (p5, median, p95) = _summary_of_histogram(hist[label_id], lo)
+        counts = [axis[label_id] for axis in per_axis]
+        mean_zyx = np.array([np.dot(np.arange(c.size), c) / count for c in counts])
+        lo_zyx = tuple(int(np.flatnonzero(c)[0]) for c in counts)
+        hi_zyx = tuple(int(np.flatnonzero(c)[-1]) for c in counts)
+        out.append(LabelStats(
+            label_id=label_id, name=str(name), voxel_count=count, volume_ml=count * voxel_mm3 / 1000.0,
+            intensity_mean=mean, intensity_std=std, intensity_min=vmin, intensity_max=vmax,
+            intensity_median=median, intensity_p5=p5, intensity_p95=p95,
+            centroid_ras=tuple(float(c) for c in index_to_world(affine, mean_zyx)),
+            bbox_min=lo_zyx, bbox_max=hi_zyx, n_components=int(components[label_id]),
+            touches_border=any(a == 0 or b == n - 1 for a, b, n in zip(lo_zyx, hi_zyx, labels.shape)),
+        ))
+    return tuple(out)
+
+
+def _components_per_label(labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """26-connected components of every label value (0 included), as counts per value."""
+    import cc3d
+
+    counts = np.zeros(n_labels, dtype=np.int64)
+    if n_labels > 1:  # cc3d labels each non-zero value's components separately (neighbours must match)
+        components, n = cc3d.connected_components(labels, connectivity=26, return_N=True)
+        owner = np.zeros(n + 1, dtype=np.int64)
+        owner[components] = labels  # no ravel: NIfTI volumes come Fortran-ordered, a ravel would copy both
+        counts += np.bincount(owner[1:], minlength=n_labels)[:n_labels]
+        del components
+    counts[0] = count_components(labels == 0)
+    return counts
+
+
+def _absent(label_id: int, name: str) -> LabelStats:
+    nan = float("nan")
+    return LabelStats(label_id, name, 0, 0.0, nan, nan, nan, nan, nan, nan, nan, (nan, nan, nan), (-1, -1, -1), (-1, -1, -1), 0, False)
+
+
 def count_components(mask: np.ndarray) -> int:
     """Number of 26-connected (8 in 2D) components of a boolean mask.
 
@@ -204,8 +286,16 @@ def intensity_summary(values: np.ndarray) -> tuple[float, float, float, float, t
         pcts = tuple(float(v) for v in np.percentile(values, PERCENTILES))
         return float(np.mean(values, dtype=np.float64)), float(np.std(values, dtype=np.float64)), float(lo), float(hi), pcts
     hist = np.bincount(np.subtract(values, lo, dtype=np.int64), minlength=int(hi) - int(lo) + 1)
-    levels = np.arange(hist.size, dtype=np.int64) + int(lo)
-    n = int(values.size)
+    return _summary_of_histogram(hist, int(lo))
+
+
+def _summary_of_histogram(hist: np.ndarray, lo: int) -> tuple[float, float, float, float, tuple[float, ...]]:
+    """:func:`intensity_summary` of the values counted in ``hist`` (``hist[i]`` = count of value ``lo + i``)."""
+    present = np.flatnonzero(hist)
+    hist = hist[present[0] : present[-1] + 1]
+    lo = lo + int(present[0])
+    levels = np.arange(hist.size, dtype=np.int64) + lo
+    n = int(hist.sum())
     mean = int(np.dot(levels, hist)) / n  # exact integer sum, then one rounding (as numpy's float64 sum of integers)
     std = float(np.sqrt(np.dot(hist, (levels - mean) ** 2) / n))
     cumulative = np.cumsum(hist)
@@ -221,7 +311,7 @@ def intensity_summary(values: np.ndarray) -> tuple[float, float, float, float, t
         gamma = virtual - below
         a, b = order_statistic(min(max(below, 0), n - 1)), order_statistic(min(max(below + 1, 0), n - 1))
         pcts.append(float(b - (b - a) * (1 - gamma)) if gamma >= 0.5 else float(a + (b - a) * gamma))  # numpy's _lerp
-    return float(mean), std, float(lo), float(hi), tuple(pcts)
+    return float(mean), std, float(levels[0]), float(levels[-1]), tuple(pcts)
 
 
 def study_statistics(
