@@ -184,18 +184,19 @@ def test_component_counts_equal_scipy_full_connectivity(shape):
         assert count_components(np.asfortranarray(mask)) == expected  # NIfTI data often comes Fortran-ordered
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_one_pass_equals_the_per_label_path(seed, monkeypatch):
-    """Integer images take the one-sweep path; its figures equal the label-by-label path's."""
+    """Integer-valued images take the one-sweep path; its figures equal the label-by-label path's
+    (seed 3: CT as the reader gives it, float32 holding whole HU values)."""
     import math
 
     import pipeline.volume.stats as stats_module
 
     rng = np.random.default_rng(seed)
     shape = (9, 23, 31)
-    labels = (rng.random(shape) * [3, 5, 6][seed]).astype(np.uint8)
+    labels = (rng.random(shape) * [3, 5, 6, 6][seed]).astype(np.uint8)
     labels[:, :4] = 0 if seed != 2 else 1  # a slab of background (seed 2: of label 1); label 9 is never present
-    image = rng.integers(-1024, 1500, size=shape).astype([np.int16, np.int32, np.uint16][seed] if seed != 2 else np.int16)
+    image = rng.integers(-1024, 1500, size=shape).astype([np.int16, np.int32, np.int16, np.float32][seed])
     if seed == 2:
         image = np.abs(image).astype(np.uint16)
     affine = np.diag([0.8, 0.9, 2.5, 1.0])
@@ -208,8 +209,9 @@ def test_one_pass_equals_the_per_label_path(seed, monkeypatch):
             x, y = getattr(a, field), getattr(b, field)
             if isinstance(x, float) and math.isnan(x):
                 assert math.isnan(y), (a.name, field)
-            elif field == "intensity_std":
-                assert x == pytest.approx(y, rel=1e-12), (a.name, field)
+            elif field == "intensity_std" or (seed == 3 and field.startswith("intensity_")):
+                # float32 input: numpy interpolates its percentiles in float32, the histogram in float64
+                assert x == pytest.approx(y, rel=1e-6 if seed == 3 else 1e-12), (a.name, field)
             elif field == "centroid_ras":
                 np.testing.assert_allclose(x, y, rtol=0, atol=1e-9)
             else:
