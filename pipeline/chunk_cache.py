@@ -4,12 +4,14 @@ A block's read region reaches half a window into the next blocks, so with blocks
 region touches up to 2^d chunks and each chunk was decoded 2^d times over a run. Blocks run in
 lexicographic order, so the chunks a block shares with the previous one are the ones it needs
 again: a few decoded chunks kept in a small LRU halve the decoding in 2D. (zarr 3 keeps no decoded
-chunks itself.) Used by one thread, the engine's reader.
+chunks itself.) Safe for the engine's several reader threads: a chunk is decoded by the first
+thread that needs it (outside the lock, so decodes run in parallel); the others wait for it.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -31,7 +33,8 @@ class ChunkCache:
         self.dtype = np.dtype(array.dtype)
         self.chunk = tuple(array.chunks)[1:]
         self.capacity = capacity
-        self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, ...], _Slot] = OrderedDict()
+        self._lock = threading.Lock()
         self.decoded = 0
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
@@ -52,14 +55,49 @@ class ChunkCache:
         return out
 
     def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
-        data = self._cache.get(index)
-        if data is not None:
-            self._cache.move_to_end(index)
-            return data
+        with self._lock:
+            slot = self._cache.get(index)
+            mine = slot is None
+            if mine:
+                slot = self._cache[index] = _Slot()
+                self.decoded += 1
+                if len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(index)
+        if not mine:
+            return slot.wait()
         key = (slice(None), *(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, self.chunk, self.shape[1:])))
-        data = np.asarray(self.array[key])
-        self.decoded += 1
-        self._cache[index] = data
-        if len(self._cache) > self.capacity:
-            self._cache.popitem(last=False)
-        return data
+        try:
+            slot.set(np.asarray(self.array[key]))
+        except BaseException as error:
+            with self._lock:  # let a later read try again rather than keep the failure
+                if self._cache.get(index) is slot:
+                    del self._cache[index]
+            slot.fail(error)
+            raise
+        return slot.wait()
+
+
+class _Slot:
+    """One chunk's decoded data, or the promise of it while the first reader decodes it."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._data: np.ndarray | None = None
+        self._error: BaseException | None = None
+
+    def set(self, data: np.ndarray) -> None:
+        self._data = data
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+    def wait(self) -> np.ndarray:
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._data is not None
+        return self._data

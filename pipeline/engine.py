@@ -14,6 +14,7 @@ Axis order: sources are ``(C, Y, X)`` or ``(C, Z, Y, X)``; outputs ``(Y, X)``/``
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +29,8 @@ from pipeline.engine_types import Block, Piece
 from pipeline.errors import EngineError
 from pipeline.grid import BlockPlan, WindowGrid
 from pipeline.pending import PendingPieces
-from pipeline.windows import Blend, Compile, Precision, WindowRunner, auto_device
+from pipeline.staging import PinnedBuffers, RegionStaging, Staged
+from pipeline.windows import Blend, Compile, Precision, SpanTimer, WindowRunner, auto_device
 from pipeline.workspace import BufferPool, Workspace
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,9 @@ class EngineConfig:
         label_dtype: numpy dtype of the labels.
         precision: ``auto`` = bf16/fp16 autocast on GPU, float32 on CPU.
         sigma_scale: gaussian sigma as a fraction of the window.
-        prefetch: blocks read ahead on a background thread.
+        prefetch: blocks read ahead on background threads (at least one per reader).
+        readers: reader threads (decode, normalise, copy to the device); ``0`` = one on CPU, where
+            the model needs the cores, and up to 4 on a GPU, where one thread would starve it.
         pending_memory_mb: memory for pieces waiting for their block; beyond it they wait on local disk.
         compile: ``torch.compile`` mode for the model (``none`` = eager).
     """
@@ -81,6 +85,7 @@ class EngineConfig:
     precision: Precision = "auto"
     sigma_scale: float = 0.125
     prefetch: int = 2
+    readers: int = 0
     pending_memory_mb: int = 128
     compile: Compile = "none"
 
@@ -93,13 +98,20 @@ class EngineConfig:
         default = DEFAULT_BLOCK_2D if len(spatial) == 2 else DEFAULT_BLOCK_3D
         return tuple(max(default, w) for w in self.window)
 
+    def reader_threads(self, device: torch.device) -> int:
+        """How many reader threads to run on ``device`` (see ``readers``)."""
+        if self.readers > 0:
+            return self.readers
+        return 1 if device.type != "cuda" else max(1, min(4, (os.cpu_count() or 1) // 4))
+
 
 @dataclass
 class EngineReport:
     """What a run did: window counts (to check that no window runs twice) and timings in seconds.
 
     ``seconds_model`` is time in the model's forward; ``seconds_stitch`` weighting, accumulating,
-    cutting pieces and finalising (argmax); ``seconds_read``/``seconds_write`` run on background
+    cutting pieces and finalising (argmax); on a GPU both are device time from CUDA events.
+    ``seconds_read`` (summed over the reader threads) and ``seconds_write`` run on background
     threads and overlap the others.
     """
 
@@ -129,7 +141,7 @@ def read_region(
     preprocess: Preprocess | None = None,
     *,
     channels_last: bool = False,
-    pool: BufferPool | None = None,
+    pool: BufferPool | PinnedBuffers | None = None,
 ) -> torch.Tensor:
     """Read ``source[:, lo:hi]`` as a float32 CPU tensor; parts outside the image are zero (after preprocess).
 
@@ -306,7 +318,9 @@ def run_engine(
     device = auto_device(config.device)
     # reused buffers: each block's own piece is finalised in the same step, before the next block runs
     runner = WindowRunner(model, config, device, reuse_buffers=True)
-    regions = BufferPool(keep=config.prefetch + 2)  # blocks read ahead + the one running
+    n_readers = config.reader_threads(device)
+    ahead = max(config.prefetch, n_readers)
+    staging = RegionStaging(device, keep=ahead + 2)  # blocks read ahead + the one running
     reader_source = _with_chunk_cache(source)
     sums = Workspace(device)
     order = plan.order()
@@ -317,25 +331,22 @@ def run_engine(
     blocks_done = int(finished.sum())
     read_seconds = [0.0]
     write_seconds = [0.0]
-    stitch_seconds = [0.0]
+    main_timer = SpanTimer(device)  # compute and finalize on the main thread; minus the model = stitching
 
-    def read(b: Block) -> torch.Tensor:
+    def read(b: Block) -> Staged:
         t0 = time.perf_counter()
         lo, hi = region_of(plan, b)
-        region = read_region(reader_source, lo, hi, preprocess, channels_last=runner.channels_last, pool=regions)
-        if runner.pin:  # the page-locked copy for the GPU is made here, off the main thread
-            staged = region.pin_memory()
-            regions.give(region)
-            region = staged
-        read_seconds[0] += time.perf_counter() - t0
-        return region
+        region = read_region(reader_source, lo, hi, preprocess, channels_last=runner.channels_last, pool=staging.host_buffers)
+        staged = staging.send(region)  # on a GPU: copied on the reader's stream, off the main thread
+        read_seconds[0] += time.perf_counter() - t0  # summed over the reader threads
+        return staged
 
     def write(t: Block, result: np.ndarray) -> None:
         t0 = time.perf_counter()
         write_block(plan, t, result, out, done)
         write_seconds[0] += time.perf_counter() - t0
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-read") as readers, ThreadPoolExecutor(
+    with ThreadPoolExecutor(max_workers=n_readers, thread_name_prefix="segpipe-read") as readers, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="segpipe-write"
     ) as writers, PendingPieces(config.pending_memory_mb * 2**20) as pending:
         reads: dict[Block, Future] = {}
@@ -344,7 +355,7 @@ def run_engine(
 
         def schedule_reads() -> None:
             nonlocal next_read
-            while next_read < len(to_compute) and len(reads) <= config.prefetch:
+            while next_read < len(to_compute) and len(reads) <= ahead:
                 b = to_compute[next_read]
                 reads[b] = readers.submit(read, b)
                 next_read += 1
@@ -352,14 +363,12 @@ def run_engine(
         for b in order:
             if b in needs_compute:
                 schedule_reads()
-                region = reads.pop(b).result()
+                region = staging.receive(reads.pop(b).result())
                 schedule_reads()
                 n_windows = len(plan.windows(b))
-                t0, model_before = time.perf_counter(), runner.seconds_model
-                pieces = compute_block(plan, b, region, runner)
-                if not runner.pin:
-                    regions.give(region)
-                stitch_seconds[0] += time.perf_counter() - t0 - (runner.seconds_model - model_before)
+                with main_timer.span():
+                    pieces = compute_block(plan, b, region, runner)
+                staging.release(region)
                 for piece in pieces:
                     if not finished[piece.target]:
                         pending.add(piece)
@@ -367,9 +376,8 @@ def run_engine(
                 report.blocks_run += 1
             if not finished[b]:
                 pieces = pending.pop(b)
-                t0 = time.perf_counter()
-                result = finalize_block(plan, b, pieces, config, class_ids, sums)
-                stitch_seconds[0] += time.perf_counter() - t0
+                with main_timer.span():
+                    result = finalize_block(plan, b, pieces, config, class_ids, sums)
                 writes.append(writers.submit(write, b, result))
                 if len(writes) > 4:
                     writes.pop(0).result()
@@ -382,7 +390,7 @@ def run_engine(
         report.peak_pending_bytes = pending.peak_bytes_in_memory
     report.seconds = time.perf_counter() - started
     report.seconds_model = runner.seconds_model
-    report.seconds_stitch = stitch_seconds[0]
+    report.seconds_stitch = max(0.0, main_timer.total() - report.seconds_model)
     report.seconds_read = read_seconds[0]
     report.seconds_write = write_seconds[0]
     log.info(

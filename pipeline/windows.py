@@ -82,15 +82,20 @@ def prepare_model(
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-class _Timer:
-    """Sums model time: wall clock on CPU, CUDA events on GPU (no synchronisation per batch)."""
+class SpanTimer:
+    """Sums the time of ``with timer.span():`` blocks: wall clock on CPU; on a GPU, CUDA events read
+    once at the end (:meth:`total` synchronises), so timing adds no synchronisation per block.
+
+    On a GPU a span is the device's time from reaching the span's start to finishing its work,
+    including any wait for the host to enqueue more.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.spans: list = []
 
     @contextlib.contextmanager
-    def model(self):
+    def span(self):
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -125,9 +130,14 @@ class WindowRunner:
         self.model = prepare_model(model, device, channels_last=self.channels_last, compile_mode=config.compile)
         self.weights = importance_map(config.window, config.blend, config.sigma_scale, device)
         self.with_weights = config.output == "logits"
-        self.seconds_model = 0.0
+        self.model_timer = SpanTimer(device)
         self.pin = device.type == "cuda"
         self.workspace = Workspace(device) if reuse_buffers else None
+
+    @property
+    def seconds_model(self) -> float:
+        """Time in the model's forward so far (on a GPU this waits for the device)."""
+        return self.model_timer.total()
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         if self.workspace is None:
@@ -138,18 +148,18 @@ class WindowRunner:
         """Sum ``weights * model(window)`` of the windows at ``offsets`` (relative to ``region``).
 
         Args:
-            region: float32 CPU tensor, ``(Y, X, C)`` for 2D windows (channels_last, as
+            region: float32 tensor (CPU or the runner's device), ``(Y, X, C)`` for 2D windows (channels_last, as
                 :func:`pipeline.engine.read_region` gives it with ``channels_last=True``), ``(C, Z, Y, X)`` for 3D.
             offsets: window starts relative to the region, pixels/voxels.
 
         Returns ``(K[+1], *region_spatial)`` float32 on the runner's device.
         """
-        tensor = region.pin_memory() if self.pin else region  # a no-op when the reader already pinned it
-        tensor = tensor.to(self.device, non_blocking=True)
+        tensor = region
+        if tensor.device != self.device:  # the engine's reader stages regions on the device already
+            tensor = (tensor.pin_memory() if self.pin else tensor).to(self.device, non_blocking=True)
         spatial = tensor.shape[:-1] if self.channels_last else tensor.shape[1:]
         window = self.config.window
         acc: torch.Tensor | None = None
-        timer = _Timer(self.device)
         for i in range(0, len(offsets), self.config.batch_size):
             batch_offsets = offsets[i : i + self.config.batch_size]
             if self.channels_last:
@@ -159,7 +169,7 @@ class WindowRunner:
             else:
                 views = [tensor[(slice(None), *(slice(o, o + w) for o, w in zip(off, window)))] for off in batch_offsets]
                 batch = torch.stack(views, out=self._buffer("batch", (len(views), tensor.shape[0], *window)))
-            with timer.model(), torch.inference_mode(), _autocast(self.device, self.config.precision):
+            with self.model_timer.span(), torch.inference_mode(), _autocast(self.device, self.config.precision):
                 logits = self.model(batch)
             if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(batch_offsets) or tuple(logits.shape[2:]) != window:
                 shape = getattr(logits, "shape", type(logits).__name__)
@@ -176,6 +186,5 @@ class WindowRunner:
                 acc[(slice(0, window_logits.shape[0]), *where)].addcmul_(window_logits, self.weights)
                 if self.with_weights:
                     acc[(-1, *where)] += self.weights
-        self.seconds_model += timer.total()
         assert acc is not None  # every computed block has at least one window
         return acc

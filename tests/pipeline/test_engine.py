@@ -205,24 +205,66 @@ def test_importance_map_equals_monai(window, blend):
 
 
 def test_gpu_staging_path_gives_the_same_labels(monkeypatch):
-    """On CUDA the reader thread copies each region into page-locked memory and hands the reused
-    buffer straight back. No GPU here (mocked): pinning is simulated by the host copy it is, so the
-    hand-over is exercised and must not change a label."""
-    from pipeline.windows import WindowRunner
+    """On CUDA the reader threads fill page-locked buffers, start each region's copy to the device
+    on their own stream, and the main thread waits for that copy before the block runs. No GPU here
+    (mocked): the page-locked buffer is plain memory and the copy a clone; the hand-over between
+    threads is exercised and must not change a label."""
+    import threading
+
+    import pipeline.engine
+    from pipeline.staging import PinnedBuffers, RegionStaging
 
     rng = np.random.default_rng(11)
     image = rng.normal(size=(3, 300, 420)).astype(np.float32)
     net = random_cnn(2, 3, 5)
     expected, _ = run_labels(image, net, window=(64, 64), block=(128, 128))
-    pinned = []
-    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(1) or self.clone())
-    init = WindowRunner.__init__
+    calls = {"take": 0, "copy": [], "wait": []}
 
-    def cuda_like_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self.pin = True
+    class CudaLikeStaging(RegionStaging):
+        def __init__(self, device, keep):
+            super().__init__(device, keep)
+            self.cuda, self.host_buffers = True, PinnedBuffers()
 
-    monkeypatch.setattr(WindowRunner, "__init__", cuda_like_init)
-    labels, report = run_labels(image, net, window=(64, 64), block=(128, 128))
-    assert len(pinned) >= report.blocks_run  # every region was staged by the reader (and again no-op'd by the runner)
+        def _copy_to_device(self, region):
+            calls["copy"].append(threading.current_thread().name)
+            return region.clone(), object()
+
+        def _wait_for_copy(self, staged):
+            calls["wait"].append(staged.copied)
+
+    def take(self, shape):
+        calls["take"] += 1
+        return torch.full(shape, float("nan"))  # never reused: stale data would show
+
+    monkeypatch.setattr(PinnedBuffers, "take", take)
+    monkeypatch.setattr(pipeline.engine, "RegionStaging", CudaLikeStaging)
+    labels, report = run_labels(image, net, window=(64, 64), block=(128, 128), readers=3)
+    assert calls["take"] == len(calls["copy"]) == len(calls["wait"]) == report.blocks_run
+    assert all(name.startswith("segpipe-read") for name in calls["copy"])  # copies start off the main thread
     np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("readers", [2, 4])
+def test_reader_threads_change_no_label(readers):
+    """Several reader threads read blocks out of order; the engine still runs them in order."""
+    rng = np.random.default_rng(12)
+    image = rng.normal(size=(3, 310, 450)).astype(np.float32)
+    net = random_cnn(2, 3, 5)
+    expected, _ = run_labels(image, net, window=(64, 64), block=(64, 64))
+    source = zarr.create_array(store={}, shape=image.shape, chunks=(3, 64, 64), dtype="float32")  # read through the chunk cache
+    source[...] = image
+    labels, report = run_labels(source, net, window=(64, 64), block=(64, 64), readers=readers, prefetch=1)
+    np.testing.assert_array_equal(labels, expected)
+    assert report.windows_run == report.windows_total
+
+
+def test_reader_threads_default_by_device(monkeypatch):
+    from pipeline.engine import EngineConfig
+
+    config = EngineConfig(window=(64, 64))
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert config.reader_threads(torch.device("cpu")) == 1  # the model needs the cores
+    assert config.reader_threads(torch.device("cuda")) == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert config.reader_threads(torch.device("cuda")) == 1
+    assert EngineConfig(window=(64, 64), readers=3).reader_threads(torch.device("cpu")) == 3
