@@ -29,7 +29,7 @@ from pipeline.engine_types import Block, Piece
 from pipeline.errors import EngineError
 from pipeline.grid import BlockPlan, WindowGrid
 from pipeline.pending import PendingPieces
-from pipeline.staging import PinnedBuffers, RegionStaging, Staged
+from pipeline.staging import Fetched, PinnedBuffers, RegionStaging, Staged, fetch
 from pipeline.windows import Blend, Compile, Precision, SpanTimer, WindowRunner, auto_device
 from pipeline.workspace import BufferPool, Workspace
 
@@ -59,7 +59,8 @@ class EngineConfig:
         overlap: fraction of a window shared with its neighbour (MONAI semantics).
         blend: ``gaussian`` importance map (sigma = ``sigma_scale`` x window) or ``constant``.
         block: output block (zarr chunk) size per spatial axis; ``None`` picks a default.
-        batch_size: windows per model call.
+        batch_size: windows per model call; ``0`` = 4, or 16 for 2D windows on a GPU. Halved for
+            the rest of the run when the device runs out of memory.
         device: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``.
         output: ``labels`` (argmax as class ids) or ``logits`` (weighted mean logits, float32).
         class_ids: label value of each logit channel; ``None`` means ``0..K-1``.
@@ -69,7 +70,10 @@ class EngineConfig:
         prefetch: blocks read ahead on background threads (at least one per reader).
         readers: reader threads (decode, normalise, copy to the device); ``0`` = one on CPU, where
             the model needs the cores, and up to 4 on a GPU, where one thread would starve it.
-        pending_memory_mb: memory for pieces waiting for their block; beyond it they wait on local disk.
+        pending_memory_mb: memory for pieces waiting for their block; beyond it they wait on local
+            disk. ``0`` = 128 MB on CPU; on a GPU (where the pieces wait in device memory and a trip
+            to disk stalls the device) 10 % of the device's memory, at most 8 GB: a row of blocks
+            of a 100k-pixel-wide raster with 10 classes.
         compile: ``torch.compile`` mode for the model (``none`` = eager).
     """
 
@@ -77,7 +81,7 @@ class EngineConfig:
     overlap: float = 0.25
     blend: Blend = "gaussian"
     block: tuple[int, ...] | None = None
-    batch_size: int = 4
+    batch_size: int = 0
     device: str = "auto"
     output: Output = "labels"
     class_ids: tuple[int, ...] | None = None
@@ -86,7 +90,7 @@ class EngineConfig:
     sigma_scale: float = 0.125
     prefetch: int = 2
     readers: int = 0
-    pending_memory_mb: int = 128
+    pending_memory_mb: int = 0
     compile: Compile = "none"
 
     def block_for(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -97,6 +101,20 @@ class EngineConfig:
             return tuple(int(b) for b in self.block)
         default = DEFAULT_BLOCK_2D if len(spatial) == 2 else DEFAULT_BLOCK_3D
         return tuple(max(default, w) for w in self.window)
+
+    def batch_for(self, device: torch.device) -> int:
+        """Windows per model call on ``device`` (see ``batch_size``)."""
+        if self.batch_size > 0:
+            return self.batch_size
+        return 16 if device.type == "cuda" and len(self.window) == 2 else 4
+
+    def pending_bytes(self, device: torch.device) -> int:
+        """Memory for waiting pieces on ``device`` (see ``pending_memory_mb``)."""
+        if self.pending_memory_mb > 0:
+            return self.pending_memory_mb * 2**20
+        if device.type != "cuda":
+            return 128 * 2**20
+        return min(8 * 2**30, torch.cuda.get_device_properties(device).total_memory // 10)
 
     def reader_threads(self, device: torch.device) -> int:
         """How many reader threads to run on ``device`` (see ``readers``)."""
@@ -219,11 +237,16 @@ def finalize_block(
     ``workspace``: where to keep the block's sum between calls (fresh memory when ``None``); the sum
     is formed on the workspace's device (the engine's: on a GPU only the labels come back).
     """
+    return block_output(sum_block(plan, t, pieces, config, workspace).cpu().numpy(), config, class_ids)
+
+
+def sum_block(plan: BlockPlan, t: Block, pieces: list[Piece], config: EngineConfig, workspace: Workspace | None = None) -> torch.Tensor:
+    """The device half of :func:`finalize_block`: mean logits (float32), or the index of each
+    pixel's best logit channel as the smallest integer type that holds it (so a GPU sends 1 byte
+    per pixel back, not 8). A fresh tensor, not a workspace view."""
     shape = tuple(s.stop - s.start for s in plan.slices(t))
     ordered = sorted(pieces, key=lambda p: p.source)
     channels = ordered[0].data.shape[0]
-    if class_ids is None:  # no ids given: label i is logit channel i
-        class_ids = np.arange(channels - (1 if config.output == "logits" else 0))
     workspace = workspace or Workspace()
     device = workspace.device
     # torch (multi-threaded) rather than numpy (one thread): these passes are memory-bound
@@ -232,14 +255,20 @@ def finalize_block(
         data = torch.from_numpy(piece.data) if isinstance(piece.data, np.ndarray) else piece.data
         acc[(slice(None), *piece.where)] += data.to(device, non_blocking=True)
     if config.output == "logits":
-        return (acc[:-1] / acc[-1:]).cpu().numpy()
+        return acc[:-1] / acc[-1:]
     # torch's max over the class axis is ~2.5x faster than np.argmax(axis=0); both return the first maximum
     best = (workspace.get("best", shape), workspace.get("index", shape, torch.int64))
     index = torch.max(acc, dim=0, out=best).indices
-    if len(class_ids) and class_ids[0] == 0 and np.array_equal(class_ids, np.arange(len(class_ids))):
-        small = torch.uint8 if len(class_ids) <= 256 else torch.int32  # copy 1 byte per pixel off the device, not 8
-        return index.to(small).cpu().numpy().astype(config.label_dtype, copy=False)
-    return class_ids[index.cpu().numpy()].astype(config.label_dtype, copy=False)
+    return index.to(torch.uint8 if channels <= 256 else torch.int32)
+
+
+def block_output(summed: np.ndarray, config: EngineConfig, class_ids: np.ndarray | None) -> np.ndarray:
+    """The host half of :func:`finalize_block`: class indices -> label ids in the label dtype (logits pass)."""
+    if config.output == "logits":
+        return summed
+    if class_ids is None or (len(class_ids) and class_ids[0] == 0 and np.array_equal(class_ids, np.arange(len(class_ids)))):
+        return summed.astype(config.label_dtype, copy=False)  # no ids given: label i is logit channel i
+    return class_ids[summed].astype(config.label_dtype, copy=False)
 
 
 def write_block(plan: BlockPlan, t: Block, result: np.ndarray, out: Any, done: Any | None) -> None:
@@ -341,14 +370,14 @@ def run_engine(
         read_seconds[0] += time.perf_counter() - t0  # summed over the reader threads
         return staged
 
-    def write(t: Block, result: np.ndarray) -> None:
+    def write(t: Block, summed: Fetched) -> None:
         t0 = time.perf_counter()
-        write_block(plan, t, result, out, done)
+        write_block(plan, t, block_output(summed.wait(), config, class_ids), out, done)
         write_seconds[0] += time.perf_counter() - t0
 
     with ThreadPoolExecutor(max_workers=n_readers, thread_name_prefix="segpipe-read") as readers, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="segpipe-write"
-    ) as writers, PendingPieces(config.pending_memory_mb * 2**20) as pending:
+    ) as writers, PendingPieces(config.pending_bytes(device)) as pending:
         reads: dict[Block, Future] = {}
         writes: list[Future] = []
         next_read = 0
@@ -377,8 +406,10 @@ def run_engine(
             if not finished[b]:
                 pieces = pending.pop(b)
                 with main_timer.span():
-                    result = finalize_block(plan, b, pieces, config, class_ids, sums)
-                writes.append(writers.submit(write, b, result))
+                    summed = sum_block(plan, b, pieces, config, sums)
+                # on a GPU the copy back starts here and the writer waits for it: the main thread
+                # goes on queueing the next block's work instead of waiting for this one
+                writes.append(writers.submit(write, b, fetch(summed)))
                 if len(writes) > 4:
                     writes.pop(0).result()
                 blocks_done += 1

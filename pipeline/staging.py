@@ -9,6 +9,9 @@ host copy is made to pin a region), then copies them to the GPU on its own strea
 stream only waits for that copy's event, never the host, so the next block's copy overlaps this
 block's model. The device tensor is marked as used by the model's stream so the allocator does not
 hand its memory back to the copy stream early (the pattern of ``torch.cuda.Stream`` data prefetchers).
+
+Results go the other way with :func:`fetch`: a block's labels are copied into page-locked memory
+without waiting, and the writer thread waits for that copy's event before it writes them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.workspace import BufferPool
@@ -85,3 +89,28 @@ class PinnedBuffers:
 
     def give(self, buffer: torch.Tensor) -> None:  # the allocator reuses it when its last user is gone
         pass
+
+
+@dataclass
+class Fetched:
+    """A result on its way to the host: ``wait()`` gives it as a numpy array once its copy is done."""
+
+    tensor: torch.Tensor
+    copied: Any = None
+
+    def wait(self) -> np.ndarray:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.tensor.numpy()
+
+
+def fetch(result: torch.Tensor) -> Fetched:
+    """Start copying ``result`` to the host: on a GPU a non-blocking copy into page-locked memory
+    and an event the waiter synchronises on (no wait here); on the CPU the tensor itself."""
+    if result.device.type != "cuda":
+        return Fetched(result)
+    host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
+    host.copy_(result, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return Fetched(host, copied)

@@ -7,6 +7,7 @@ Axis order: windows ``(N, C, *window)``; logits ``(N, K, *window)``; accumulator
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import weakref
 from collections.abc import Callable
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 Blend = Literal["gaussian", "constant"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Compile = Literal["none", "default", "reduce-overhead", "max-autotune"]
+
+log = logging.getLogger(__name__)
 
 def auto_device(name: str = "auto") -> torch.device:
     """``auto`` -> cuda when available, else cpu; any other name is passed to :class:`torch.device`."""
@@ -131,8 +134,21 @@ class WindowRunner:
         self.weights = importance_map(config.window, config.blend, config.sigma_scale, device)
         self.with_weights = config.output == "logits"
         self.model_timer = SpanTimer(device)
+        self.batch_size = config.batch_for(device)
         self.pin = device.type == "cuda"
         self.workspace = Workspace(device) if reuse_buffers else None
+
+    def _smaller_batch(self, batch: torch.Tensor, error: BaseException) -> None:
+        """Halve the batch after the device ran out of memory (a smaller GPU than the defaults assume)."""
+        if self.batch_size == 1:
+            raise EngineError(
+                f"the model ran out of {self.device} memory on a single window {tuple(batch.shape[1:])}: "
+                "use a smaller window in the model spec, or --device cpu"
+            ) from error
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.batch_size = max(1, self.batch_size // 2)
+        log.warning("out of %s memory: %d windows per model call from now on", self.device, self.batch_size)
 
     @property
     def seconds_model(self) -> float:
@@ -160,8 +176,9 @@ class WindowRunner:
         spatial = tensor.shape[:-1] if self.channels_last else tensor.shape[1:]
         window = self.config.window
         acc: torch.Tensor | None = None
-        for i in range(0, len(offsets), self.config.batch_size):
-            batch_offsets = offsets[i : i + self.config.batch_size]
+        i = 0
+        while i < len(offsets):
+            batch_offsets = offsets[i : i + self.batch_size]
             if self.channels_last:
                 views = [tensor[oy : oy + window[0], ox : ox + window[1]] for oy, ox in batch_offsets]
                 stacked = self._buffer("batch", (len(views), *window, tensor.shape[-1]))
@@ -169,8 +186,13 @@ class WindowRunner:
             else:
                 views = [tensor[(slice(None), *(slice(o, o + w) for o, w in zip(off, window)))] for off in batch_offsets]
                 batch = torch.stack(views, out=self._buffer("batch", (len(views), tensor.shape[0], *window)))
-            with self.model_timer.span(), torch.inference_mode(), _autocast(self.device, self.config.precision):
-                logits = self.model(batch)
+            try:
+                with self.model_timer.span(), torch.inference_mode(), _autocast(self.device, self.config.precision):
+                    logits = self.model(batch)
+            except torch.OutOfMemoryError as error:
+                self._smaller_batch(batch, error)
+                continue  # the same windows again, fewer at a time
+            i += len(batch_offsets)
             if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(batch_offsets) or tuple(logits.shape[2:]) != window:
                 shape = getattr(logits, "shape", type(logits).__name__)
                 raise EngineError(f"model returned {shape} for a batch {tuple(batch.shape)}; expected (N, K, *window) logits")

@@ -206,13 +206,14 @@ def test_importance_map_equals_monai(window, blend):
 
 def test_gpu_staging_path_gives_the_same_labels(monkeypatch):
     """On CUDA the reader threads fill page-locked buffers, start each region's copy to the device
-    on their own stream, and the main thread waits for that copy before the block runs. No GPU here
-    (mocked): the page-locked buffer is plain memory and the copy a clone; the hand-over between
-    threads is exercised and must not change a label."""
+    on their own stream, and the main thread waits for that copy before the block runs; each block's
+    labels come back by a copy the writer thread waits for. No GPU here (mocked): page-locked
+    buffers are plain memory and copies are clones; the hand-overs between threads are exercised
+    and must not change a label."""
     import threading
 
     import pipeline.engine
-    from pipeline.staging import PinnedBuffers, RegionStaging
+    from pipeline.staging import Fetched, PinnedBuffers, RegionStaging
 
     rng = np.random.default_rng(11)
     image = rng.normal(size=(3, 300, 420)).astype(np.float32)
@@ -236,11 +237,22 @@ def test_gpu_staging_path_gives_the_same_labels(monkeypatch):
         calls["take"] += 1
         return torch.full(shape, float("nan"))  # never reused: stale data would show
 
+    class CopyEvent:  # the writer must wait for each block's copy back before it writes the labels
+        def synchronize(self):
+            calls["fetched"].append(threading.current_thread().name)
+
+    def fetch(result):
+        return Fetched(result.clone(), CopyEvent())
+
+    calls["fetched"] = []
     monkeypatch.setattr(PinnedBuffers, "take", take)
     monkeypatch.setattr(pipeline.engine, "RegionStaging", CudaLikeStaging)
+    monkeypatch.setattr(pipeline.engine, "fetch", fetch)
     labels, report = run_labels(image, net, window=(64, 64), block=(128, 128), readers=3)
     assert calls["take"] == len(calls["copy"]) == len(calls["wait"]) == report.blocks_run
     assert all(name.startswith("segpipe-read") for name in calls["copy"])  # copies start off the main thread
+    assert len(calls["fetched"]) == report.blocks_total
+    assert all(name.startswith("segpipe-write") for name in calls["fetched"])  # the main thread never waits
     np.testing.assert_array_equal(labels, expected)
 
 
@@ -256,6 +268,61 @@ def test_reader_threads_change_no_label(readers):
     labels, report = run_labels(source, net, window=(64, 64), block=(64, 64), readers=readers, prefetch=1)
     np.testing.assert_array_equal(labels, expected)
     assert report.windows_run == report.windows_total
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """A model that fails like a small GPU when given more than ``fits`` windows at once."""
+
+    def __init__(self, net, fits: int) -> None:
+        super().__init__()
+        self.net, self.fits, self.calls = net, fits, []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        if len(x) > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.net(x)
+
+
+def test_out_of_memory_halves_the_batch_and_changes_no_label(caplog):
+    rng = np.random.default_rng(13)
+    image = rng.normal(size=(3, 200, 260)).astype(np.float32)
+    net = random_cnn(2, 3, 4)
+    expected, _ = run_labels(image, net, window=(64, 64), block=(128, 128), batch_size=2)
+    model = RunsOutOfMemory(net, fits=2)
+    labels, report = run_labels(image, model, window=(64, 64), block=(128, 128), batch_size=8)
+    np.testing.assert_array_equal(labels, expected)
+    assert model.calls[:3] == [8, 4, 2] and max(model.calls[3:]) == 2  # halved once for the whole run
+    assert report.windows_run == report.windows_total
+    assert "2 windows per model call" in caplog.text
+
+
+def test_out_of_memory_on_one_window_says_what_to_do():
+    from pipeline.errors import EngineError
+
+    image = np.zeros((3, 100, 100), dtype=np.float32)
+    with pytest.raises(EngineError, match="single window .*smaller window in the model spec, or --device cpu"):
+        run_labels(image, RunsOutOfMemory(random_cnn(2, 3, 4), fits=0), window=(64, 64), block=(128, 128), batch_size=4)
+
+
+def test_batch_size_default_by_device():
+    from pipeline.engine import EngineConfig
+
+    assert EngineConfig(window=(64, 64)).batch_for(torch.device("cpu")) == 4
+    assert EngineConfig(window=(64, 64)).batch_for(torch.device("cuda")) == 16
+    assert EngineConfig(window=(32, 32, 32)).batch_for(torch.device("cuda")) == 4
+    assert EngineConfig(window=(64, 64), batch_size=3).batch_for(torch.device("cuda")) == 3
+
+
+def test_pending_budget_default_by_device(monkeypatch):
+    from pipeline.engine import EngineConfig
+
+    config = EngineConfig(window=(64, 64))
+    assert config.pending_bytes(torch.device("cpu")) == 128 * 2**20
+    assert EngineConfig(window=(64, 64), pending_memory_mb=5).pending_bytes(torch.device("cuda")) == 5 * 2**20
+    for memory, budget in ((80 * 2**30, 8 * 2**30), (16 * 2**30, 16 * 2**30 // 10)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, m=memory: type("P", (), {"total_memory": m}))
+        assert config.pending_bytes(torch.device("cuda")) == budget
 
 
 def test_reader_threads_default_by_device(monkeypatch):
