@@ -95,7 +95,7 @@ def segment_scene(
     out_dir: str,
     regions: str | None = None,
     region_field: str | None = None,
-    block: int = 1024,
+    block: int | None = None,
     device: str = "auto",
     time: str | None = None,
 ) -> SceneOutput:
@@ -126,7 +126,7 @@ def landcover(
     regions: str | None = None,
     region_field: str | None = None,
     out: str | None = None,
-    block: int = 1024,
+    block: int | None = None,
     device: str = "auto",
     dask_address: str | None = None,
     max_parallel: int | None = None,
@@ -144,7 +144,8 @@ def landcover(
         regions: vector file of region polygons (any CRS); replaces the catalog's.
         region_field: attribute naming the regions; replaces the catalog's.
         out: output root; default: the catalog's ``output``, else ``$SEGPIPE_OUT/landcover``, else ``./segpipe-demo/landcover``.
-        block: processing block edge in pixels (memory bound; results do not depend on it).
+        block: processing block edge in pixels (memory bound; results do not depend on it); default
+            1024 on CPU, 2048 on a GPU.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dask_address: run the scene tasks on this Dask scheduler (``tcp://host:8786``) via prefect-dask;
             workers must see the same file system.

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--regions", metavar="FILE", help="region polygons (GeoJSON, GeoPackage, Shapefile; any CRS)")
     p.add_argument("--region-field", metavar="NAME", help="attribute naming each region (default: 'name' if present)")
-    p.add_argument("--block", type=_positive, default=1024, metavar="N", help="block size in pixels; bounds memory (default 1024)")
+    p.add_argument("--block", type=_positive, metavar="N", help="block size in pixels; bounds memory (default 1024 on CPU, 2048 on a GPU)")
     p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--bands", type=_bands, metavar="1,2,3,4", help="1-based bands to feed the model, in order")
     p.add_argument("--time", metavar="ISO", help="run time recorded in stats.zarr (default: now, UTC)")

@@ -231,3 +231,17 @@ def test_dask_client_gives_the_local_labels(naip, tmp_path):
     with rasterio.open(local.labels_path) as a, rasterio.open(remote.labels_path) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
     assert remote.engine.windows_run == remote.engine.windows_total
+
+
+def test_default_block_is_larger_on_a_gpu(monkeypatch):
+    import torch
+
+    from pipeline.raster.run import default_block
+
+    assert default_block("cpu") == 1024
+    assert default_block("auto") == 1024  # no GPU here
+    assert default_block("cuda") == 1024  # asked for but not there: the engine says so later
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_block("auto") == 2048
+    assert default_block("cuda:1") == 2048
+    assert default_block("auto", distributed=True) == 1024  # the workers' devices are unknown here
