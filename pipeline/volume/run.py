@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -232,13 +233,19 @@ def _labels_on_native_grid(
     config = dataclasses.replace(config, block=blk)
     plan = BlockPlan.build(WindowGrid(grid.model_shape, config.window, config.overlap), blk)
     work.mkdir(parents=True, exist_ok=True)
-    source = write_volume_store(
-        to_model(volume.data, grid), work / "source.zarr", affine=grid.model_affine, block=blk,
-        attrs={"source": str(volume.source), "modality": volume.modality},
-    )
+    image = to_model(volume.data, grid)
     fingerprint = _fingerprint(volume, spec, grid, config)
     out, done = _resumable_outputs(work, fingerprint, grid, config, plan.shape)
-    report = run_engine(source.array, model, config, out, done=done, preprocess=intensity_for(spec, volume.data), progress=progress)
+    # The study is in memory already, so the engine reads the model-grid image from there; its zarr
+    # copy (chunked on the engine's blocks, with the affine) is written on a background thread
+    # meanwhile: encoding and decoding it on the engine's path cost ~2.5 s per 512x512x300 CT.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-store") as background:
+        stored = background.submit(
+            write_volume_store, image, work / "source.zarr", affine=grid.model_affine, block=blk,
+            attrs={"source": str(volume.source), "modality": volume.modality},
+        )
+        report = run_engine(image[None], model, config, out, done=done, preprocess=intensity_for(spec, volume.data), progress=progress)
+        stored.result()
     if grid.resampled:
         labels = logits_to_native(out, grid, spec.class_ids, dtype)
     else:

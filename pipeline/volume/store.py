@@ -53,13 +53,17 @@ def write_volume_store(
         attrs: extra JSON-serialisable attributes (source path, modality, ...).
     """
     import zarr
+    from zarr.codecs import BloscCodec
 
     if data.ndim != 3:
         raise ValueError(f"write_volume_store needs (Z, Y, X), got shape {data.shape}")
     affine = np.asarray(affine, dtype=np.float64)
     chunks = (1, *(max(1, min(int(b), int(s))) for b, s in zip(block, data.shape)))
+    # blosc lz4 with byte shuffle: ~5x faster to write than zarr's default zstd on CT (0.35 vs 1.6 s for
+    # 512x512x300 float32), ~40 % larger; this store is work data, written once per study
     array = zarr.create_array(
-        store=str(path), shape=(1, *data.shape), chunks=chunks, dtype="float32", zarr_format=3, overwrite=True, fill_value=0.0
+        store=str(path), shape=(1, *data.shape), chunks=chunks, dtype="float32", zarr_format=3, overwrite=True, fill_value=0.0,
+        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
     )
     array = fast_writes(array)
     for z0 in range(0, data.shape[0], chunks[1]):
