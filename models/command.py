@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cli_types import device_name
 from pipeline.errors import InputError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("models", help="list the model catalog")
+    p = subparsers.add_parser(
+        "models",
+        help="list the model catalog",
+        description="List the model specs in catalogs/models/ (and $SEGPIPE_CATALOGS): task, architecture, classes, "
+        "window, and whether their weights are present. Pass a name as --model to segpipe raster/volume.",
+    )
     p.set_defaults(func=run_models)
 
     t = subparsers.add_parser(
@@ -27,7 +33,7 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="share of pairs held out for validation (default 0.2)")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    t.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default: cuda when available)")
     t.set_defaults(func=run_train)
 
 

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         importlib.import_module(module).register(subparsers)
+    for command in subparsers.choices.values():  # `segpipe raster ... -v` works as well as `segpipe -v raster ...`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
     return parser
 
 

@@ -97,3 +97,26 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 0
+
+
+def test_verbose_flag_works_before_and_after_the_command(capsys):
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-v", "models"]).verbose is True
+    assert parser.parse_args(["models", "-v"]).verbose is True
+    assert parser.parse_args(["models"]).verbose is False
+    assert parser.parse_args(["raster", "x.tif", "--model", "m", "--out", "o", "--verbose"]).verbose is True
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "cpu", "auto"])
+def test_train_accepts_every_device_name(device):
+    from pipeline.cli import build_parser
+
+    assert build_parser().parse_args(["train", "s", "--images", "i", "--labels", "l", "--out", "o", "--device", device]).device == device
+
+
+def test_models_help_describes_the_listing(capsys):
+    with pytest.raises(SystemExit):
+        main(["models", "--help"])
+    assert "whether their weights are present" in capsys.readouterr().out
