@@ -39,3 +39,9 @@ def test_end_to_end_bench_runs():
 def test_gpu_throughput_bench_runs_on_cpu():
     out = run("gpu_throughput.py", "--device", "cpu", "--side", "512", "--window", "128", "--block", "256", "--batch", "2")
     assert "segformer-b0" in out and "unet" in out and "busy" in out
+
+
+@pytest.mark.slow
+def test_landcover_throughput_bench_runs_on_cpu():
+    out = run("landcover_throughput.py", "--device", "cpu", "--side", "512", "--scenes", "2", "--parallel", "2", "--model", "unet", "--block", "256")
+    assert "end to end" in out and "device need" in out
