@@ -236,18 +236,23 @@ def _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes) -> tuple[
 
 
 def _components_per_label(labels: np.ndarray, n_labels: int) -> np.ndarray:
-    """26-connected components of every label value (0 included), as counts per value."""
+    """26-connected components of every label value (0 included), as counts per value.
+
+    One cc3d pass over ``labels + 1``: cc3d leaves 0 unlabelled, so shifting by one makes the
+    background a label like the others (a second pass over the background mask cost ~0.4 s of a
+    512x512x300 CT's ~1.7 s). Each component's value comes from any of its voxels.
+    """
     import cc3d
 
-    counts = np.zeros(n_labels, dtype=np.int64)
-    if n_labels > 1:  # cc3d labels each non-zero value's components separately (neighbours must match)
-        components, n = cc3d.connected_components(labels, connectivity=26, return_N=True)
-        owner = np.zeros(n + 1, dtype=np.int64)
-        owner[components] = labels  # no ravel: NIfTI volumes come Fortran-ordered, a ravel would copy both
-        counts += np.bincount(owner[1:], minlength=n_labels)[:n_labels]
-        del components
-    counts[0] = count_components(labels == 0)
-    return counts
+    top = int(labels.max())
+    dtype = labels.dtype if top < np.iinfo(labels.dtype).max else np.promote_types(labels.dtype, np.int64)
+    shifted = np.add(labels, 1, dtype=dtype)  # keeps NIfTI's Fortran order: no copy in cc3d
+    components, n = cc3d.connected_components(shifted, connectivity=26, return_N=True)
+    owner = np.zeros(n + 1, dtype=np.int64)
+    owner[components] = shifted  # no ravel: a ravel of a Fortran-ordered array would copy both
+    del components, shifted
+    counts = np.bincount(owner[1:], minlength=max(top, n_labels - 1) + 2)[1:]
+    return counts[:n_labels].astype(np.int64)
 
 
 def _position(per_axis: list[np.ndarray], count: int, offset: tuple[int, ...], shape: tuple[int, ...]):

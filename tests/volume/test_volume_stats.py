@@ -216,3 +216,21 @@ def test_one_pass_equals_the_per_label_path(seed, monkeypatch):
                 np.testing.assert_allclose(x, y, rtol=0, atol=1e-9)
             else:
                 assert x == y, (a.name, field, x, y)
+
+
+@pytest.mark.parametrize("top", [6, 255])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_components_per_label_equal_scipy_for_every_value(top, order):
+    """One cc3d pass over labels + 1 counts every value's components, the background's too, even
+    when the largest value fills the dtype (255 in uint8 must not wrap to 0)."""
+    from scipy import ndimage
+
+    from pipeline.volume.stats import _components_per_label
+
+    rng = np.random.default_rng(top)
+    labels = rng.choice(np.array([0, 1, 2, top], dtype=np.uint8), size=(20, 24, 18), p=[0.55, 0.2, 0.15, 0.1])
+    labels = np.asarray(labels, order=order)
+    counts = _components_per_label(labels, top + 1)
+    full = np.ones((3, 3, 3), dtype=bool)
+    for value in range(top + 1):
+        assert counts[value] == ndimage.label(labels == value, structure=full)[1], value
