@@ -34,6 +34,9 @@ def auto_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EngineError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise EngineError(f"device '{name}' requested but this machine has {count} CUDA device(s) (use --device cuda:0 to cuda:{count - 1}, or auto)")
     return device
 
 

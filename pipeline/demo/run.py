@@ -117,9 +117,24 @@ def run_demo(out_dir: str | Path = "segpipe-demo", *, device: str = "auto", prog
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    _check_before_work(out_dir, device)
     landcover = run_landcover_demo(out_dir / "landcover", device=device, progress=progress)
     ct = run_ct_demo(out_dir / "ct", device=device, progress=progress)
     return DemoResult(out_dir, landcover, ct, time.perf_counter() - started)
+
+
+def _check_before_work(out_dir: Path, device: str) -> None:
+    """Fail at once, with one message, on a device that is not here or an unusable output folder."""
+    from pipeline.outputs import check_stats_store, prepare_output_dir
+    from pipeline.windows import auto_device
+
+    auto_device(device)
+    for part, kind in (("landcover", "raster"), ("ct", "volume")):
+        check_stats_store(out_dir / part / "stats.zarr", kind)
+    folders = (out_dir, out_dir / "landcover", out_dir / "ct")
+    blocked = [f for f in folders if f.exists() and not f.is_dir()]
+    for folder in blocked or folders:  # a file in the way raises before any folder is made
+        prepare_output_dir(folder)
 
 
 def run_landcover_demo(out_dir: str | Path, *, device: str = "auto", progress: Progress | None = None) -> LandcoverDemo:

@@ -70,30 +70,45 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from models.spec import load_spec
+    from pipeline.outputs import check_stats_store, prepare_output_dir
     from pipeline.raster.ingest import scene_stem
-    from pipeline.raster.run import segment_raster
+    from pipeline.raster.run import STATS_STORE, check_device, segment_raster
     from pipeline.raster.stats import to_datetime64
 
+    # whole-run checks (exit 2), all before the model loads
     spec = load_spec(args.model)
     if spec.task != "raster":
         raise InputError(args.model, f"model task is '{spec.task}'", "use a raster model with `segpipe raster`")
     when = to_datetime64(args.time)
-    _check_unique_stems(args.images, scene_stem)
-    client = _dask_client(args.dask_address) if args.dask_address else None
+    if not args.dask_address:  # with Dask the device is the workers'
+        check_device(args.device)
+    check_stats_store(Path(args.out) / STATS_STORE, "raster")
+    prepare_output_dir(args.out)
+    out = Console()
+    err = Console(stderr=True)
+    # per-input checks (reported at once; the other inputs still run)
+    rejected = screen_inputs(args.images, scene_stem)
+    for problem in rejected.values():
+        err.print(f"[red]error[/red] {escape(str(problem))}", soft_wrap=True)
+    failed = [image for image in args.images if image in rejected]
+    todo = [image for image in args.images if image not in rejected]
+    client = _dask_client(args.dask_address) if args.dask_address and todo else None
     model = None
-    if client is None:
+    if client is None and todo:
         from models.checkpoint import load_model
 
         model = load_model(spec, args.device)
-    out = Console()
-    err = Console(stderr=True)
-    failed: list[str] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=False) as bar:
-            for image in args.images:
+            for image in todo:
                 stem = scene_stem(image)
                 task = bar.add_task(escape(f"{stem}: start"), total=None)
+
+                def fail(message: str, task=task, stem=stem, image=image) -> None:
+                    failed.append(image)
+                    bar.update(task, description=escape(f"{stem}: failed"))
+                    err.print(f"[red]error[/red] {escape(message)}", soft_wrap=True)
 
                 def progress(stage: str, done: int, total: int, task=task, stem=stem) -> None:
                     bar.update(task, description=escape(f"{stem}: {stage}"), completed=done, total=total)
@@ -104,14 +119,10 @@ def run(args: argparse.Namespace) -> int:
                         device=args.device, bands=args.bands, time=when, progress=progress, model=model, dask_client=client,
                     )
                 except SegpipeError as exc:
-                    failed.append(image)
-                    bar.update(task, description=escape(f"{stem}: failed"))
-                    err.print(f"[red]error[/red] {escape(str(exc))}", soft_wrap=True)
+                    fail(str(exc))
                 except Exception as exc:  # one broken scene must not stop the others
                     log.debug("scene %s failed", image, exc_info=True)
-                    failed.append(image)
-                    bar.update(task, description=escape(f"{stem}: failed"))
-                    err.print(f"[red]error[/red] {escape(str(image))}: unexpected {type(exc).__name__}: {escape(str(exc))} (run with -v for details)", soft_wrap=True)
+                    fail(f"{image}: unexpected {type(exc).__name__}: {exc} (run with -v for details)")
                 else:
                     bar.update(task, description=escape(f"{stem}: done ({result.seconds:.1f} s)"))
                     out.print(escape(f"{result.labels_path}  {result.quicklook_path}"), highlight=False, soft_wrap=True)
@@ -119,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
     done = len(args.images) - len(failed)
-    where = f"; statistics in {Path(args.out) / 'stats.zarr'}" if done else ""
+    where = f"; statistics in {Path(args.out) / STATS_STORE}" if done else ""
     out.print(escape(f"{done}/{len(args.images)} scene(s) done{where}"), highlight=False, soft_wrap=True)
     if failed:
         err.print(escape(f"{len(failed)} scene(s) failed: {', '.join(failed)}"), soft_wrap=True)
@@ -127,14 +138,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_unique_stems(images: list[str], stem_of) -> None:
-    """Outputs are named by file stem: two inputs with one stem would overwrite each other."""
-    seen: dict[str, str] = {}
+def screen_inputs(images: list[str], stem_of) -> dict[str, InputError]:
+    """Per-input problems found before any work, by input: a local file that does not exist (URLs
+    and GDAL ``/vsi`` paths are not checked), or an output name already taken. Outputs are named
+    by file stem, so the first input with a stem keeps it and a later one fails."""
+    from pipeline.raster.ingest import check_exists
+
+    rejected: dict[str, InputError] = {}
+    owner: dict[str, str] = {}
     for image in images:
+        try:
+            check_exists(image)
+        except InputError as exc:
+            rejected[image] = exc
+            continue
         stem = stem_of(image)
-        if stem in seen and seen[stem] != image:
-            raise InputError(image, f"has the same name '{stem}' as {seen[stem]}; both would write {stem}.labels.tif", "rename one, or run them with different --out folders")
-        seen[stem] = image
+        if owner.setdefault(stem, image) != image:
+            rejected[image] = InputError(
+                image, f"has the same name '{stem}' as {owner[stem]}; both would write {stem}.labels.tif", "rename one, or run it with another --out folder"
+            )
+    return rejected
 
 
 def _dask_client(address: str):

@@ -32,7 +32,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from pipeline.errors import InputError
@@ -111,13 +111,27 @@ def scene_stem(path_or_url: str | Path) -> str:
     return Path(name).stem or "scene"
 
 
+def is_local_path(path_or_url: str | Path) -> bool:
+    """True for a path on this machine's file system; False for URLs (``https://``, ``s3://``) and GDAL ``/vsi...`` paths."""
+    text = str(path_or_url)
+    return "://" not in text and not text.startswith("/vsi")
+
+
+def check_exists(path_or_url: str | Path) -> None:
+    """Raise :class:`InputError` for a local path that does not exist (URLs and ``/vsi`` paths are not checked)."""
+    if is_local_path(path_or_url) and not Path(str(path_or_url)).exists():
+        raise InputError(str(path_or_url), "file not found", "check the path")
+
+
 def open_raster(path_or_url: str | Path) -> rasterio.DatasetReader:
     """Open a raster with rasterio, turning GDAL errors into an :class:`InputError`."""
     text = str(path_or_url)
-    if "://" not in text and not text.startswith("/vsi") and not Path(text).exists():
-        raise InputError(text, "file not found", "check the path")
+    check_exists(text)
     try:
-        return rasterio.open(text)
+        with warnings.catch_warnings():
+            # a raster without georeferencing is refused with its own message (_info_from_dataset)
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(text)
     except RasterioError as exc:
         raise InputError(text, f"not a readable raster ({_gdal_reason(exc)})", "give a GeoTIFF/COG or another GDAL raster; re-download it if it is truncated") from exc
 
@@ -147,6 +161,8 @@ def probe_raster(
 def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> RasterInfo:
     if src.crs is None:
         raise InputError(path, "no CRS: the raster is not georeferenced", "assign one, e.g. `gdal_edit.py -a_srs EPSG:32618 FILE`, or export it as a GeoTIFF with its CRS")
+    if src.transform == Affine.identity() and not src.gcps[0] and not src.rpcs:
+        raise InputError(path, "no geotransform: the raster is not georeferenced", "assign one, e.g. `gdal_edit.py -a_ullr ULX ULY LRX LRY FILE`, or export it as a GeoTIFF with its georeferencing")
     selected = tuple(int(b) for b in bands) if bands else tuple(range(1, src.count + 1))
     bad = [b for b in selected if not 1 <= b <= src.count]
     if bad:
@@ -157,7 +173,11 @@ def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> Raster
         if src.count >= in_channels:
             fix = f"pick bands with --bands {','.join(str(i) for i in range(1, in_channels + 1))}"
         else:
-            fix = f"give an image with {in_channels} bands or use a model for {src.count}"
+            repeated = [*range(1, src.count + 1)] + [src.count] * (in_channels - src.count)
+            fix = (
+                f"give an image with {in_channels} bands, repeat bands to make {in_channels} with --bands "
+                f"(e.g. --bands {','.join(map(str, repeated))}), or use a model for {src.count}"
+            )
         raise InputError(path, f"{what}, {model} needs {in_channels}", fix)
     dtype = np.result_type(*[np.dtype(src.dtypes[b - 1]) for b in selected])
     names = [src.descriptions[b - 1] or f"band_{b}" for b in selected]
@@ -397,7 +417,11 @@ def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, all_valid: bool)
         data = src.read(indexes=list(info.bands), window=window, out_dtype=info.dtype)
         if all_valid:
             return data, None
-        masks = src.read_masks(indexes=list(info.bands), window=window)
+        with warnings.catch_warnings():
+            # 4 bands with the last one tagged alpha and a nodata value: GDAL (rightly) takes the
+            # masks from nodata; rasterio warns on every read. The model reads all bands as data.
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            masks = src.read_masks(indexes=list(info.bands), window=window)
     except RasterioError as exc:
         raise InputError(
             info.path,

@@ -80,6 +80,7 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
     if any(g is None for g in geoms):
         kinds = sorted({t for t, g in zip(gdf.geom_type, geoms) if g is None})
         raise InputError(where, f"regions must be polygons, found {', '.join(map(str, kinds))}", "give (multi)polygon features")
+    _check_geographic_range(gdf, Path(path), info)
     geoms = _to_raster_crs(geoms, gdf.crs, info, where)
     merged: dict[str, list[BaseGeometry]] = {}
     for name, geom in zip(names, geoms):
@@ -143,6 +144,39 @@ def _polygonal(geom: BaseGeometry | None) -> BaseGeometry | None:
         parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
         return shapely.union_all(parts) if parts else None
     return None
+
+
+def _check_geographic_range(gdf, path: Path, info: RasterInfo) -> None:
+    """Refuse longitude/latitude regions whose coordinates cannot be degrees (most often projected
+    metres in a GeoJSON file without a ``crs`` member, which GDAL reads as WGS 84)."""
+    if not gdf.crs.is_geographic:
+        return
+    xmin, ymin, xmax, ymax = gdf.total_bounds
+    if xmin >= -180 and xmax <= 360 and ymin >= -90 and ymax <= 90:
+        return
+    seen = f"coordinates {_bounds_text(gdf.total_bounds)}"
+    # when the numbers fall on the raster in its own CRS, that is most likely the regions' CRS too
+    code = info.crs.to_string() if shapely.box(xmin, ymin, xmax, ymax).intersects(footprint(info)) else "<code>"
+    assign = f"`ogr2ogr -a_srs {code} regions.gpkg {path.name}`"
+    if _geojson_without_crs(path):
+        raise InputError(
+            path,
+            f"GeoJSON without a 'crs' member is read as longitude/latitude (RFC 7946), but its {seen} look like projected metres",
+            f"write the file with its CRS, e.g. as a GeoPackage: {assign}, or reproject it to EPSG:4326",
+        )
+    raise InputError(path, f"its CRS {gdf.crs.to_string()} is in degrees but its {seen} are not longitude/latitude", f"set the CRS the coordinates are in, e.g. {assign}")
+
+
+def _geojson_without_crs(path: Path) -> bool:
+    import json
+
+    if path.suffix.lower() not in (".geojson", ".json"):
+        return False
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and "crs" not in raw
 
 
 def _to_raster_crs(geoms: np.ndarray, crs, info: RasterInfo, where: str) -> np.ndarray:

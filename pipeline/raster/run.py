@@ -26,6 +26,7 @@ import xarray as xr
 from models.spec import ModelSpec, load_spec
 from pipeline.errors import EngineError, InputError, ModelSpecError
 from pipeline.memory import release_free_memory
+from pipeline.outputs import check_stats_store, prepare_output_dir
 from pipeline.timing import Stopwatch
 from pipeline.zarr_write import fast_writes
 from pipeline.raster.cog import write_label_cog
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: ingest, segment, stats
 WORK_DIR = ".work"
+STATS_STORE = "stats.zarr"
 LABELS_ATTR = "segpipe_labels"
 
 
@@ -104,7 +106,9 @@ def segment_raster(
         keep_work: keep ``.work/<stem>.zarr`` after success (default: removed).
 
     Raises:
-        InputError: bad raster, bands, regions or options (nothing is written).
+        InputError: bad raster, bands, regions or options, ``out_dir`` a file, or ``out_dir/stats.zarr``
+            holding volume statistics (all checked before any work; nothing is written).
+        EngineError: ``device`` names a CUDA device this machine does not have (checked first).
         ModelSpecError, CheckpointError: bad model.
     """
     import rasterio
@@ -139,23 +143,26 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     if region_field is not None and regions is None:
         raise InputError(str(region_field), "--region-field given without --regions", "add --regions FILE")
     run_time = to_datetime64(time)
+    if dask_client is None:  # with Dask the device is the workers'
+        check_device(device)
     block = block or default_block(device, distributed=dask_client is not None)
     stem = scene_stem(image)
     out_dir = Path(out_dir)
     # validate everything before writing anything
+    check_stats_store(out_dir / STATS_STORE, "raster")
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
     region_set = read_regions(regions, info, field=region_field) if regions is not None else scene_region(info)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
-    watch = Stopwatch()
-    if model is None and dask_client is None:
-        from models.checkpoint import load_model
-
-        with watch.stage("load model"):
-            model = load_model(spec, device)
-
     work = out_dir / WORK_DIR / f"{stem}.zarr"
-    created = [p for p in (out_dir, out_dir / WORK_DIR) if not p.exists()]
+    created = [p for p in (*reversed(out_dir.parents), out_dir, out_dir / WORK_DIR) if not p.exists()]
+    prepare_output_dir(out_dir)
+    watch = Stopwatch()
     try:
+        if model is None and dask_client is None:
+            from models.checkpoint import load_model
+
+            with watch.stage("load model"):
+                model = load_model(spec, device)
         with watch.stage("ingest"):
             info = ingest_raster(image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"))
         release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
@@ -173,6 +180,15 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
         _remove_if_empty(out_dir / WORK_DIR)
     labels_path, stats_path, quicklook_path, stats = result
     return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`EngineError` now, before any work, when ``device`` (``cuda``, ``cuda:N``) is not on this machine."""
+    if not device.startswith("cuda"):  # auto and cpu are always there (and need no torch import)
+        return
+    from pipeline.windows import auto_device
+
+    auto_device(device)
 
 
 def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
@@ -280,7 +296,7 @@ def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions
         labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
     with watch.stage("stats"):
         stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
-        stats_path = append_stats(stats, out_dir / "stats.zarr", time=time, scene=stem)
+        stats_path = append_stats(stats, out_dir / STATS_STORE, time=time, scene=stem)
     with watch.stage("quicklook"):
         rgb = rgb_bands(image, info.bands)
         quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb, preview=read_preview(work))

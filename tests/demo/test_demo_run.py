@@ -12,7 +12,7 @@ import rasterio
 import xarray as xr
 
 import pipeline.demo.command as command
-from pipeline.cli import main
+from pipeline.cli import build_parser, main
 from pipeline.demo.run import DemoResult
 
 MIN_MIOU = 0.7
@@ -103,3 +103,44 @@ def test_help_documents_the_output_layout(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "--out DIR" in text and "landcover/demo-scene.labels.tif" in text and "ct/demo-ct.labels.nii.gz" in text
+
+
+def test_device_not_here_is_one_message_before_any_work(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        assert main(["demo", "--out", str(tmp_path / "d"), "--device", device]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"segpipe demo: error: device '{device}' requested but CUDA is not available (use --device cpu or auto)\n"
+    assert not (tmp_path / "d").exists()
+
+
+def test_device_option_takes_cuda_n_like_segpipe_raster(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--device", "cuda:3"]).device == "cuda:3"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--device", "tpu"])
+    assert "use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_output_that_is_a_file_is_one_message(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["demo", "--out", str(afile), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"segpipe demo: error: {afile}: is a file, not a folder (give --out a folder (it is created when missing))\n"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ct").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "ct: is a file, not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct"]  # nothing generated
+
+
+def test_statistics_of_the_other_kind_fail_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "landcover").mkdir(parents=True)
+    volume_stats = xr.Dataset({"volume_ml": (("study", "label"), np.ones((1, 1)))}, coords={"study": ["s"], "label": ["liver"]})
+    volume_stats.to_zarr(out / "landcover" / "stats.zarr", mode="w")
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 2
+    assert "landcover/stats.zarr: holds volume statistics" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "landcover").iterdir()) == ["stats.zarr"]

@@ -97,3 +97,26 @@ def test_bad_calls_leave_nothing(tmp_path):
     with pytest.raises(OSError):
         write_label_cog(Broken(), None, info, CLASSES, tmp_path / "x.tif")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overviews_are_mode_and_gdal_sees_the_colour_table(tmp_path, caplog):
+    # 8x8 blocks of one class, one pixel in each 2x2 cell a different class: MODE gives the block's
+    # class at every level, nearest (GDAL samples pixel (1, 1) of each cell) would give the odd one out
+    h = w = 2048
+    rng = np.random.default_rng(1)
+    block_class = rng.choice([0, 1], size=(h // 8, w // 8)).astype(np.uint8)
+    values = np.kron(block_class, np.ones((8, 8), dtype=np.uint8))
+    values[1::2, 1::2] = 3
+    labels = zarr.create_array(tmp_path / "l.zarr", shape=(h, w), chunks=(1024, 1024), dtype="uint8")
+    labels[:] = values
+    with caplog.at_level("WARNING", logger="rasterio._env"):
+        out = write_label_cog(labels, None, _info(h, w), CLASSES, tmp_path / "big.labels.tif")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")] == []  # no "palette index ... without a palette"
+    with rasterio.open(out) as src:
+        assert src.overviews(1) == [2, 4]
+    for level, factor in enumerate((2, 4)):
+        with rasterio.open(out, overview_level=level) as ovr:
+            assert ovr.colorinterp[0] == rasterio.enums.ColorInterp.palette and ovr.colormap(1)[1] == (51, 160, 44, 255)
+            got = ovr.read(1)
+        expected = np.kron(block_class, np.ones((8 // factor, 8 // factor), dtype=np.uint8))
+        np.testing.assert_array_equal(got, expected)

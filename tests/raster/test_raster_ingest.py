@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import rasterio
 import xarray as xr
 import zarr
 from affine import Affine
+from rasterio.enums import ColorInterp
 
 from pipeline.errors import InputError
 from pipeline.raster.ingest import RasterInfo, band_stats, every_pixel_valid, ingest_raster, probe_raster, read_info, scene_stem
@@ -160,7 +162,7 @@ def test_truncated_file(naip, tmp_path):
 def test_wrong_band_count(landsat, tmp_path):
     with pytest.raises(InputError) as err:
         ingest_raster(landsat, tmp_path / "s.zarr", block=64, in_channels=4, model_name="landcover-unet")
-    assert str(err.value).endswith("landsat7_bahamas_rgb.tif: 3 bands, model 'landcover-unet' needs 4 (give an image with 4 bands or use a model for 3)")
+    assert str(err.value).endswith("landsat7_bahamas_rgb.tif: 3 bands, model 'landcover-unet' needs 4 (give an image with 4 bands, repeat bands to make 4 with --bands (e.g. --bands 1,2,3,3), or use a model for 3)")
     with pytest.raises(InputError, match=r"3 bands, model 'x' needs 2 \(pick bands with --bands 1,2\)"):
         probe_raster(landsat, in_channels=2, model_name="x")
     with pytest.raises(InputError, match=r"band\(s\) \[5\] requested but the file has 3"):
@@ -173,6 +175,44 @@ def test_raster_without_crs(tmp_path, make_geotiff):
     with pytest.raises(InputError, match=r"plain\.tif: no CRS.*gdal_edit"):
         ingest_raster(tif, tmp_path / "s.zarr", block=4)
     _assert_nothing_written(tmp_path, tmp_path / "s.zarr")
+
+
+def _without_geotransform(path, crs=None):
+    """A GeoTIFF with no geotransform at all (rasterio warns NotGeoreferencedWarning when opening it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs=crs) as dst:
+            dst.write(np.ones((1, 8, 8), dtype=np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(("crs", "problem"), [(None, "no CRS"), ("EPSG:32633", "no geotransform")])
+def test_not_georeferenced_is_one_clean_error_without_warnings(tmp_path, crs, problem):
+    tif = _without_geotransform(tmp_path / "nogeo.tif", crs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=rf"nogeo\.tif: {problem}: the raster is not georeferenced.*gdal_edit"):
+            ingest_raster(tif, tmp_path / "s.zarr", block=4)
+    assert [str(w.message) for w in caught] == []  # no NotGeoreferencedWarning before the error
+    _assert_nothing_written(tmp_path, tmp_path / "s.zarr")
+
+
+def test_four_bands_with_alpha_and_nodata_ingest_without_warnings(tmp_path, make_geotiff):
+    # band 4 tagged alpha (as RGBN files often are) and a nodata value: GDAL masks by nodata and
+    # rasterio would warn (NodataShadowWarning) on every tile
+    data = np.full((4, 40, 40), 7, dtype=np.uint8)
+    data[:, :5, :] = 0
+    tif = make_geotiff(tmp_path / "rgbn.tif", data, nodata=0, photometric="RGB", alpha="UNSPECIFIED")
+    with rasterio.open(tif, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = ingest_raster(tif, tmp_path / "s.zarr", block=16)
+    assert [str(w.message) for w in caught] == []
+    assert info.count == 4
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(ds["mask"].values, np.arange(40)[:, None].repeat(40, 1) >= 5)
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["image"][...], data)
 
 
 def test_raster_info_is_frozen(landsat):
@@ -190,3 +230,13 @@ def test_rotated_transform_round_trips(tmp_path, make_geotiff):
     assert info.transform == t
     assert ds.rio.transform().almost_equals(t)
     assert ds.rio.crs == info.crs
+
+
+def test_check_exists_checks_local_paths_only(tmp_path, landsat):
+    from pipeline.raster.ingest import check_exists
+
+    check_exists(landsat)
+    for remote in ("https://example.com/scene.tif", "s3://bucket/scene.tif", "/vsicurl/https://example.com/scene.tif"):
+        check_exists(remote)  # GDAL reports these when it opens them
+    with pytest.raises(InputError, match=r"nosuch\.tif: file not found \(check the path\)"):
+        check_exists(tmp_path / "nosuch.tif")

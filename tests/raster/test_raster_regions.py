@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import geopandas as gpd
 import pytest
 import shapely
@@ -93,3 +95,29 @@ def test_scene_region():
     r = scene_region(info)
     assert r.names == ("scene",) and r.whole_scene
     assert r.geometries[0].equals(shapely.box(500000, 5999000, 502000, 6000000))
+
+
+def test_geojson_without_crs_in_projected_metres_says_so(tmp_path):
+    # RFC 7946 GeoJSON has no 'crs' member and is longitude/latitude; these numbers are UTM metres
+    info = _info()
+    ring = [[500100, 5999500], [500500, 5999500], [500500, 5999900], [500100, 5999900], [500100, 5999500]]
+    path = tmp_path / "utm.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "a"}, "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    with pytest.raises(InputError) as err:
+        read_regions(path, info)
+    assert str(err.value) == (
+        f"{path}: GeoJSON without a 'crs' member is read as longitude/latitude (RFC 7946), but its coordinates "
+        "[500100, 5.9995e+06, 500500, 5.9999e+06] look like projected metres (write the file with its CRS, e.g. as a "
+        "GeoPackage: `ogr2ogr -a_srs EPSG:32633 regions.gpkg utm.geojson`, or reproject it to EPSG:4326)"
+    )
+    # the same coordinates with their CRS are fine
+    fixed = _write(tmp_path, "utm.gpkg", {"name": ["a"], "geometry": [shapely.Polygon(ring)]}, "EPSG:32633")
+    assert read_regions(fixed, info).geometries[0].equals(shapely.Polygon(ring))
+
+
+def test_degrees_crs_with_coordinates_out_of_range(tmp_path):
+    info = _info()
+    path = _write(tmp_path, "bad.gpkg", {"name": ["a"], "geometry": [shapely.box(500100, 5999500, 500500, 5999900)]}, "EPSG:4326")
+    with pytest.raises(InputError, match=r"bad\.gpkg: its CRS EPSG:4326 is in degrees but its coordinates .* are not longitude/latitude \(set the CRS"):
+        read_regions(path, info)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import rasterio
@@ -212,11 +214,6 @@ def test_cli_bands_option_and_bad_options(naip, tmp_path, capsys):
         main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--bands", "0,x"])
     with pytest.raises(SystemExit):
         main(["raster", str(naip), "--model", str(spec_path), "--out", str(out), "--device", "tpu"])
-    other = tmp_path / "b"
-    other.mkdir()
-    (other / naip.name).write_bytes(naip.read_bytes())
-    assert main(["raster", str(naip), str(other / naip.name), "--model", str(spec_path), "--out", str(out)]) == 2
-    assert "same name 'naip_north_dakota_rgbn'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -242,6 +239,126 @@ def test_default_block_is_larger_on_a_gpu(monkeypatch):
     assert default_block("auto") == 1024  # no GPU here
     assert default_block("cuda") == 1024  # asked for but not there: the engine says so later
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert default_block("auto") == 2048
     assert default_block("cuda:1") == 2048
     assert default_block("auto", distributed=True) == 1024  # the workers' devices are unknown here
+
+
+# --- checks made before any work ---
+
+
+def _no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def _volume_stats_store(out):
+    """A real statistics store as ``segpipe volume`` writes it: dims study and label."""
+    ds = xr.Dataset({"volume_ml": (("study", "label"), np.ones((1, 2)))}, coords={"study": ["ct"], "label": ["background", "liver"]})
+    ds.to_zarr(out / "stats.zarr", mode="w")
+
+
+def test_missing_device_fails_before_any_work(naip, tmp_path, monkeypatch):
+    from pipeline.errors import EngineError
+
+    _no_cuda(monkeypatch)
+    with pytest.raises(EngineError, match=r"device 'cuda' requested but CUDA is not available \(use --device cpu or auto\)"):
+        segment_raster(naip, spec_for(4), tmp_path / "out", device="cuda", model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_index_beyond_the_devices_is_refused(monkeypatch):
+    from pipeline.errors import EngineError
+    from pipeline.windows import auto_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert auto_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(EngineError, match=r"device 'cuda:2' requested but this machine has 2 CUDA device\(s\) \(use --device cuda:0 to cuda:1, or auto\)"):
+        auto_device("cuda:2")
+
+
+def test_output_folder_that_is_a_file(naip, tmp_path, conv3):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(InputError, match=r"afile: is a file, not a folder"):
+        segment_raster(naip, spec_for(4), afile, model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    with pytest.raises(InputError, match=r"afile/sub: .*afile is a file, so the folder cannot be created"):
+        segment_raster(naip, spec_for(4), afile / "sub", model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    assert afile.read_text() == "x"
+
+
+def test_volume_statistics_in_the_output_folder_fail_at_once_and_write_nothing(naip, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    _volume_stats_store(out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(InputError, match=r"stats\.zarr: holds volume statistics \(from segpipe volume\); segpipe raster cannot add its rows there"):
+        segment_raster(naip, spec_for(4), out, model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # no labels.tif, .aux.xml, quicklook or .work
+
+
+def test_cli_whole_run_problems_are_one_message_and_exit_2(naip, tmp_path, capsys, monkeypatch):
+    spec_path = spec_for(4, tmp_path=tmp_path, model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    args = [str(naip), "--model", str(spec_path)]
+    _no_cuda(monkeypatch)
+    assert main(["raster", *args, "--out", str(tmp_path / "o1"), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == "segpipe raster: error: device 'cuda' requested but CUDA is not available (use --device cpu or auto)\n"
+    assert not (tmp_path / "o1").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["raster", *args, "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == f"segpipe raster: error: {afile}: is a file, not a folder (give --out a folder (it is created when missing))\n"
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    _volume_stats_store(mixed)
+    assert main(["raster", *args, "--out", str(mixed)]) == 2
+    assert capsys.readouterr().err.startswith(f"segpipe raster: error: {mixed / 'stats.zarr'}: holds volume statistics")
+    assert not list(mixed.glob("naip*"))
+
+
+def test_cli_missing_inputs_are_reported_before_the_model_loads(tmp_path, capsys):
+    spec = yaml.safe_load(spec_for(4, tmp_path=tmp_path, model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0])).read_text())
+    spec["checkpoint"] = "absent.safetensors"  # loading the model would fail (exit 2)
+    spec_path = tmp_path / "absent.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    missing = tmp_path / "nosuch.tif"
+    assert main(["raster", str(missing), "--model", str(spec_path), "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert f"{missing}: file not found (check the path)" in captured.err
+    assert "0/1 scene(s) done" in captured.out
+
+
+@pytest.mark.slow
+def test_cli_batch_with_a_missing_input_and_a_repeated_name_finishes_the_good_one(naip, tmp_path, capsys):
+    spec_path = spec_for(4, tmp_path=tmp_path, model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / naip.name).write_bytes(naip.read_bytes())
+    missing = tmp_path / "nosuch.tif"
+    out = tmp_path / "out"
+    code = main(["raster", str(missing), str(naip), str(other / naip.name), "--model", str(spec_path), "--out", str(out), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{missing}: file not found" in captured.err
+    assert f"{other / naip.name}: has the same name 'naip_north_dakota_rgbn' as {naip}" in captured.err
+    assert "1/3 scene(s) done" in captured.out
+    assert f"2 scene(s) failed: {missing}, {other / naip.name}" in captured.err
+    assert list(xr.open_zarr(out / "stats.zarr").scene.values) == ["naip_north_dakota_rgbn"]
+    with rasterio.open(out / "naip_north_dakota_rgbn.labels.tif") as src, rasterio.open(naip) as img:
+        assert src.shape == img.shape
+
+
+def test_four_band_scene_runs_without_warnings(naip, tmp_path, make_geotiff, caplog):
+    # NAIP-like RGBN with band 4 tagged alpha and a nodata value, big enough for two overview levels
+    with rasterio.open(naip) as src:
+        data = np.tile(src.read(), (1, 2, 2))
+        crs, transform = src.crs, src.transform
+    tif = make_geotiff(tmp_path / "rgbn.tif", data, crs=crs, transform=transform, nodata=0, photometric="RGB", alpha="UNSPECIFIED")
+    with rasterio.open(tif, "r+") as dst:
+        dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green, rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+    with caplog.at_level("WARNING", logger="rasterio"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        segment_raster(tif, spec_for(4), tmp_path / "out", block=512, device="cpu", model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")] == []  # GDAL's CPL warnings come through rasterio's loggers
