@@ -18,7 +18,7 @@ def prepare_output_dir(path: str | Path) -> Path:
     """Create the output folder ``path`` (and its parents); an existing file there is an :class:`InputError`."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise InputError(path, "is a file, not a folder", "give --out a folder (it is created when missing)")
+        raise InputError(path, "is a file, not a folder", "give --out a folder; it is created when missing")
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise InputError(path, f"{parent} is a file, so the folder cannot be created", "give --out a path inside a folder")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 
+from pipeline.cli_types import device_name
 from pipeline.demo.run import DemoResult, run_demo
-
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 EPILOG = """\
 outputs (DIR defaults to ./segpipe-demo):
@@ -36,14 +34,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="segpipe-demo", metavar="DIR", help="output folder (default: ./segpipe-demo)")
-    p.add_argument("--device", default="auto", type=_device, help="where the models run: auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--device", default="auto", type=device_name, help="where the models run: auto | cpu | cuda | cuda:N (default: auto)")
     p.set_defaults(func=_run)
 
-
-def _device(text: str) -> str:
-    if not DEVICE.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
-    return text
 
 
 def _run(args: argparse.Namespace) -> int:

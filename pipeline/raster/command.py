@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from pathlib import Path
 
+from pipeline.cli_types import device_name
 from pipeline.errors import InputError, SegpipeError
 
 log = logging.getLogger(__name__)
-
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def register(subparsers) -> None:
@@ -31,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--regions", metavar="FILE", help="region polygons (GeoJSON, GeoPackage, Shapefile; any CRS)")
     p.add_argument("--region-field", metavar="NAME", help="attribute naming each region (default: 'name' if present)")
     p.add_argument("--block", type=_positive, metavar="N", help="block size in pixels; bounds memory (default 1024 on CPU, 2048 on a GPU)")
-    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--bands", type=_bands, metavar="1,2,3,4", help="1-based bands to feed the model, in order")
     p.add_argument("--time", metavar="ISO", help="run time recorded in stats.zarr (default: now, UTC)")
     p.add_argument("--dask-address", metavar="ADDR", help="run blocks on this Dask scheduler (DIR must be shared with the workers)")
@@ -47,11 +45,6 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of pixels")
     return value
 
-
-def _device(text: str) -> str:
-    if not DEVICE.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
-    return text
 
 
 def _bands(text: str) -> tuple[int, ...]:

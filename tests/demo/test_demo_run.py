@@ -128,7 +128,7 @@ def test_output_that_is_a_file_is_one_message(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert main(["demo", "--out", str(afile), "--device", "cpu"]) == 2
-    assert capsys.readouterr().err == f"segpipe demo: error: {afile}: is a file, not a folder (give --out a folder (it is created when missing))\n"
+    assert capsys.readouterr().err == f"segpipe demo: error: {afile}: is a file, not a folder (give --out a folder; it is created when missing)\n"
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "ct").write_text("x")
     assert main(["demo", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2

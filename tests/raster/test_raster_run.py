@@ -308,7 +308,7 @@ def test_cli_whole_run_problems_are_one_message_and_exit_2(naip, tmp_path, capsy
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert main(["raster", *args, "--out", str(afile)]) == 2
-    assert capsys.readouterr().err == f"segpipe raster: error: {afile}: is a file, not a folder (give --out a folder (it is created when missing))\n"
+    assert capsys.readouterr().err == f"segpipe raster: error: {afile}: is a file, not a folder (give --out a folder; it is created when missing)\n"
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     _volume_stats_store(mixed)
