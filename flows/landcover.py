@@ -21,6 +21,7 @@ be overridden alone (``prefect deployment run landcover/nightly --param device=c
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,7 +53,22 @@ from pipeline.memory import limit_malloc_arenas
 FLOW_NAME = "landcover"
 DEFAULT_CATALOG = "catalogs/scenes/demo.yaml"
 STATS_STORE = "stats.zarr"
-LOCAL_SCENES_IN_FLIGHT = 2
+
+
+def local_scenes_in_flight(device: str) -> int:
+    """Scenes in flight on one machine: 2, so one scene's ingest, COG and statistics (CPU) overlap
+    another's model. On a GPU with 16+ CPU cores, 4: those CPU stages cost ~0.05-0.1 core-seconds
+    per Mpx (docs/benchmarks.md), so at the 50 Mpx/s a GPU can take, three or four scenes' worth
+    of them must run beside its model. (On CPU alone more scenes would only share the model's cores.)
+    """
+    from pipeline.errors import SegpipeError
+    from pipeline.windows import auto_device
+
+    try:
+        on_gpu = auto_device(device).type == "cuda"
+    except (SegpipeError, RuntimeError):  # a device that is not there fails in the scene, with its message
+        on_gpu = False
+    return 4 if on_gpu and (os.cpu_count() or 1) >= 16 else 2
 
 
 @dataclass(frozen=True)
@@ -150,7 +166,8 @@ def landcover(
         dask_address: run the scene tasks on this Dask scheduler (``tcp://host:8786``) via prefect-dask;
             workers must see the same file system.
         max_parallel: scenes in flight at once; None = 2 on this machine (one scene's I/O overlaps
-            another's inference; memory stays bounded by two scenes' blocks), unbounded on Dask.
+            another's inference; memory stays bounded by two scenes' blocks), 4 on a GPU machine
+            with 16+ cores (:func:`local_scenes_in_flight`), unbounded on Dask.
         time: the ``time`` of this run's entries in ``stats.zarr`` (ISO 8601; naive = UTC), e.g. to
             backfill a night; default: the flow run's scheduled start.
 
@@ -173,7 +190,7 @@ def landcover(
         for name, scene in plan.todo
     ]
     with dask_runner(dask_address) as runner:
-        limit = in_flight(max_parallel, dask_address, LOCAL_SCENES_IN_FLIGHT)
+        limit = in_flight(max_parallel, dask_address, local_scenes_in_flight(device))
         futures = submit_bounded(segment_scene, calls, limit=limit, runner=runner)
         outputs = []
         for (name, scene), future in zip(plan.todo, futures):

@@ -222,3 +222,18 @@ def test_default_run_generates_and_segments_the_demo(tmp_path, monkeypatch, arti
         assert set(ds.region.values) == {"Northfield", "Riverside", "Old Town"}
     areas = json.loads(artifacts_of(state.state_details.flow_run_id)["landcover-areas"].data)
     assert {r["region"] for r in areas} == {"Northfield", "Riverside", "Old Town"}
+
+
+def test_scenes_in_flight_grow_on_a_gpu_machine_only(monkeypatch):
+    import torch
+
+    from flows.landcover import local_scenes_in_flight
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert local_scenes_in_flight("auto") == 2  # no GPU here: more scenes would share the model's cores
+    assert local_scenes_in_flight("cuda") == 2  # asked for, not there: the scenes report it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert local_scenes_in_flight("auto") == 4
+    assert local_scenes_in_flight("cpu") == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert local_scenes_in_flight("auto") == 2
