@@ -7,8 +7,8 @@ machine: one model at a time on the GPU; on a Dask cluster, its workers); every 
 work pool. A task retries twice on I/O errors (``OSError``) and never on bad input
 (:class:`~pipeline.errors.InputError`).
 
-A study whose outputs are complete (labels and its ``.stats.json``, written last) is skipped unless
-``force=True``. A bad study is reported (``segment-volumes-failures`` table artifact) and the others
+A study whose outputs are complete (labels and its ``.stats.json``, written last) and were made by the
+same model spec is skipped unless ``force=True``; one done with another model is segmented again. A bad study is reported (``segment-volumes-failures`` table artifact) and the others
 finish; as for ``landcover``, the run ends **Completed** when at least one study succeeded (or was
 already done) and **Failed** only when every study failed.
 """
@@ -94,10 +94,10 @@ class StudyPlan:
 def segment_study(name: str, study: str, model: str, out_dir: str, device: str = "auto", force: bool = False) -> StudyOutput:
     """Segment one study (NIfTI file or DICOM series folder) with the spec at ``model`` into ``out_dir``."""
     from models.spec import load_spec
-    from pipeline.volume.run import StudyOutputs, segment_volume
+    from pipeline.volume.run import segment_volume, study_done
 
     spec = load_spec(model)
-    done = not force and StudyOutputs.for_input(study, out_dir).complete()
+    done = not force and study_done(study, spec, out_dir)
     network = None if done else cached_model(spec, device)
     result = segment_volume(study, spec, out_dir, device=device, model=network, force=force)
     return StudyOutput(

@@ -154,11 +154,6 @@ def screen_inputs(images: list[str], stem_of) -> dict[str, InputError]:
 
 
 def _dask_client(address: str):
-    try:
-        from distributed import Client
-    except ImportError as exc:  # pragma: no cover - distributed is a dependency
-        raise InputError(address, "--dask-address needs the 'distributed' package", "pip install 'dask[distributed]'") from exc
-    try:
-        return Client(address, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise InputError(address, f"cannot reach the Dask scheduler ({exc})", "check the address, e.g. tcp://scheduler:8786") from exc
+    from pipeline.dask_client import dask_client
+
+    return dask_client(address)

@@ -6,7 +6,7 @@ Axis convention: arrays are ``(Z, Y, X)``; affines map ``(x, y, z, 1)`` to RAS m
 * :func:`read_volume` -> :class:`Volume` (readers, dicom)
 * :func:`write_volume_store`, :func:`open_volume_store` (store: zarr v3)
 * :func:`plan_grid`, :func:`to_model`, :func:`logits_to_native`, :func:`labels_to_native`, :func:`intensity_for` (preprocess)
-* :func:`segment_volume`, :func:`segment_volumes` -> :class:`VolumeResult`, :class:`BatchReport` (run)
+* :func:`segment_volume`, :func:`segment_volumes` -> :class:`VolumeResult`, :class:`BatchReport`; :func:`study_done` (run)
 * :func:`study_statistics`, :func:`merge_into_store`, :func:`open_stats`, :func:`volumes_by_label` (stats)
 """
 
@@ -31,6 +31,7 @@ _EXPORTS = {
     "intensity_for": "pipeline.volume.preprocess",
     "segment_volume": "pipeline.volume.run",
     "segment_volumes": "pipeline.volume.run",
+    "study_done": "pipeline.volume.run",
     "VolumeResult": "pipeline.volume.run",
     "BatchReport": "pipeline.volume.run",
     "StudyFailure": "pipeline.volume.run",

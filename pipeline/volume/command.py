@@ -31,6 +31,16 @@ def _block(values: list[int] | None) -> tuple[int, int, int] | None:
     return tuple(values)  # type: ignore[return-value]
 
 
+def _index(value: str) -> int:
+    try:
+        index = int(value)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a volume number (0 for the first volume of a 4D NIfTI)")
+    return index
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "volume",
@@ -44,12 +54,27 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", type=_device, help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--dask-address", metavar="ADDR", help="run one task per study on this Dask scheduler (shared file system)")
     p.add_argument("--series-uid", metavar="UID", help="the SeriesInstanceUID to read from DICOM folders holding several series")
+    p.add_argument("--volume-index", type=_index, metavar="N", help="4D NIfTI: the volume to segment (0-based)")
     p.add_argument("--block", type=int, nargs="+", metavar="N", help="engine block on the model grid: N or Z Y X voxels")
-    p.add_argument("--force", action="store_true", help="redo studies whose outputs are already present")
+    p.add_argument("--force", action="store_true", help="redo studies whose outputs are already present (studies done with another model are redone anyway)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.outputs import check_stats_store, prepare_output_dir
+    from pipeline.volume.run import STATS_STORE
+
+    created = not args.out.exists()
+    out_dir = prepare_output_dir(args.out)  # first: a bad --out fails before anything is read or computed
+    try:
+        check_stats_store(out_dir / STATS_STORE, "volume")
+        return _segment(args, out_dir)
+    finally:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing was written (bad model, or every study failed)
+
+
+def _segment(args: argparse.Namespace, out_dir: Path) -> int:
     from rich.console import Console
 
     from models.spec import load_spec
@@ -60,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     with _RichProgress(err) as progress:
         report = segment_volumes(
-            args.inputs, spec, args.out, device=args.device, block=block, force=args.force,
-            progress=progress, series_uid=args.series_uid, dask_address=args.dask_address,
+            args.inputs, spec, out_dir, device=args.device, block=block, force=args.force, progress=progress,
+            series_uid=args.series_uid, volume_index=args.volume_index, dask_address=args.dask_address,
         )
     out = Console()
     _print_summary(out, report)
@@ -115,7 +140,7 @@ def _print_summary(console, report) -> None:
             largest = max(present, key=lambda lab: lab.volume_ml, default=None)
             table.add_row(
                 r.study,
-                "skipped (done)" if r.skipped else "ok",
+                _status(r),
                 str(r.outputs.labels),
                 f"{r.seconds:.1f}",
                 f"{largest.name}: {largest.volume_ml:.1f}" if largest else "-",
@@ -128,4 +153,13 @@ def _print_summary(console, report) -> None:
         for failure in report.failures:
             table.add_row(failure.source, failure.message)
         console.print(table)
-    console.print(f"statistics: {report.stats_store}")
+    if report.stats_store.exists():  # absent when every study failed
+        console.print(f"statistics: {report.stats_store}")
+
+
+def _status(result) -> str:
+    if result.skipped:
+        return "skipped (done)"
+    if result.redone:
+        return f"redone: old outputs {result.redone}"
+    return "ok"

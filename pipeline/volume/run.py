@@ -9,7 +9,11 @@ Outputs of a study with stem ``S`` (file name without ``.nii``/``.nii.gz``, or t
 * ``S.stats.json`` and a row of ``DIR/stats.zarr`` (see :mod:`pipeline.volume.stats`).
 
 Every file is written under a temporary name and renamed; ``S.stats.json`` is written last and marks
-the study done (skipped by later runs unless ``force``). Intermediate zarr arrays live in
+the study done. It records what made the labels (:mod:`pipeline.volume.made_with`): a later run skips
+the study only when that record matches its own model spec (unless ``force``); a study done with
+another model or settings is segmented again, its old ``S.stats.json`` removed before any of its files
+is replaced, so the study never looks done with a mix of old and new files. When writing the outputs
+fails, the study's files are removed. Intermediate zarr arrays live in
 ``DIR/.segpipe-work/S/`` and let a killed run resume without redoing finished engine blocks; they are
 removed once the study is done.
 """
@@ -32,7 +36,9 @@ import numpy as np
 
 from models.spec import ModelSpec
 from pipeline.errors import ModelSpecError, SegpipeError
+from pipeline.outputs import check_stats_store, prepare_output_dir
 from pipeline.timing import Stopwatch
+from pipeline.volume.made_with import made_with, why_redo
 from pipeline.volume.preprocess import GridMapping, intensity_for, labels_to_native, logits_to_native, plan_grid, to_model
 from pipeline.volume.readers import read_volume, study_stem
 from pipeline.volume.stats import StudyStats, merge_into_store, open_stats, read_stats_json, study_statistics, write_stats_json
@@ -86,10 +92,14 @@ class StudyOutputs:
         """The study finished: labels and (last written) statistics are present."""
         return self.labels.is_file() and self.stats.is_file()
 
+    def files(self) -> tuple[Path, ...]:
+        """Every output file of the study (``stats`` last)."""
+        return (self.labels, self.sidecar, self.itksnap, self.slicer, self.seg, self.stats)
+
 
 @dataclass(frozen=True)
 class VolumeResult:
-    """One segmented (or skipped) study."""
+    """One segmented (or skipped) study; ``redone`` says why finished outputs were replaced (empty when they were not)."""
 
     study: str
     source: Path
@@ -102,6 +112,7 @@ class VolumeResult:
     blocks_run: int = 0
     engine: Any = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    redone: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,7 @@ def segment_volume(
     force: bool = False,
     progress: BlockProgress | None = None,
     series_uid: str | None = None,
+    volume_index: int | None = None,
 ) -> VolumeResult:
     """Segment one study (NIfTI file or DICOM series folder) into ``out_dir``; see the module docstring.
 
@@ -168,25 +180,31 @@ def segment_volume(
         force: redo a study whose outputs are present.
         progress: ``callable(blocks_done, blocks_total)`` from the engine.
         series_uid: DICOM folders holding several series: the one to read.
+        volume_index: 4D NIfTI: the volume to read (0-based).
 
     Raises:
-        InputError: the study is unreadable (names the file, the problem and the fix).
+        InputError: ``out_dir`` is a file or holds raster statistics, or the study is unreadable
+            (names the file, the problem and the fix).
     """
     started = time.perf_counter()
     check_volume_spec(spec)
     input_path = Path(input_path)
-    out_dir = Path(out_dir)
+    out_dir = prepare_output_dir(out_dir)
+    check_stats_store(out_dir / STATS_STORE, "volume")
     outputs = StudyOutputs.for_input(input_path, out_dir)
     stem = study_stem(input_path)
+    record = made_with(spec, volume_index=volume_index)
+    redone = ""
     if not force and outputs.complete():
-        stats = read_stats_json(outputs.stats)
-        _ensure_row(stats, out_dir / STATS_STORE)
-        log.info("%s: outputs present, skipped (use force to redo)", stem)
-        return VolumeResult(stem, input_path, outputs, stats, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file())
+        previous, redone = _previous_outputs(outputs, record)
+        if previous is not None:
+            _ensure_row(previous, out_dir / STATS_STORE)
+            log.info("%s: outputs present, skipped (use force to redo)", stem)
+            return VolumeResult(stem, input_path, outputs, previous, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file())
+        log.info("%s: segmenting again, the outputs present were %s", stem, redone)
     watch = Stopwatch()
     with watch.stage("read"):
-        volume = read_volume(input_path, series_uid=series_uid)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        volume = read_volume(input_path, series_uid=series_uid, volume_index=volume_index)
     if force:
         shutil.rmtree(outputs.work, ignore_errors=True)
     if model is None:
@@ -196,16 +214,14 @@ def segment_volume(
         with watch.stage("load model"):
             model = load_model(spec, auto_device(device))
     with watch.stage("segment"):
-        labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, device=device, block=block, progress=progress)
-    with watch.stage("write"):
-        dicom_seg = _write_label_outputs(volume, spec, labels, outputs)
+        labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, device=device, block=block, progress=progress, record=record)
     with watch.stage("stats"):
         stats = study_statistics(
             stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
-            source=str(input_path), modality=volume.modality, model=spec.name,
+            source=str(input_path), modality=volume.modality, model=spec.name, made_with=record,
         )
-        write_stats_json(stats, outputs.stats)  # last: marks the study complete
-        merge_into_store(stats, out_dir / STATS_STORE)
+    with watch.stage("write"):
+        dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
     shutil.rmtree(outputs.work, ignore_errors=True)
     _remove_if_empty(out_dir / WORK_DIR)
     seconds = time.perf_counter() - started
@@ -213,11 +229,49 @@ def segment_volume(
     return VolumeResult(
         stem, input_path, outputs, stats, skipped=False, seconds=seconds, dicom_seg=dicom_seg,
         windows_run=engine_report.windows_run, blocks_run=engine_report.blocks_run, engine=engine_report, timings=watch.seconds,
+        redone=redone,
     )
 
 
+def study_done(input_path: str | Path, spec: ModelSpec, out_dir: str | Path, *, volume_index: int | None = None) -> bool:
+    """Whether :func:`segment_volume` (without ``force``) would skip the study: its outputs are complete and made by ``spec``."""
+    outputs = StudyOutputs.for_input(input_path, out_dir)
+    return outputs.complete() and _previous_outputs(outputs, made_with(spec, volume_index=volume_index))[0] is not None
+
+
+def _previous_outputs(outputs: StudyOutputs, record: dict[str, Any]) -> tuple[StudyStats | None, str]:
+    """The statistics of complete ``outputs`` when they were made as ``record`` says, else None and why not."""
+    try:
+        previous = read_stats_json(outputs.stats)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"unreadable ({outputs.stats.name}: {type(exc).__name__}: {exc})"
+    reason = why_redo(previous.made_with, record, old_model=previous.model)
+    return (previous, "") if reason is None else (None, reason)
+
+
+def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: StudyStats, outputs: StudyOutputs, store: Path) -> bool:
+    """Replace the study's outputs: old ``S.stats.json`` first (the study no longer looks done), new one last.
+
+    Returns whether a DICOM SEG was written. Any failure removes the study's files, so none is left
+    that looks finished.
+    """
+    try:
+        outputs.stats.unlink(missing_ok=True)
+        dicom_seg = _write_label_outputs(volume, spec, labels, outputs)
+        if not dicom_seg:
+            outputs.seg.unlink(missing_ok=True)
+        merge_into_store(stats, store)
+        write_stats_json(stats, outputs.stats)  # last: marks the study complete
+    except BaseException:
+        for path in outputs.files():
+            path.unlink(missing_ok=True)
+        raise
+    return dicom_seg
+
+
 def _labels_on_native_grid(
-    volume: Volume, spec: ModelSpec, work: Path, model: Any, *, device: str, block: tuple[int, int, int] | None, progress: BlockProgress | None
+    volume: Volume, spec: ModelSpec, work: Path, model: Any, *, device: str, block: tuple[int, int, int] | None, progress: BlockProgress | None,
+    record: dict[str, Any],
 ) -> tuple[np.ndarray, Any]:
     """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``."""
     from pipeline.engine import EngineConfig, run_engine
@@ -234,7 +288,7 @@ def _labels_on_native_grid(
     plan = BlockPlan.build(WindowGrid(grid.model_shape, config.window, config.overlap), blk)
     work.mkdir(parents=True, exist_ok=True)
     image = to_model(volume.data, grid)
-    fingerprint = _fingerprint(volume, spec, grid, config)
+    fingerprint = _fingerprint(volume, spec, grid, config, record)
     out, done = _resumable_outputs(work, fingerprint, grid, config, plan.shape)
     # The study is in memory already, so the engine reads the model-grid image from there; its zarr
     # copy (chunked on the engine's blocks, with the affine) is written on a background thread
@@ -253,7 +307,7 @@ def _labels_on_native_grid(
     return np.ascontiguousarray(labels), report
 
 
-def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any) -> dict[str, Any]:
+def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any, record: dict[str, Any]) -> dict[str, Any]:
     stat = Path(volume.source).stat()
     checkpoint = spec.checkpoint
     return {
@@ -271,6 +325,7 @@ def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any
         "model_shape": list(grid.model_shape),
         "model_affine": np.asarray(grid.model_affine).round(6).tolist(),
         "normalize": repr(spec.normalize),
+        "made_with": record,
     }
 
 
@@ -338,6 +393,7 @@ def segment_volumes(
     force: bool = False,
     progress: BatchProgress | None = None,
     series_uid: str | None = None,
+    volume_index: int | None = None,
     dask_address: str | None = None,
 ) -> BatchReport:
     """Segment a batch; a bad study becomes a :class:`StudyFailure` and never stops the others.
@@ -346,22 +402,36 @@ def segment_volumes(
     scheduler (workers need the same file system; each loads the model itself unless ``model`` is given).
 
     Raises:
+        InputError: ``out_dir`` is a file or holds raster statistics, or the Dask scheduler is unreachable
+            (checked before any study is read).
         ModelSpecError, CheckpointError: the model itself is unusable (every study would fail).
     """
     check_volume_spec(spec)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = [Path(p) for p in inputs]
+    created = not Path(out_dir).exists()
+    out_dir = prepare_output_dir(out_dir)
+    try:
+        check_stats_store(out_dir / STATS_STORE, "volume")
+        return _segment_batch([Path(p) for p in inputs], spec, out_dir, model, progress, dask_address, dict(
+            device=device, block=block, force=force, series_uid=series_uid, volume_index=volume_index,
+        ))
+    finally:
+        if created:
+            _remove_if_empty(out_dir)  # every study failed before writing anything
+
+
+def _segment_batch(
+    inputs: list[Path], spec: ModelSpec, out_dir: Path, model: Any, progress: BatchProgress | None, dask_address: str | None, options: dict[str, Any]
+) -> BatchReport:
     todo, failures = _dedupe(inputs)
-    options = dict(device=device, block=block, force=force, series_uid=series_uid)
     if dask_address:
         outcomes = _run_on_dask(dask_address, todo, spec, out_dir, model, options, progress)
     else:
-        if model is None and any(force or not StudyOutputs.for_input(p, out_dir).complete() for p in todo):
+        force, volume_index = options["force"], options["volume_index"]
+        if model is None and any(force or not study_done(p, spec, out_dir, volume_index=volume_index) for p in todo):
             from models.checkpoint import load_model
             from pipeline.engine import auto_device
 
-            model = load_model(spec, auto_device(device))
+            model = load_model(spec, auto_device(options["device"]))
         outcomes = []
         for index, path in enumerate(todo):
             if progress is not None:
@@ -396,20 +466,25 @@ def _segment_one(
     try:
         return segment_volume(path, spec, out_dir, model=model, progress=blocks, **options)
     except SegpipeError as exc:
-        log.warning("%s", exc)
+        # INFO, not WARNING: the caller reports the failure (the CLI's failures table), so it shows once
+        log.info("%s", exc)
         return StudyFailure(str(path), str(exc))
     except Exception as exc:  # noqa: BLE001 - a study must never stop the batch; the message keeps the cause
-        log.exception("%s: unexpected failure", path)
-        return StudyFailure(str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (please report this with the input's description)")
+        log.info("%s: unexpected failure", path, exc_info=True)
+        return StudyFailure(
+            str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)"
+        )
 
 
 def _run_on_dask(
     address: str, todo: list[Path], spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], progress: BatchProgress | None
 ) -> list[VolumeResult | StudyFailure]:
     """One Dask task per study on the scheduler at ``address``; outcomes in input order."""
-    from distributed import Client, as_completed
+    from distributed import as_completed
 
-    with Client(address) as client:
+    from pipeline.dask_client import dask_client
+
+    with dask_client(address) as client:
         futures = {}
         for index, path in enumerate(todo):
             if progress is not None:

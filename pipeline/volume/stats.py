@@ -16,7 +16,8 @@ variables ``volume_ml``, ``voxel_count``, ``intensity_mean``, ``intensity_std``,
 counts are 0 and its intensities NaN), ``centroid_ras`` (+ dim ``ras``), ``bbox_min``/``bbox_max``
 (+ dim ``axis`` = z, y, x) and per-study ``source``, ``modality``, ``model``, ``voxel_volume_mm3``.
 Re-running a study replaces its row; the store is rewritten to a temporary folder and swapped in
-under a file lock, so readers never see a half-written store.
+under a file lock (``.stats.zarr.lock``, present only while a row is merged), so readers never see a
+half-written store.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class LabelStats:
 
 @dataclass(frozen=True)
 class StudyStats:
-    """All labels of one study, plus where it came from."""
+    """All labels of one study, plus where it came from and what made it (``made_with``, see :mod:`pipeline.volume.made_with`)."""
 
     study: str
     source: str
@@ -84,6 +85,7 @@ class StudyStats:
     shape_zyx: tuple[int, int, int]
     voxel_volume_mm3: float
     labels: tuple[LabelStats, ...] = field(default_factory=tuple)
+    made_with: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -343,6 +345,7 @@ def study_statistics(
     source: str = "",
     modality: str = "unknown",
     model: str = "",
+    made_with: dict[str, Any] | None = None,
 ) -> StudyStats:
     """:func:`label_statistics` wrapped with the study's identity."""
     return StudyStats(
@@ -353,6 +356,7 @@ def study_statistics(
         shape_zyx=tuple(int(s) for s in labels.shape),
         voxel_volume_mm3=float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))),
         labels=label_statistics(labels, image, affine, classes),
+        made_with=dict(made_with or {}),
     )
 
 
@@ -423,31 +427,51 @@ def _unique_names(labels: Sequence[LabelStats]) -> list[str]:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (POSIX ``flock``; no-op elsewhere)."""
+    """An exclusive advisory lock on the file ``path`` (POSIX ``flock``; no-op elsewhere), removed on release.
+
+    The holder unlinks the file before unlocking, so a waiter may wake up holding a lock on a file
+    that is no longer at ``path``; it then retries on the file now there. Only the holder of the
+    lock on the file at ``path`` gets in, so the lock stays exclusive although the file comes and goes.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            current = os.stat(path)
+        except FileNotFoundError:  # unlinked by the previous holder after we opened it
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+            break
+        os.close(fd)  # a new lock file replaced ours: lock that one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)  # releases the lock
 
 
 def merge_into_store(stats: StudyStats, store: str | Path) -> Path:
     """Add (or replace) the row of ``stats.study`` in the ``stats.zarr`` at ``store``.
 
     The new store is written next to the old one and swapped in by renames under a lock file
-    (``<store>.lock``); an interrupted swap is recovered on the next call.
+    (``.<store>.lock``, removed afterwards); an interrupted swap is recovered on the next call.
     """
     import xarray as xr
 
     store = Path(store)
     old = store.with_name(f".{store.name}.old")
-    with _locked(store.with_name(f"{store.name}.lock")):
+    with _locked(store.with_name(f".{store.name}.lock")):
         if not store.exists() and old.exists():
             old.rename(store)  # a previous swap was interrupted between its two renames
         rows = [_study_dataset(stats)]

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pytest
 import xarray as xr
 import yaml
 
@@ -55,3 +61,51 @@ def test_cli_bad_arguments_exit_2(vh, tmp_path, capsys):
     assert code == 2 and "missing.yaml" in capsys.readouterr().err
     code = main(["volume", str(good), "--model", str(_spec_yaml(vh, tmp_path)), "--out", str(tmp_path / "o"), "--block", "8", "16"])
     assert code == 2 and "--block" in capsys.readouterr().err
+
+
+def test_each_failure_is_printed_once(vh, tmp_path):
+    """The failures table carries the message; no WARNING log line repeats it (a real process: real logging)."""
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b truncated")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "pipeline.cli", "volume", str(bad), "--model", str(_spec_yaml(vh, tmp_path)), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert done.returncode == 1, done.stderr
+    both = done.stdout + done.stderr
+    assert both.count(f"{bad}: cannot open as NIfTI") == 1
+    assert "WARNING" not in both and "Traceback" not in both
+
+
+def test_volume_index_picks_a_volume_of_a_4d_nifti(vh, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    first = vh.ct_crop((6, 20, 24))
+    second = (first + 400).astype(np.int16)
+    path = tmp_path / "dyn.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([first.T, second.T], axis=-1), vh.axis_affine("RAS")), path)
+    spec = str(_spec_yaml(vh, tmp_path))
+    out = tmp_path / "out"
+    assert main(["volume", str(path), "--model", spec, "--out", str(out), "--device", "cpu"]) == 1
+    assert f"{path}: 4D image with 2 volumes (shape (24, 20, 6, 2)) (pick one with --volume-index 0..1" in capsys.readouterr().out
+    assert main(["volume", str(path), "--model", spec, "--out", str(out), "--device", "cpu", "--volume-index", "1"]) == 0
+    assert np.array_equal(np.asarray(nib.load(out / "dyn.labels.nii.gz").dataobj).T, vh.per_voxel_answer(second))
+    capsys.readouterr()
+    # another volume of the same file is not the finished study: it is segmented again
+    assert main(["volume", str(path), "--model", spec, "--out", str(out), "--device", "cpu", "--volume-index", "0"]) == 0
+    assert "redone: old outputs made by model 'pv-cli' with a different volume_index" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(nib.load(out / "dyn.labels.nii.gz").dataobj).T, vh.per_voxel_answer(first))
+    assert main(["volume", str(path), "--model", spec, "--out", str(out), "--volume-index", "2"]) == 1
+    assert f"{path}: --volume-index 2 out of range for 2 volumes (use --volume-index 0..1)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["volume", str(path), "--model", spec, "--out", str(out), "--volume-index", "-1"])
+    assert exit_.value.code == 2 and "is not a volume number" in capsys.readouterr().err
+
+
+def test_unusable_dask_address_is_an_input_error(vh, tmp_path, capsys):
+    good = vh.write_nifti(tmp_path / "g.nii.gz", vh.ct_crop((6, 20, 24)), np.eye(4))
+    out = tmp_path / "o"
+    code = main(["volume", str(good), "--model", str(_spec_yaml(vh, tmp_path)), "--out", str(out), "--dask-address", "scheduler-without-port"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "segpipe volume: error: scheduler-without-port: not a Dask scheduler address" in err and "tcp://scheduler:8786" in err
+    assert not out.exists()

@@ -48,7 +48,7 @@ def test_4d_needs_volume_index(tmp_path):
     data = np.arange(2 * 3 * 4 * 3, dtype=np.int16).reshape(2, 3, 4, 3)  # (X, Y, Z, T)
     path = tmp_path / "fmri.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-    with pytest.raises(InputError, match=r"fmri.nii.gz: 4D image with 3 volumes.*volume_index=0..2"):
+    with pytest.raises(InputError, match=r"fmri.nii.gz: 4D image with 3 volumes.*--volume-index 0..2"):
         read_volume(path)
     vol = read_volume(path, volume_index=2)
     assert np.array_equal(vol.data, data[..., 2].T.astype(np.float32))
