@@ -7,18 +7,10 @@ and a failures table; exits 1 when any study failed (2 for unusable arguments or
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
+from pipeline.cli_types import device_name
 from pipeline.errors import InputError
-
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def _device(value: str) -> str:
-    if not DEVICE.match(value):
-        raise argparse.ArgumentTypeError(f"invalid device {value!r} (use auto, cpu, cuda or cuda:N)")
-    return value
 
 
 def _block(values: list[int] | None) -> tuple[int, int, int] | None:
@@ -51,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="a NIfTI file (.nii, .nii.gz) or a DICOM series folder")
     p.add_argument("--model", required=True, help="model name from `segpipe models` or a path to a YAML spec")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    p.add_argument("--device", default="auto", type=_device, help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", type=device_name, help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--dask-address", metavar="ADDR", help="run one task per study on this Dask scheduler (shared file system)")
     p.add_argument("--series-uid", metavar="UID", help="the SeriesInstanceUID to read from DICOM folders holding several series")
     p.add_argument("--volume-index", type=_index, metavar="N", help="4D NIfTI: the volume to segment (0-based)")

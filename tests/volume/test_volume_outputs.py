@@ -60,7 +60,7 @@ def test_out_that_is_a_file_fails_at_once(vh, tmp_path, capsys, pv_model):
     code = main(["volume", str(study), "--model", "demo-ct", "--out", str(not_a_folder)])
     err = capsys.readouterr().err
     assert code == 2
-    assert err == f"segpipe volume: error: {not_a_folder}: is a file, not a folder (give --out a folder (it is created when missing))\n"
+    assert err == f"segpipe volume: error: {not_a_folder}: is a file, not a folder (give --out a folder; it is created when missing)\n"
 
 
 def test_raster_statistics_store_fails_before_any_compute(vh, tmp_path, capsys, pv_model):
