@@ -100,4 +100,4 @@ def print_result(console, result: DemoResult) -> None:
         "print(ds.volume_ml.sel(label='liver').to_series())\"",
         soft_wrap=True, highlight=False, markup=False,
     )
-    console.print(f"done in {result.seconds:.0f} s (land cover {lc.seconds:.0f} s, CT {ct.seconds:.0f} s)")
+    console.print(f"done in {result.seconds:.0f} s (land cover {lc.seconds:.1f} s, CT {ct.seconds:.1f} s)")
