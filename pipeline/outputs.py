@@ -29,6 +29,14 @@ def prepare_output_dir(path: str | Path) -> Path:
     return path
 
 
+def remove_if_empty(folder: str | Path) -> None:
+    """Remove ``folder`` if it is an empty folder (one a failed run created); otherwise leave it."""
+    try:
+        Path(folder).rmdir()
+    except OSError:
+        pass
+
+
 def stats_store_kind(store: str | Path) -> StoreKind | None:
     """``raster`` or ``volume`` for an existing statistics store, ``None`` when there is none (or it is not one of ours)."""
     store = Path(store)

@@ -26,7 +26,7 @@ import xarray as xr
 from models.spec import ModelSpec, load_spec
 from pipeline.errors import EngineError, InputError, ModelSpecError
 from pipeline.memory import release_free_memory
-from pipeline.outputs import check_stats_store, prepare_output_dir
+from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
 from pipeline.timing import Stopwatch
 from pipeline.zarr_write import fast_writes
 from pipeline.raster.cog import write_label_cog
@@ -177,7 +177,7 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
         raise
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
-        _remove_if_empty(out_dir / WORK_DIR)
+        remove_if_empty(out_dir / WORK_DIR)
     labels_path, stats_path, quicklook_path, stats = result
     return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
 
@@ -195,11 +195,6 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] 
     if progress is None:
         return None
     return functools.partial(progress, stage)
-
-
-def _remove_if_empty(path: Path) -> None:
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
 
 
 def _fingerprint(spec: ModelSpec, info: RasterInfo, block: int, label_dtype: str) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def _segment(args: argparse.Namespace, out_dir: Path) -> int:
     from rich.console import Console
 
     from models.spec import load_spec
-    from pipeline.volume.run import segment_volumes
+    from pipeline.volume.batch import segment_volumes
 
     spec = load_spec(args.model)
     block = _block(args.block)
@@ -86,7 +86,7 @@ def _segment(args: argparse.Namespace, out_dir: Path) -> int:
 
 
 class _RichProgress:
-    """A :class:`pipeline.volume.run.BatchProgress` drawing rich bars: studies, and blocks of the current study."""
+    """A :class:`pipeline.volume.batch.BatchProgress` drawing rich bars: studies, and blocks of the current study."""
 
     def __init__(self, console) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

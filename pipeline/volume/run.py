@@ -1,4 +1,6 @@
-"""Segment one study or a batch: read -> model grid -> engine -> native grid -> outputs -> statistics.
+"""Segment one study: read -> model grid -> engine -> native grid -> outputs -> statistics.
+
+Batches of studies (locally or on Dask) are :mod:`pipeline.volume.batch`.
 
 Outputs of a study with stem ``S`` (file name without ``.nii``/``.nii.gz``, or the DICOM folder name) in ``DIR``:
 
@@ -23,20 +25,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from models.spec import ModelSpec
-from pipeline.errors import ModelSpecError, SegpipeError
-from pipeline.outputs import check_stats_store, prepare_output_dir
+from pipeline.errors import ModelSpecError
+from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
 from pipeline.timing import Stopwatch
 from pipeline.volume.made_with import made_with, why_redo
 from pipeline.volume.preprocess import GridMapping, intensity_for, labels_to_native, logits_to_native, plan_grid, to_model
@@ -113,37 +114,6 @@ class VolumeResult:
     engine: Any = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     redone: str = ""
-
-
-@dataclass(frozen=True)
-class StudyFailure:
-    """A study that could not be segmented: the input and the message (naming the problem and fix)."""
-
-    source: str
-    message: str
-
-
-@dataclass(frozen=True)
-class BatchReport:
-    """The outcome of :func:`segment_volumes`: results in input order and failures."""
-
-    results: tuple[VolumeResult, ...]
-    failures: tuple[StudyFailure, ...]
-    stats_store: Path
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-
-class BatchProgress(Protocol):
-    """Progress callbacks of :func:`segment_volumes` (all optional to act on)."""
-
-    def study_started(self, study: str, index: int, total: int) -> None: ...
-
-    def blocks(self, done: int, total: int) -> None: ...
-
-    def study_finished(self, outcome: VolumeResult | StudyFailure) -> None: ...
 
 
 def check_volume_spec(spec: ModelSpec) -> None:
@@ -223,7 +193,7 @@ def segment_volume(
     with watch.stage("write"):
         dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
     shutil.rmtree(outputs.work, ignore_errors=True)
-    _remove_if_empty(out_dir / WORK_DIR)
+    remove_if_empty(out_dir / WORK_DIR)
     seconds = time.perf_counter() - started
     log.info("%s: %d windows, %d blocks, %.1fs", stem, engine_report.windows_run, engine_report.blocks_run, seconds)
     return VolumeResult(
@@ -373,131 +343,3 @@ def _ensure_row(stats: StudyStats, store: Path) -> None:
         present = False
     if not present:
         merge_into_store(stats, store)
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
-
-
-def segment_volumes(
-    inputs: Sequence[str | Path],
-    spec: ModelSpec,
-    out_dir: str | Path,
-    *,
-    device: str = "auto",
-    block: tuple[int, int, int] | None = None,
-    model: Any | None = None,
-    force: bool = False,
-    progress: BatchProgress | None = None,
-    series_uid: str | None = None,
-    volume_index: int | None = None,
-    dask_address: str | None = None,
-) -> BatchReport:
-    """Segment a batch; a bad study becomes a :class:`StudyFailure` and never stops the others.
-
-    Arguments as :func:`segment_volume`; ``dask_address`` runs one task per study on that Dask
-    scheduler (workers need the same file system; each loads the model itself unless ``model`` is given).
-
-    Raises:
-        InputError: ``out_dir`` is a file or holds raster statistics, or the Dask scheduler is unreachable
-            (checked before any study is read).
-        ModelSpecError, CheckpointError: the model itself is unusable (every study would fail).
-    """
-    check_volume_spec(spec)
-    created = not Path(out_dir).exists()
-    out_dir = prepare_output_dir(out_dir)
-    try:
-        check_stats_store(out_dir / STATS_STORE, "volume")
-        return _segment_batch([Path(p) for p in inputs], spec, out_dir, model, progress, dask_address, dict(
-            device=device, block=block, force=force, series_uid=series_uid, volume_index=volume_index,
-        ))
-    finally:
-        if created:
-            _remove_if_empty(out_dir)  # every study failed before writing anything
-
-
-def _segment_batch(
-    inputs: list[Path], spec: ModelSpec, out_dir: Path, model: Any, progress: BatchProgress | None, dask_address: str | None, options: dict[str, Any]
-) -> BatchReport:
-    todo, failures = _dedupe(inputs)
-    if dask_address:
-        outcomes = _run_on_dask(dask_address, todo, spec, out_dir, model, options, progress)
-    else:
-        force, volume_index = options["force"], options["volume_index"]
-        if model is None and any(force or not study_done(p, spec, out_dir, volume_index=volume_index) for p in todo):
-            from models.checkpoint import load_model
-            from pipeline.engine import auto_device
-
-            model = load_model(spec, auto_device(options["device"]))
-        outcomes = []
-        for index, path in enumerate(todo):
-            if progress is not None:
-                progress.study_started(study_stem(path), index, len(todo))
-            outcome = _segment_one(path, spec, out_dir, model, options, progress.blocks if progress is not None else None)
-            outcomes.append(outcome)
-            if progress is not None:
-                progress.study_finished(outcome)
-    results = tuple(o for o in outcomes if isinstance(o, VolumeResult))
-    failures = tuple(failures) + tuple(o for o in outcomes if isinstance(o, StudyFailure))
-    return BatchReport(results=results, failures=failures, stats_store=out_dir / STATS_STORE)
-
-
-def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
-    """Inputs with distinct stems; later duplicates fail (their outputs would overwrite the first)."""
-    seen: dict[str, Path] = {}
-    todo, failures = [], []
-    for path in inputs:
-        stem = study_stem(path)
-        if stem in seen:
-            failures.append(StudyFailure(str(path), f"{path}: same output name '{stem}' as {seen[stem]} (rename one of them or run them into different --out folders)"))
-            continue
-        seen[stem] = path
-        todo.append(path)
-    return todo, failures
-
-
-def _segment_one(
-    path: Path, spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], blocks: BlockProgress | None
-) -> VolumeResult | StudyFailure:
-    """One study, with every error turned into a :class:`StudyFailure` (the batch goes on)."""
-    try:
-        return segment_volume(path, spec, out_dir, model=model, progress=blocks, **options)
-    except SegpipeError as exc:
-        # INFO, not WARNING: the caller reports the failure (the CLI's failures table), so it shows once
-        log.info("%s", exc)
-        return StudyFailure(str(path), str(exc))
-    except Exception as exc:  # noqa: BLE001 - a study must never stop the batch; the message keeps the cause
-        log.info("%s: unexpected failure", path, exc_info=True)
-        return StudyFailure(
-            str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)"
-        )
-
-
-def _run_on_dask(
-    address: str, todo: list[Path], spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], progress: BatchProgress | None
-) -> list[VolumeResult | StudyFailure]:
-    """One Dask task per study on the scheduler at ``address``; outcomes in input order."""
-    from distributed import as_completed
-
-    from pipeline.dask_client import dask_client
-
-    with dask_client(address) as client:
-        futures = {}
-        for index, path in enumerate(todo):
-            if progress is not None:
-                progress.study_started(study_stem(path), index, len(todo))
-            futures[client.submit(_segment_one, path, spec, out_dir, model, options, None, key=f"segpipe-volume-{study_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
-        outcomes: list[Any] = [None] * len(todo)
-        for future in as_completed(futures):
-            index = futures[future]
-            try:
-                outcome = future.result()
-            except Exception as exc:  # noqa: BLE001 - a lost worker must not stop the batch
-                outcome = StudyFailure(str(todo[index]), f"{todo[index]}: worker failed: {type(exc).__name__}: {exc}")
-            outcomes[index] = outcome
-            if progress is not None:
-                progress.study_finished(outcome)
-    return outcomes

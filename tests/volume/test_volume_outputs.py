@@ -14,7 +14,8 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.errors import InputError
-from pipeline.volume.run import segment_volume, segment_volumes
+from pipeline.volume.batch import segment_volumes
+from pipeline.volume.run import segment_volume
 from pipeline.volume.stats import _locked, merge_into_store, open_stats, study_statistics
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import xarray as xr
 
 from pipeline.volume.made_with import made_with, why_redo
-from pipeline.volume.run import segment_volume, segment_volumes, study_done
+from pipeline.volume.batch import segment_volumes
+from pipeline.volume.run import segment_volume, study_done
 
 
 def _labels(path):

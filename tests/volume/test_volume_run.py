@@ -11,7 +11,8 @@ import torch
 import xarray as xr
 
 from pipeline.errors import InputError
-from pipeline.volume.run import StudyOutputs, segment_volume, segment_volumes
+from pipeline.volume.batch import segment_volumes
+from pipeline.volume.run import StudyOutputs, segment_volume
 
 
 def assert_same_grid(out_path, in_path):

@@ -1,0 +1,180 @@
+"""Segment a batch of studies: each one through :func:`pipeline.volume.run.segment_volume`, locally
+or one Dask task per study; a bad study becomes a :class:`StudyFailure` and never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from models.spec import ModelSpec
+from pipeline.errors import SegpipeError
+from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
+from pipeline.volume.readers import study_stem
+from pipeline.volume.run import (
+    STATS_STORE,
+    BlockProgress,
+    VolumeResult,
+    check_volume_spec,
+    segment_volume,
+    study_done,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudyFailure:
+    """A study that could not be segmented: the input and the message (naming the problem and fix)."""
+
+    source: str
+    message: str
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """The outcome of :func:`segment_volumes`: results in input order and failures."""
+
+    results: tuple[VolumeResult, ...]
+    failures: tuple[StudyFailure, ...]
+    stats_store: Path
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class BatchProgress(Protocol):
+    """Progress callbacks of :func:`segment_volumes` (all optional to act on)."""
+
+    def study_started(self, study: str, index: int, total: int) -> None: ...
+
+    def blocks(self, done: int, total: int) -> None: ...
+
+    def study_finished(self, outcome: VolumeResult | StudyFailure) -> None: ...
+
+
+
+def segment_volumes(
+    inputs: Sequence[str | Path],
+    spec: ModelSpec,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    block: tuple[int, int, int] | None = None,
+    model: Any | None = None,
+    force: bool = False,
+    progress: BatchProgress | None = None,
+    series_uid: str | None = None,
+    volume_index: int | None = None,
+    dask_address: str | None = None,
+) -> BatchReport:
+    """Segment a batch; a bad study becomes a :class:`StudyFailure` and never stops the others.
+
+    Arguments as :func:`segment_volume`; ``dask_address`` runs one task per study on that Dask
+    scheduler (workers need the same file system; each loads the model itself unless ``model`` is given).
+
+    Raises:
+        InputError: ``out_dir`` is a file or holds raster statistics, or the Dask scheduler is unreachable
+            (checked before any study is read).
+        ModelSpecError, CheckpointError: the model itself is unusable (every study would fail).
+    """
+    check_volume_spec(spec)
+    created = not Path(out_dir).exists()
+    out_dir = prepare_output_dir(out_dir)
+    try:
+        check_stats_store(out_dir / STATS_STORE, "volume")
+        return _segment_batch([Path(p) for p in inputs], spec, out_dir, model, progress, dask_address, dict(
+            device=device, block=block, force=force, series_uid=series_uid, volume_index=volume_index,
+        ))
+    finally:
+        if created:
+            remove_if_empty(out_dir)  # every study failed before writing anything
+
+
+def _segment_batch(
+    inputs: list[Path], spec: ModelSpec, out_dir: Path, model: Any, progress: BatchProgress | None, dask_address: str | None, options: dict[str, Any]
+) -> BatchReport:
+    todo, failures = _dedupe(inputs)
+    if dask_address:
+        outcomes = _run_on_dask(dask_address, todo, spec, out_dir, model, options, progress)
+    else:
+        force, volume_index = options["force"], options["volume_index"]
+        if model is None and any(force or not study_done(p, spec, out_dir, volume_index=volume_index) for p in todo):
+            from models.checkpoint import load_model
+            from pipeline.engine import auto_device
+
+            model = load_model(spec, auto_device(options["device"]))
+        outcomes = []
+        for index, path in enumerate(todo):
+            if progress is not None:
+                progress.study_started(study_stem(path), index, len(todo))
+            outcome = _segment_one(path, spec, out_dir, model, options, progress.blocks if progress is not None else None)
+            outcomes.append(outcome)
+            if progress is not None:
+                progress.study_finished(outcome)
+    results = tuple(o for o in outcomes if isinstance(o, VolumeResult))
+    failures = tuple(failures) + tuple(o for o in outcomes if isinstance(o, StudyFailure))
+    return BatchReport(results=results, failures=failures, stats_store=out_dir / STATS_STORE)
+
+
+def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
+    """Inputs with distinct stems; later duplicates fail (their outputs would overwrite the first)."""
+    seen: dict[str, Path] = {}
+    todo, failures = [], []
+    for path in inputs:
+        stem = study_stem(path)
+        if stem in seen:
+            failures.append(StudyFailure(str(path), f"{path}: same output name '{stem}' as {seen[stem]} (rename one of them or run them into different --out folders)"))
+            continue
+        seen[stem] = path
+        todo.append(path)
+    return todo, failures
+
+
+def _segment_one(
+    path: Path, spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], blocks: BlockProgress | None
+) -> VolumeResult | StudyFailure:
+    """One study, with every error turned into a :class:`StudyFailure` (the batch goes on)."""
+    try:
+        return segment_volume(path, spec, out_dir, model=model, progress=blocks, **options)
+    except SegpipeError as exc:
+        # INFO, not WARNING: the caller reports the failure (the CLI's failures table), so it shows once
+        log.info("%s", exc)
+        return StudyFailure(str(path), str(exc))
+    except Exception as exc:  # noqa: BLE001 - a study must never stop the batch; the message keeps the cause
+        log.info("%s: unexpected failure", path, exc_info=True)
+        return StudyFailure(
+            str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)"
+        )
+
+
+def _run_on_dask(
+    address: str, todo: list[Path], spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], progress: BatchProgress | None
+) -> list[VolumeResult | StudyFailure]:
+    """One Dask task per study on the scheduler at ``address``; outcomes in input order."""
+    from distributed import as_completed
+
+    from pipeline.dask_client import dask_client
+
+    with dask_client(address) as client:
+        futures = {}
+        for index, path in enumerate(todo):
+            if progress is not None:
+                progress.study_started(study_stem(path), index, len(todo))
+            futures[client.submit(_segment_one, path, spec, out_dir, model, options, None, key=f"segpipe-volume-{study_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
+        outcomes: list[Any] = [None] * len(todo)
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker must not stop the batch
+                outcome = StudyFailure(str(todo[index]), f"{todo[index]}: worker failed: {type(exc).__name__}: {exc}")
+            outcomes[index] = outcome
+            if progress is not None:
+                progress.study_finished(outcome)
+    return outcomes
