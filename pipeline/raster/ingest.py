@@ -239,7 +239,9 @@ def ingest_raster(
     if block < 1:
         raise InputError(str(block), "block size must be a positive number of pixels", "use e.g. --block 1024")
     store_path = Path(store_path)
-    with open_raster(path_or_url) as src:
+    # GDAL decodes the tiles of each read on all cores (GTiff; GDAL >= 3.6): 16k^2 4-band DEFLATE
+    # reads 2.6-3.5 -> 1.5 s on 2 cores, and the ingest is the largest stage outside the engine
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), open_raster(path_or_url) as src:
         info = _info_from_dataset(src, str(path_or_url), bands, in_channels, model_name)
         signature = _signature(path_or_url, info, block)
         if _existing_signature(store_path) == signature:
@@ -319,7 +321,12 @@ def _create_store(path: Path, info: RasterInfo, block: int) -> dict[str, Any]:
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
     import zarr
+    from zarr.codecs import BloscCodec
 
+    # the work store's pixels, written once here and read ~1.7 times by the engine: blosc lz4 with
+    # bit shuffling encodes a 4 x 1024^2 uint8 chunk in 4.2 ms against zarr's default zstd's 10.4
+    # and decodes it in 2.6 against 3.9 ms, at about the same size (synthetic 16k^2 scene, 2 cores)
+    codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
     c, (h, w) = info.count, info.shape
     image = da.zeros((c, h, w), dtype=info.dtype, chunks=(c, block, block))
     mask = da.zeros((h, w), dtype=bool, chunks=(block, block))
@@ -336,6 +343,7 @@ def _create_store(path: Path, info: RasterInfo, block: int) -> dict[str, Any]:
     else:
         ds["image"].encoding["_FillValue"] = None
     ds["image"].attrs["source_bands"] = list(info.bands)
+    ds["image"].encoding["compressors"] = [codec]  # added to the nodata encoding above, not replacing it
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=True)
