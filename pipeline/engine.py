@@ -27,7 +27,7 @@ import torch
 from pipeline.chunk_cache import ChunkCache
 from pipeline.engine_types import Block, Piece
 from pipeline.errors import EngineError
-from pipeline.grid import BlockPlan, WindowGrid
+from pipeline.grid import STRIP_BLOCKS, BlockPlan, WindowGrid
 from pipeline.pending import PendingPieces
 from pipeline.staging import Fetched, PinnedBuffers, RegionStaging, Staged, fetch
 from pipeline.windows import Blend, Compile, Precision, SpanTimer, WindowRunner, auto_device
@@ -280,10 +280,14 @@ def write_block(plan: BlockPlan, t: Block, result: np.ndarray, out: Any, done: A
 
 
 def _with_chunk_cache(source: ArraySource) -> ArraySource:
-    """A chunked source (zarr) read through :class:`ChunkCache`; anything else as it is."""
+    """A chunked source (zarr) read through :class:`ChunkCache`; anything else as it is.
+
+    The cache holds two rows of a strip's chunks (:meth:`BlockPlan.order`): a block's region
+    reaches into the next row of chunks, which the blocks of that row read again a strip later.
+    """
     chunks = getattr(source, "chunks", None)
     if chunks and all(isinstance(c, int) for c in chunks) and chunks[0] == source.shape[0]:
-        return ChunkCache(source)
+        return ChunkCache(source, capacity=2 * STRIP_BLOCKS + 4)
     return source
 
 
@@ -353,6 +357,7 @@ def run_engine(
     reader_source = _with_chunk_cache(source)
     sums = Workspace(device)
     order = plan.order()
+    rank = {b: i for i, b in enumerate(order)}  # which waiting pieces are needed last (they go to disk first)
     needs_compute = {b for b in order if any(not finished[t] for t in plan.targets(b))}
     to_compute = [b for b in order if b in needs_compute]
     report = EngineReport(windows_total=grid.n_windows, blocks_total=plan.n_blocks, blocks_skipped=int(finished.sum()))
@@ -377,7 +382,7 @@ def run_engine(
 
     with ThreadPoolExecutor(max_workers=n_readers, thread_name_prefix="segpipe-read") as readers, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="segpipe-write"
-    ) as writers, PendingPieces(config.pending_bytes(device)) as pending:
+    ) as writers, PendingPieces(config.pending_bytes(device), rank=rank.__getitem__) as pending:
         reads: dict[Block, Future] = {}
         writes: list[Future] = []
         next_read = 0

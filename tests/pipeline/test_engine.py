@@ -192,6 +192,21 @@ def test_waiting_pieces_stay_within_the_budget_and_spill_to_disk(tmp_path):
     np.testing.assert_array_equal(large_labels, whole_labels)
 
 
+@pytest.mark.slow
+def test_strips_change_no_label_and_send_fewer_pieces_to_disk(tmp_path, monkeypatch):
+    """Blocks run in strips (``pipeline.grid.STRIP_BLOCKS`` wide): a row of a strip waits for few
+    pieces, so within the same budget far fewer go to disk than in whole image rows, and the labels
+    are the same."""
+    import pipeline.grid
+
+    monkeypatch.setattr(pipeline.grid, "STRIP_BLOCKS", 12)  # 12 blocks wide: whole rows (~23 MB of pieces wait per row)
+    rows_labels, rows = _run_with_budget(tmp_path, 3072, 16)
+    monkeypatch.setattr(pipeline.grid, "STRIP_BLOCKS", 6)  # 2 strips: a strip's row of pieces (~13 MB) fits the budget
+    strips_labels, strips = _run_with_budget(tmp_path, 3072, 16)
+    np.testing.assert_array_equal(strips_labels, rows_labels)
+    assert 0 < strips.pieces_on_disk < rows.pieces_on_disk / 2
+
+
 @pytest.mark.parametrize("window", [(64, 64), (96, 80, 48), (7,), (5, 512)])
 @pytest.mark.parametrize("blend", ["gaussian", "constant"])
 def test_importance_map_equals_monai(window, blend):

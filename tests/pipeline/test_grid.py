@@ -34,25 +34,27 @@ def test_every_window_runs_in_exactly_one_block(block):
     assert len(windows) == len(set(windows)) == grid.n_windows
 
 
-def test_sources_precede_targets_in_processing_order():
-    plan = BlockPlan.build(WindowGrid((200, 90, 70), (32, 32, 32), 0.5), (40, 40, 40))
-    position = {b: i for i, b in enumerate(plan.order())}
-    for b in plan.order():
+@pytest.mark.parametrize("strip", [None, 1, 2, 3, 100])
+@pytest.mark.parametrize(
+    "shape,window,block",
+    [((200, 90, 70), (32, 32, 32), (40, 40, 40)), ((90, 700), (64, 64), (32, 40)), ((700, 90), (64, 48), (40, 16)), ((300, 517), (64, 64), (50, 70))],
+)
+def test_sources_precede_targets_in_processing_order(shape, window, block, strip):
+    """Strips or not, every block comes after all its sources (windows wider than a block too)."""
+    plan = BlockPlan.build(WindowGrid(shape, window, 0.5), block)
+    order = plan.order(strip)
+    assert sorted(order) == sorted(np.ndindex(plan.shape))  # every block once
+    position = {b: i for i, b in enumerate(order)}
+    for b in order:
         assert all(position[s] <= position[b] for s in plan.sources(b))
         assert b in plan.targets(b) or not plan.windows(b)
 
 
-def test_every_pixel_of_a_block_is_covered_by_its_sources():
-    plan = BlockPlan.build(WindowGrid((300, 517), (64, 64), 0.25), (50, 70))
-    covered = np.zeros((300, 517), dtype=int)
-    for b in plan.order():
-        (y0, y1), (x0, x1) = plan.box(b)
-        covered[y0:y1, x0:x1] += 1
-    assert covered.min() >= 1
-
-
-def test_invalid_grid_is_refused():
-    with pytest.raises(EngineError, match="spatial axes"):
-        WindowGrid((10, 10), (4, 4, 4), 0.25)
-    with pytest.raises(EngineError, match="overlap"):
-        WindowGrid((10, 10), (4, 4), 1.0)
+def test_order_runs_strips_along_the_innermost_axis():
+    plan = BlockPlan.build(WindowGrid((200, 64), (16, 16), 0.25), (20, 16))  # 10 x 4 blocks, the longer rows outermost
+    order = plan.order(2)
+    assert order[:5] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    assert order[19:22] == [(9, 1), (0, 2), (0, 3)] and order[-1] == (9, 3)
+    assert plan.order(4) == [(r, c) for r in range(10) for c in range(4)]  # one strip: lexicographic
+    wide = BlockPlan.build(WindowGrid((64, 200), (16, 16), 0.25), (16, 20))  # wider than tall: columns outermost
+    assert wide.order(2)[:3] == [(0, 0), (1, 0), (0, 1)]
