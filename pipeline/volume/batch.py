@@ -58,7 +58,6 @@ class BatchProgress(Protocol):
     def study_finished(self, outcome: VolumeResult | StudyFailure) -> None: ...
 
 
-
 def segment_volumes(
     inputs: Sequence[str | Path],
     spec: ModelSpec,
