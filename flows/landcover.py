@@ -61,14 +61,9 @@ def local_scenes_in_flight(device: str) -> int:
     per Mpx (docs/benchmarks.md), so at the 50 Mpx/s a GPU can take, three or four scenes' worth
     of them must run beside its model. (On CPU alone more scenes would only share the model's cores.)
     """
-    from pipeline.errors import SegpipeError
-    from pipeline.windows import auto_device
+    from pipeline.windows import runs_on_gpu
 
-    try:
-        on_gpu = auto_device(device).type == "cuda"
-    except (SegpipeError, RuntimeError):  # a device that is not there fails in the scene, with its message
-        on_gpu = False
-    return 4 if on_gpu and (os.cpu_count() or 1) >= 16 else 2
+    return 4 if runs_on_gpu(device) and (os.cpu_count() or 1) >= 16 else 2
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,15 @@ def auto_device(name: str = "auto") -> torch.device:
     return device
 
 
+def runs_on_gpu(name: str) -> bool:
+    """Whether device ``name`` resolves to a GPU here; a device that is not there counts as no GPU
+    (what asked for it fails later, with :func:`auto_device`'s message). For choosing defaults."""
+    try:
+        return auto_device(name).type == "cuda"
+    except (EngineError, RuntimeError):  # RuntimeError: a name torch.device does not parse
+        return False
+
+
 def importance_map(window: tuple[int, ...], blend: Blend, sigma_scale: float, device: torch.device) -> torch.Tensor:
     """MONAI's importance map (``monai.data.utils.compute_importance_map``), gaussian or constant.
 

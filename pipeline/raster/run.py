@@ -24,7 +24,7 @@ from typing import Any
 import xarray as xr
 
 from models.spec import ModelSpec, load_spec
-from pipeline.errors import EngineError, InputError, ModelSpecError
+from pipeline.errors import InputError, ModelSpecError
 from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
 from pipeline.timing import Stopwatch
@@ -125,14 +125,11 @@ def default_block(device: str, *, distributed: bool = False) -> int:
     (a few ms of Python and transfers) would otherwise idle the device and a block of 512^2 windows
     fills a batch of 16 (~30 windows, not ~7). Dask runs keep 1024 unless a GPU is named: the
     workers' devices are not known here."""
-    from pipeline.windows import auto_device
+    from pipeline.windows import runs_on_gpu
 
     if distributed and device == "auto":
         return 1024
-    try:
-        return 2048 if auto_device(device).type == "cuda" else 1024
-    except (EngineError, RuntimeError):  # a device that is not there fails later, with its message
-        return 1024
+    return 2048 if runs_on_gpu(device) else 1024
 
 
 def _segment_raster(image, spec, out_dir, *, regions, region_field, block, device, bands, time, progress, model, dask_client, keep_work) -> RasterResult:
