@@ -39,6 +39,7 @@ from flows._runtime import (
 )
 from flows.catalog import expand, list_studies, load_study_catalog, model_ref
 from pipeline.errors import InputError
+from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
 
 FLOW_NAME = "segment-volumes"
@@ -146,6 +147,7 @@ def segment_volumes(
     """
     logger = get_run_logger()
     limit_malloc_arenas()
+    ignore_known_warnings()  # before any threads: see pipeline/known_warnings.py
     plan = plan_studies(studies, model, out)
     failures = list(plan.failures)
     logger.info("segment-volumes: %d study(ies) -> %s (model %s)", len(plan.todo), plan.out_dir, plan.model)
