@@ -26,9 +26,11 @@ _CONSOLIDATED = ".*[Cc]onsolidated metadata.*"
 
 
 def _install() -> None:
-    from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning
-
     warnings.filterwarnings("ignore", message=_CONSOLIDATED, category=UserWarning)
+    try:
+        from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning
+    except ImportError:  # a volume-only installation: no raster warnings to silence
+        return
     warnings.filterwarnings("ignore", category=NodataShadowWarning)
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
