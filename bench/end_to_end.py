@@ -38,6 +38,7 @@ def main() -> None:
     from pipeline.demo.phantom import synthetic_ct, write_ct_nifti
     from pipeline.demo.scene import synthetic_scene, write_regions_geojson, write_scene_geotiff
     from pipeline.raster.run import segment_raster
+    from pipeline.volume.options import VolumeOptions
     from pipeline.volume.run import segment_volume
     from models.spec import load_spec
 
@@ -54,7 +55,7 @@ def main() -> None:
         hu, _, affine = synthetic_ct(11, tuple(args.ct))
         ct = write_ct_nifti(tmp / "ct.nii.gz", hu, affine)
         t0 = time.perf_counter()
-        volume = segment_volume(ct, load_spec("demo-ct"), tmp / "volume", device=args.device)
+        volume = segment_volume(ct, load_spec("demo-ct"), tmp / "volume", VolumeOptions(device=args.device))
         table(f"segpipe volume {tuple(args.ct)} (demo-ct)", time.perf_counter() - t0, volume.timings, volume.engine)
 
 

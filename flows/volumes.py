@@ -93,14 +93,19 @@ class StudyPlan:
     persist_result=False,
 )
 def segment_study(name: str, study: str, model: str, out_dir: str, device: str = "auto", force: bool = False) -> StudyOutput:
-    """Segment one study (NIfTI file or DICOM series folder) with the spec at ``model`` into ``out_dir``."""
+    """Segment one study (NIfTI file or DICOM series folder) with the spec at ``model`` into ``out_dir``.
+
+    Takes typed parameters, like the flow, and builds the library's
+    :class:`~pipeline.volume.options.VolumeOptions` here.
+    """
     from models.spec import load_spec
+    from pipeline.volume.options import VolumeOptions
     from pipeline.volume.run import segment_volume, study_done
 
     spec = load_spec(model)
     done = not force and study_done(study, spec, out_dir)
     network = None if done else cached_model(spec, device)
-    result = segment_volume(study, spec, out_dir, device=device, model=network, force=force)
+    result = segment_volume(study, spec, out_dir, VolumeOptions(device=device, force=force), model=network)
     return StudyOutput(
         study=study,
         name=result.study,
