@@ -121,6 +121,7 @@ def ct_check(device: str, small: bool, tmp: Path) -> tuple[str, bool, str]:
     from models.spec import load_spec
     from pipeline.demo.metrics import confusion_matrix, dice_per_class
     from pipeline.demo.phantom import synthetic_ct, write_ct_nifti
+    from pipeline.volume.options import VolumeOptions
     from pipeline.volume.run import segment_volume
 
     spec = load_spec("demo-ct")
@@ -128,7 +129,7 @@ def ct_check(device: str, small: bool, tmp: Path) -> tuple[str, bool, str]:
     ct = write_ct_nifti(tmp / "ct.nii.gz", hu, affine)
     labels, dice = {}, {}
     for where in (device, "cpu"):
-        result = segment_volume(ct, spec, tmp / f"ct-{where}", device=where)
+        result = segment_volume(ct, spec, tmp / f"ct-{where}", VolumeOptions(device=where))
         labels[where] = np.asarray(nib.load(str(result.outputs.labels)).dataobj).transpose(2, 1, 0)
         dice[where] = float(np.nanmean(dice_per_class(confusion_matrix(labels[where], truth, spec.class_ids))[1:]))
     agree = float(np.mean(labels[device] == labels["cpu"]))

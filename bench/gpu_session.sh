@@ -20,7 +20,7 @@ case "${1:-check}" in
   throughput)
     step landcover-p2 python3 bench/landcover_throughput.py --device cuda --side 16384 --scenes 4 --parallel 2
     step landcover-p4 python3 bench/landcover_throughput.py --device cuda --side 16384 --scenes 4 --parallel 4
-    step ct python3 bench/end_to_end.py --device cuda --scene 2048 --ct 300 512 512
+    step ct python3 bench/end_to_end.py --device cuda --only volume --warm-up --ct 300 512 512
     ;;
   *) echo "usage: bench/gpu_session.sh check|throughput"; exit 2 ;;
 esac
