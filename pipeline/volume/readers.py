@@ -13,11 +13,20 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.volume.volume import HeaderInfo, Volume, _as_rows
+from pipeline.volume.sniff import (
+    NIFTI_SUFFIXES,
+    FileKind,
+    describe,
+    is_nifti_name,
+    sniff,
+)
+from pipeline.volume.volume import HeaderInfo, Volume, _as_rows, affine_problem
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# millimetres per NIfTI spatial unit (xyzt_units), as ITK converts them; "unknown" is taken as mm, as
+# nibabel, ITK and FSL all assume
+MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
 
 
 def study_stem(path: str | Path) -> str:
@@ -31,7 +40,7 @@ def study_stem(path: str | Path) -> str:
 
 
 def is_nifti(path: str | Path) -> bool:
-    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+    return is_nifti_name(path)
 
 
 def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index: int | None = None) -> Volume:
@@ -58,22 +67,57 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index
         return read_dicom_series(path, series_uid=series_uid)
     if is_nifti(path):
         return read_nifti(path, volume_index=volume_index)
-    if path.suffix.lower() in (".dcm", ".ima", ""):
-        raise InputError(path, "a single DICOM file, not a series", f"pass the series folder instead: {path.parent}")
-    raise InputError(path, f"unsupported file type '{path.suffix}'", "give a NIfTI file (.nii, .nii.gz) or a DICOM series folder")
+    raise _not_a_study(path)
+
+
+def _not_a_study(path: Path) -> InputError:
+    """The error for a file whose name is not ``.nii``/``.nii.gz``: what its first bytes say it is."""
+    kind, gzipped = sniff(path)
+    if kind == "dicom" and not gzipped:
+        return InputError(path, "a single DICOM file, not a series", f"pass the series folder instead: {path.parent}")
+    if kind in ("nifti1", "nifti2"):
+        right = f"{path.name}.nii.gz" if gzipped else f"{path.name}.nii"
+        return InputError(path, f"{describe(kind, gzipped)} without the {'.nii.gz' if gzipped else '.nii'} extension", f"rename it to {right}")
+    suffix = f"'{path.suffix}'" if path.suffix else "(no extension)"
+    return InputError(
+        path, f"unsupported file type {suffix}: {describe(kind, gzipped)}", "give a NIfTI file (.nii, .nii.gz) or a DICOM series folder"
+    )
+
+
+def _check_nifti_name(path: Path) -> FileKind:
+    """A ``.nii``/``.nii.gz`` name whose content disagrees: say so before nibabel fails on it. Returns the kind."""
+    kind, gzipped = sniff(path)
+    named_gz = path.name.lower().endswith(".nii.gz")
+    if kind == "empty":
+        raise InputError(path, "empty file (0 bytes)", "re-export or re-copy the file")
+    if kind in ("nifti1", "nifti2") and gzipped and not named_gz:
+        raise InputError(path, "gzip-compressed, but named .nii", f"rename it to {path.name}.gz")
+    if kind in ("nifti1", "nifti2") and not gzipped and named_gz:
+        raise InputError(path, "not gzip-compressed, but named .nii.gz", f"rename it to {path.name[:-3]}")
+    if kind == "dicom":
+        raise InputError(path, f"{describe(kind, gzipped)} named like a NIfTI file", f"pass the DICOM series folder instead: {path.parent}")
+    return kind
 
 
 def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
-    """Read a NIfTI-1/2 file (see :func:`read_volume`). Scaling (scl_slope/scl_inter) is applied."""
+    """Read a NIfTI-1/2 file (see :func:`read_volume`). Scaling (scl_slope/scl_inter) is applied.
+
+    The affine is converted to millimetres (``xyzt_units`` metres x1000, microns x0.001, unknown = mm,
+    as ITK does); ``header`` keeps the file's own qform/sform and units for the label output.
+    """
     import nibabel as nib
 
     path = Path(path)
+    kind = _check_nifti_name(path)
+    _check_voxel_size(path, kind)  # before nib.load, which would report "setting 0 dims to 1" first
     try:
         img = nib.load(path)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as exc:
         raise InputError(path, f"cannot open as NIfTI ({exc})", "check that the file is a complete NIfTI file; re-export or re-copy it") from exc
     shape = tuple(int(s) for s in img.shape)
     index = _check_shape(path, shape, volume_index)
+    info = _header_info(path, img.header, np.asarray(img.affine, dtype=np.float64))
+    affine = _affine_mm(path, img.affine, info.xyz_units)
     try:
         proxy = img.dataobj if index is None else img.dataobj[..., index]
         raw = np.asanyarray(proxy)
@@ -83,21 +127,67 @@ def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
     data = raw.astype(np.float32, copy=False).T  # (X, Y, Z) -> (Z, Y, X); C-contiguous for NIfTI's Fortran order
     data = np.ascontiguousarray(data)
     _check_finite(path, data)
-    affine = np.asarray(img.affine, dtype=np.float64)
-    info = _header_info(img.header, affine)
-    units = info.xyz_units
-    if units and units not in ("mm", "unknown"):
-        log.warning("%s: spatial units are %s, statistics assume millimetres", path, units)
     return Volume(data=data, affine=affine, modality="unknown", source=path, header=info)
 
 
-def _header_info(header, affine: np.ndarray) -> HeaderInfo:
-    """qform/sform (and their codes) of a NIfTI header; a plain affine for other formats."""
+def _affine_mm(path: Path, affine: np.ndarray, units: str) -> np.ndarray:
+    """nibabel's ``affine`` (header units) in millimetres, refused when it is singular."""
+    scale = MM_PER_UNIT[units]
+    if scale != 1.0:
+        log.info("%s: spatial units are %s, affine scaled by %g to millimetres", path, units, scale)
+    affine = np.diag([scale] * 3 + [1.0]) @ np.asarray(affine, dtype=np.float64)
+    problem = affine_problem(affine, "the header's voxel-to-world matrix")
+    if problem is not None:
+        raise InputError(path, problem, "fix the header's sform/qform")
+    return affine
+
+
+def _check_voxel_size(path: Path, kind: FileKind) -> None:
+    """Refuse a header whose affine comes from pixdim (no sform) when a spatial pixdim is 0 or not finite.
+
+    nibabel (like niftilib) silently takes such a pixdim as 1, so volumes would be made up. The raw
+    header is read here because nibabel's loaded copy already has the 0s replaced.
+    """
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    if kind not in ("nifti1", "nifti2"):
+        return  # nib.load reports what it cannot read
+    header_class = nib.Nifti2Header if kind == "nifti2" else nib.Nifti1Header
+    try:
+        with ImageOpener(path) as f:
+            raw = header_class.from_fileobj(f, check=False)
+    except (OSError, EOFError, zlib.error, ValueError):
+        return
+    if int(raw["sform_code"]) > 0:
+        return
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if np.all(np.isfinite(pixdim)) and np.all(pixdim != 0):
+        return
+    qform = int(raw["qform_code"]) > 0
+    values = " ".join(f"{v:g}" for v in pixdim)
+    where = "no sform, the qform takes its voxel size from pixdim" if qform else "no qform/sform"
+    raise InputError(
+        path,
+        f"no voxel size in the header (pixdim {values}, {where}): volumes would be meaningless",
+        "set the voxel size, e.g. with nibabel img.header.set_zooms",
+    )
+
+
+def _header_info(path: Path, header, affine: np.ndarray) -> HeaderInfo:
+    """qform/sform (and their codes) and spatial units of a NIfTI header; a plain affine for other formats."""
     if not hasattr(header, "get_qform"):
         return HeaderInfo.from_affine(affine, code=0)
     qform, qcode = header.get_qform(coded=True)
     sform, scode = header.get_sform(coded=True)
-    units = header.get_xyzt_units()[0] or "unknown"
+    try:
+        units = header.get_xyzt_units()[0] or "unknown"
+    except KeyError:
+        code = int(header["xyzt_units"]) & 0x07
+        raise InputError(
+            path, f"unknown spatial unit code {code} in the header's xyzt_units (0 unknown, 1 m, 2 mm, 3 um)",
+            "set the units, e.g. nibabel img.header.set_xyzt_units('mm')",
+        ) from None
     return HeaderInfo(
         qform=_as_rows(header.get_qform() if qform is None else qform),
         qform_code=int(qcode),

@@ -119,6 +119,30 @@ def spacing_zyx(affine: np.ndarray) -> tuple[float, float, float]:
     return (float(norms[2]), float(norms[1]), float(norms[0]))
 
 
+def affine_problem(affine: np.ndarray, what: str = "the voxel-to-world matrix") -> str | None:
+    """What makes ``affine`` unusable as a voxel -> world mapping (a singular or non-finite matrix), or None.
+
+    Args:
+        affine: 4x4, voxel ``(x, y, z, 1)`` -> world.
+        what: how the message names the matrix (e.g. ``"the header's voxel-to-world matrix"``).
+
+    Axes are numbered 1, 2, 3 for ``i, j, k`` = ``x, y, z`` (nibabel's voxel index, columns of the affine).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        return f"non-finite (NaN or inf) values in {what}"
+    matrix = affine[:3, :3]
+    norms = np.linalg.norm(matrix, axis=0)
+    zero = [i + 1 for i in range(3) if norms[i] <= 1e-12 * max(float(norms.max()), 1e-300)]
+    if len(zero) == 1:
+        return f"degenerate affine: axis {zero[0]} has zero length, {what} is singular"
+    if zero:
+        return f"degenerate affine: axes {' and '.join(str(a) for a in zero)} have zero length, {what} is singular"
+    if abs(np.linalg.det(matrix)) <= 1e-9 * float(np.prod(norms)):
+        return f"degenerate affine: the voxel axes lie in one plane, {what} is singular"
+    return None
+
+
 def orientation_code(affine: np.ndarray) -> str:
     """nibabel axis codes (``"RAS"``, ``"LPS"``, ...) of the ``(x, y, z)`` axes; nearest axes when oblique."""
     import nibabel as nib
