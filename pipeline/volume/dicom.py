@@ -1,6 +1,8 @@
 """Read one DICOM series (a folder of single-frame slices) into a :class:`~pipeline.volume.volume.Volume`.
 
 * Files are grouped by SeriesInstanceUID; several series need ``series_uid`` (the error lists them).
+  Only image objects with pixel data count: SEG, RTSTRUCT, SR, PR and KO objects (a SEG written by
+  segpipe into the series folder, say) and files that are not DICOM are ignored.
 * Slices are ordered along the slice normal ``n = row_cosines x column_cosines`` by ``n . ImagePositionPatient``;
   missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position.
 * RescaleSlope/RescaleIntercept are applied per slice (Hounsfield units for CT).
@@ -9,7 +11,10 @@
 * The affine maps ``(x, y, z, 1)`` = ``(column, row, slice, 1)`` to RAS mm:
   ``LPS = IPP_0 + x * dc * row_cosines + y * dr * column_cosines + z * step`` with ``PixelSpacing = (dr, dc)``
   and ``step = (IPP_last - IPP_0) / (n - 1)`` (which also keeps gantry tilt), then ``RAS = diag(-1, -1, 1) LPS``.
-  Oblique orientations are kept exactly.
+  Oblique orientations are kept exactly. A gantry-tilted (sheared) affine is written to NIfTI as the sform
+  only (qform_code 0; see :meth:`~pipeline.volume.volume.HeaderInfo.from_affine`).
+* A truncated slice is reported as such; the decoder hint is given only for a compressed syntax
+  whose decoder is not installed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.volume.volume import DicomSource, HeaderInfo, Volume
+from pipeline.volume.sniff import is_nifti_name
+from pipeline.volume.volume import DicomSource, HeaderInfo, Volume, affine_problem
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,11 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     series = _scan(folder)
     slices = _pick_series(folder, series, series_uid)
     slices = _order(folder, slices)
-    data = _pixels(folder, slices)
     affine = _affine(slices)
+    problem = affine_problem(affine, "the voxel-to-world matrix of PixelSpacing, ImageOrientationPatient and ImagePositionPatient")
+    if problem is not None:
+        raise InputError(folder, problem, "fix the series' geometry tags or re-export it")
+    data = _pixels(folder, slices)
     first = slices[0].ds
     modality = str(getattr(first, "Modality", "")).upper()
     source = DicomSource(
@@ -81,29 +90,77 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     )
 
 
+# Modalities of DICOM objects that are no image slices even when they carry pixel data (segpipe's own
+# SEG output among them): segmentations, structure sets, reports, presentation states, key objects.
+NOT_IMAGES = frozenset({"SEG", "RTSTRUCT", "SR", "PR", "KO"})
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
 def _scan(folder: Path) -> dict[str, list[_Slice]]:
-    """Headers (no pixel data) of every DICOM image file under ``folder``, grouped by SeriesInstanceUID."""
+    """Headers of every DICOM image object under ``folder``, grouped by SeriesInstanceUID.
+
+    Image objects are those with pixel data whose Modality is none of :data:`NOT_IMAGES`; the others
+    (and files that are not DICOM) are logged at debug level and ignored. Pixel data is not read
+    (``defer_size``), only noted as present.
+    """
     pydicom = _pydicom()
     series: dict[str, list[_Slice]] = defaultdict(list)
+    ignored: list[str] = []
+    nifti = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, defer_size=1024)
         except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
             log.debug("%s: not a DICOM file, skipped", path)
+            if is_nifti_name(path):
+                nifti.append(path)
             continue
-        if "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
-            continue  # DICOMDIR and other non-image objects
+        why = _not_a_slice(ds)
+        if why:
+            log.debug("%s: %s, ignored", path, why)
+            ignored.append(why)
+            continue
         series[str(ds.SeriesInstanceUID)].append(_Slice(path, ds))
-    if not series:
-        raise InputError(folder, "no DICOM image files found", "give a folder holding the .dcm files of one series")
-    return series
+    if series:
+        return series
+    if nifti:
+        gz = {p.name.lower().endswith(".gz") for p in nifti}
+        pattern = "*.nii*" if len(gz) > 1 else "*.nii.gz" if True in gz else "*.nii"
+        files = "1 NIfTI file" if len(nifti) == 1 else f"{len(nifti)} NIfTI files"
+        raise InputError(folder, f"this folder holds {files}, not a DICOM series", f"pass the files ({folder}/{pattern})")
+    found = f" (only {len(ignored)} non-image object(s): {', '.join(sorted(set(ignored)))})" if ignored else ""
+    raise InputError(folder, f"no DICOM image files found{found}", "give a folder holding the .dcm files of one series")
+
+
+def _not_a_slice(ds) -> str:
+    """Why ``ds`` is no image slice of a series (empty when it is one)."""
+    modality = str(getattr(ds, "Modality", "")).upper()
+    if modality in NOT_IMAGES:
+        return f"{modality} object"
+    if "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
+        return "no series or instance UID (DICOMDIR or another non-image object)"
+    if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
+        return f"{modality or 'DICOM'} object without pixel data"
+    return ""
+
+
+def _frames(slc: _Slice) -> int:
+    return int(getattr(slc.ds, "NumberOfFrames", 1) or 1)
+
+
+def _count(slices: list[_Slice]) -> str:
+    """``"30 slices"``, or ``"1 file, 120 frames"`` when the series holds multi-frame objects."""
+    frames = sum(_frames(s) for s in slices)
+    if frames == len(slices):
+        return f"{len(slices)} slices"
+    return f"{len(slices)} file{'s' if len(slices) > 1 else ''}, {frames} frames"
 
 
 def _pick_series(folder: Path, series: dict[str, list[_Slice]], series_uid: str | None) -> list[_Slice]:
     def describe(uid: str) -> str:
         ds = series[uid][0].ds
         desc = str(getattr(ds, "SeriesDescription", "")) or "no description"
-        return f"{uid} ({getattr(ds, 'Modality', '?')}, '{desc}', {len(series[uid])} slices)"
+        return f"{uid} ({getattr(ds, 'Modality', '?')}, '{desc}', {_count(series[uid])})"
 
     listing = "; ".join(describe(uid) for uid in sorted(series))
     if series_uid is not None:
@@ -118,7 +175,7 @@ def _pick_series(folder: Path, series: dict[str, list[_Slice]], series_uid: str 
 def _vector(slc: _Slice, keyword: str, size: int) -> np.ndarray:
     value = getattr(slc.ds, keyword, None)
     if value is None or len(value) != size:
-        if int(getattr(slc.ds, "NumberOfFrames", 1) or 1) > 1:
+        if _frames(slc) > 1:
             raise InputError(slc.path, "multi-frame (enhanced) DICOM is not supported", "convert it to single-frame slices (e.g. with dcm2niix to NIfTI) and segment that")
         raise InputError(slc.path, f"missing or malformed {keyword}", "the series must carry patient geometry; convert it to NIfTI with dcm2niix")
     return np.asarray([float(v) for v in value], dtype=np.float64)
@@ -127,7 +184,7 @@ def _vector(slc: _Slice, keyword: str, size: int) -> np.ndarray:
 def _order(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     """Sort along the slice normal; check geometry consistency, duplicates, gaps and spacing."""
     first = slices[0]
-    if int(getattr(first.ds, "NumberOfFrames", 1) or 1) > 1:
+    if _frames(first) > 1:
         raise InputError(first.path, "multi-frame (enhanced) DICOM is not supported", "convert it to single-frame slices (e.g. with dcm2niix to NIfTI) and segment that")
     iop = _vector(first, "ImageOrientationPatient", 6)
     spacing = _vector(first, "PixelSpacing", 2)
@@ -140,6 +197,11 @@ def _order(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     if len(slices) < 2:
         raise InputError(folder, "2D image: the series holds a single slice", "give a 3D series with at least 2 slices; use `segpipe raster` for 2D images")
     normal = np.cross(iop[:3], iop[3:])
+    if np.linalg.norm(normal) < 0.5 or min(spacing) <= 0:
+        raise InputError(
+            first.path, f"degenerate geometry: ImageOrientationPatient {iop.tolist()} and PixelSpacing {spacing.tolist()} span no plane",
+            "the row and column directions must be perpendicular unit vectors and the spacing positive; fix the tags or re-export the series",
+        )
     pos = np.array([normal @ _vector(s, "ImagePositionPatient", 3) for s in slices])
     order = np.argsort(pos, kind="stable")
     slices = [slices[i] for i in order]
@@ -189,20 +251,42 @@ def _pixels(folder: Path, slices: list[_Slice]) -> np.ndarray:
         ds = pydicom.dcmread(slc.path)
         if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
             raise InputError(slc.path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
-        try:
-            pixels = ds.pixel_array
-        except (RuntimeError, NotImplementedError, ValueError) as exc:
-            syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-            name = getattr(syntax, "name", str(syntax))
-            raise InputError(
-                slc.path,
-                f"cannot decode pixel data (transfer syntax {name}): {exc}",
-                "install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg",
-            ) from exc
+        pixels = _decode(slc.path, ds)
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
         intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
         data[z] = pixels.astype(np.float64) * slope + intercept
     return data
+
+
+def _decode(path: Path, ds) -> np.ndarray:
+    """``ds.pixel_array`` (``(rows, columns)``), or an InputError telling a truncated file from a missing decoder."""
+    from pydicom.pixels import get_decoder
+    from pydicom.pixels.utils import get_expected_length
+
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    name = getattr(syntax, "name", str(syntax or "unknown"))
+    compressed = bool(syntax is not None and syntax.is_compressed)
+    if not compressed and "PixelData" in ds:
+        expected, actual = int(get_expected_length(ds, unit="bytes")), len(ds.PixelData)
+        if actual < expected:
+            raise InputError(path, f"pixel data truncated ({actual} of {expected} bytes): the file is incomplete", "re-transfer or re-export the series")
+    try:
+        return ds.pixel_array
+    except (RuntimeError, NotImplementedError, ValueError, AttributeError, TypeError) as exc:
+        reason = " ".join(str(exc).split())  # pydicom lists each plugin's failure on its own line
+        if compressed:
+            try:
+                missing = not get_decoder(syntax).is_available
+            except NotImplementedError:  # no decoder exists for this syntax at all
+                missing = True
+            if missing:
+                raise InputError(
+                    path, f"cannot decode pixel data (transfer syntax {name}): {reason}",
+                    "install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg",
+                ) from exc
+        raise InputError(
+            path, f"cannot decode pixel data (transfer syntax {name}): {reason}", "the file is damaged or incomplete; re-transfer or re-export the series"
+        ) from exc
 
 
 def _affine(slices: list[_Slice]) -> np.ndarray:

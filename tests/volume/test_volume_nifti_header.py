@@ -197,3 +197,12 @@ def test_files_without_a_nifti_name_say_what_they_are(vh, tmp_path):
     with pytest.raises(InputError, match=r"IM0001: a single DICOM file, not a series \(pass the series folder instead"):
         read_volume(tmp_path / "IM0001")
 
+
+def test_folder_of_nifti_files_is_not_a_dicom_series(tmp_path):
+    folder = tmp_path / "niftis"
+    folder.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        _nifti(folder / name, np.zeros((3, 4, 5), np.int16), np.eye(4))
+    with pytest.raises(InputError) as info:
+        read_volume(folder)
+    assert str(info.value) == f"{folder}: this folder holds 2 NIfTI files, not a DICOM series (pass the files ({folder}/*.nii.gz))"
