@@ -41,9 +41,15 @@ class HeaderInfo:
 
     @staticmethod
     def from_affine(affine: np.ndarray, code: int = 1) -> HeaderInfo:
-        """Header for a volume without a NIfTI header (DICOM): qform = sform = ``affine``, both ``code``."""
+        """Header for a volume without a NIfTI header (DICOM): qform = sform = ``affine``, both ``code``.
+
+        A sheared ``affine`` (a gantry-tilted series, see :func:`is_sheared`) gets ``qform_code`` 0:
+        NIfTI's qform holds a rotation and voxel sizes only, so an orthogonalised copy would place
+        voxels away from the exact sform (tens of mm at the ends of a tilted series).
+        """
         rows = _as_rows(affine)
-        return HeaderInfo(qform=rows, qform_code=code, sform=rows, sform_code=code)
+        qform_code = 0 if is_sheared(affine) else code
+        return HeaderInfo(qform=rows, qform_code=qform_code, sform=rows, sform_code=code)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,27 @@ def spacing_zyx(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size ``(z, y, x)`` in mm: lengths of the affine's columns ``k, j, i``."""
     norms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
     return (float(norms[2]), float(norms[1]), float(norms[0]))
+
+
+# |cosine| between two voxel axes above which an affine counts as sheared (1e-4 rad = 0.006 degrees:
+# 0.05 mm over 500 mm); the rounding of DICOM's decimal strings usually stays far below it.
+SHEAR_TOLERANCE = 1e-4
+
+
+def is_sheared(affine: np.ndarray, *, tolerance: float = SHEAR_TOLERANCE) -> bool:
+    """Whether the voxel axes (columns of ``affine[:3, :3]``) are not mutually orthogonal.
+
+    An affine without shear is a rotation (or reflection) times voxel sizes, which NIfTI's qform can
+    hold; a sheared one (gantry tilt) only fits the sform. Degenerate affines count as not sheared
+    (see :func:`affine_problem`).
+    """
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(matrix, axis=0)
+    if not np.all(np.isfinite(matrix)) or np.any(norms == 0):
+        return False
+    unit = matrix / norms
+    cosines = unit.T @ unit - np.eye(3)
+    return bool(np.max(np.abs(cosines)) > tolerance)
 
 
 def affine_problem(affine: np.ndarray, what: str = "the voxel-to-world matrix") -> str | None:

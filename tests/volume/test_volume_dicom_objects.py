@@ -1,5 +1,5 @@
 """DICOM series folders as found in practice: truncated slices, non-image objects next to the images,
-multi-frame objects."""
+multi-frame objects, gantry tilt."""
 
 from __future__ import annotations
 
@@ -139,3 +139,60 @@ def test_rerun_with_the_seg_inside_the_series_folder(vh, tmp_path, pv_model):
     assert not again.skipped and again.dicom_seg
     assert np.array_equal(np.asarray(nib.load(again.outputs.labels).dataobj), np.asarray(nib.load(first.outputs.labels).dataobj))
 
+
+def _tilted(vh, degrees=20.0):
+    """A gantry-tilted grid: the slice step leans along y by ``degrees`` (a shear, not a rotation)."""
+    affine = vh.axis_affine("LPS", (0.7, 0.8, 2.5))
+    affine[1, 2] = 2.5 * np.tan(np.deg2rad(degrees))
+    return affine
+
+
+def test_gantry_tilt_labels_carry_the_exact_sform_only(vh, tmp_path, pv_model):
+    hu = vh.ct_crop((6, 20, 24)).astype(np.float64)
+    affine = _tilted(vh)
+    folder = vh.write_dicom_series(tmp_path / "tilt", hu, affine)
+    vol = read_volume(folder)
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-6)
+    spec = vh.per_voxel_spec(tmp_path, window=[4, 16, 16])
+    result = segment_volume(folder, spec, tmp_path / "out", VolumeOptions(device="cpu"), model=pv_model)
+    out = nib.load(result.outputs.labels)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (0, 1)
+    np.testing.assert_allclose(out.header.get_sform(), affine, atol=1e-4)
+    np.testing.assert_allclose(out.affine, affine, atol=1e-4)  # what nibabel (and any reader) places the voxels with
+    assert np.array_equal(np.asarray(out.dataobj).T, vh.per_voxel_answer(hu))
+
+
+def test_untilted_dicom_keeps_qform_code_1(vh, tmp_path, pv_model):
+    folder = _series(vh, tmp_path, shape=(6, 20, 24))
+    spec = vh.per_voxel_spec(tmp_path, window=[4, 16, 16])
+    result = segment_volume(folder, spec, tmp_path / "out", VolumeOptions(device="cpu"), model=pv_model)
+    out = nib.load(result.outputs.labels)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
+    np.testing.assert_allclose(out.header.get_qform(), out.header.get_sform(), atol=1e-4)
+
+
+def test_sheared_nifti_labels_still_copy_the_input_header(vh, tmp_path, pv_model):
+    hu = vh.ct_crop((6, 20, 24))
+    affine = _tilted(vh)
+    img = nib.Nifti1Image(hu.T, affine=None)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)  # nibabel stores the orthogonalised qform, as scanners' converters do
+    path = tmp_path / "tilt.nii.gz"
+    nib.save(img, path)
+    spec = vh.per_voxel_spec(tmp_path, window=[4, 16, 16])
+    result = segment_volume(path, spec, tmp_path / "out", VolumeOptions(device="cpu"), model=pv_model)
+    out, ref = nib.load(result.outputs.labels), nib.load(path)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
+    np.testing.assert_allclose(out.header.get_qform(), ref.header.get_qform(), atol=1e-5)
+    np.testing.assert_array_equal(out.affine, ref.affine)
+
+
+def test_is_sheared_tells_a_tilt_from_rounding(vh):
+    from pipeline.volume.volume import HeaderInfo, is_sheared
+
+    oblique = vh.oblique_affine((0.7, 0.8, 2.5))
+    assert not is_sheared(oblique) and not is_sheared(oblique @ np.diag([1.0, -1.0, 1.0, 1.0]))
+    rounded = oblique.copy()
+    rounded[:3, :3] += 1e-7  # decimal-string rounding of ImageOrientationPatient
+    assert not is_sheared(rounded) and HeaderInfo.from_affine(rounded).qform_code == 1
+    assert is_sheared(_tilted(vh, degrees=1.0)) and HeaderInfo.from_affine(_tilted(vh)).qform_code == 0
