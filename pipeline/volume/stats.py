@@ -3,18 +3,22 @@
 For every class of the model (background included), on the *native* grid:
 
 * ``voxel_count``; ``volume_ml`` = count x ``|det(affine[:3, :3])|`` mm^3 / 1000 (exact for oblique grids);
-* intensity ``mean``/``std`` (population, ddof 0)/``min``/``max``/``median``/``p5``/``p95`` of the original
-  image as float (HU for CT; NaN for an empty label);
-* ``centroid_ras``: mean world position in RAS mm; ``bbox_min``/``bbox_max``: inclusive voxel indices
-  ``(z, y, x)`` (-1 when empty); ``n_components``: connected components with 26-connectivity;
-  ``touches_border``: some voxel lies on a face of the volume.
+* intensity ``mean``/``std`` (population SD, ddof 0)/``min``/``max``/``median``/``p5``/``p95`` (numpy's
+  default linear percentile method) of the original image as float (HU for CT; NaN for an empty label);
+* ``centroid_ras``: mean world position in RAS mm (anatomical); ``bbox_min``/``bbox_max``: inclusive
+  voxel indices in *array* order ``(z, y, x)`` = ``(k, j, i)``, the reverse of nibabel's
+  ``dataobj[i, j, k]`` (-1 when empty), as is ``shape_zyx``; ``n_components``: connected components
+  with 26-connectivity; ``touches_border``: some voxel lies on a face of the volume.
 
 ``stats.zarr`` (``xr.open_zarr``) holds one Dataset with dims ``study`` x ``label`` (label names) and
 variables ``volume_ml``, ``voxel_count``, ``intensity_mean``, ``intensity_std``, ``intensity_min``,
 ``intensity_max``, ``intensity_median``, ``intensity_p5``, ``intensity_p95``, ``n_components``,
-``touches_border``, ``label_id``, ``segmented`` (False where the study's model has no such label: its
-counts are 0 and its intensities NaN), ``centroid_ras`` (+ dim ``ras``), ``bbox_min``/``bbox_max``
-(+ dim ``axis`` = z, y, x) and per-study ``source``, ``modality``, ``model``, ``voxel_volume_mm3``.
+``touches_border``, ``label_id`` (the label's value; -1 where the study's model has no such label),
+``segmented`` (False where the study's model has no such label: its counts are 0, its ``volume_ml``
+and intensities NaN), ``centroid_ras`` (+ dim ``ras``), ``bbox_min``/``bbox_max`` (+ dim ``axis`` =
+``["z", "y", "x"]``: array axes, not anatomical directions) and per-study ``source``, ``modality``,
+``model``, ``voxel_volume_mm3``. Variables carry ``units`` attributes: ``mL``, ``mm`` (centroid),
+``mm3``, and for intensities ``HU`` when every study is CT (DICOM Modality CT), else ``image units``.
 Re-running a study replaces its row; the store is rewritten to a temporary folder and swapped in
 under a file lock (``.stats.zarr.lock``, present only while a row is merged), so readers never see a
 half-written store.
@@ -44,7 +48,7 @@ FILL: dict[str, Any] = {
     "label_id": -1,
     "segmented": False,
     "voxel_count": 0,
-    "volume_ml": 0.0,
+    "volume_ml": float("nan"),  # a label the study's model does not have: no volume was measured
     "n_components": 0,
     "touches_border": False,
     "bbox_min": -1,
@@ -378,7 +382,8 @@ def stats_dataset(studies: Sequence[StudyStats]):
     """An xarray Dataset (``study`` x ``label``) of the given studies; see the module docstring."""
     import xarray as xr
 
-    return xr.concat([_study_dataset(s) for s in studies], dim="study", join="outer", fill_value=FILL, data_vars="all", coords="different", compat="equals")
+    merged = xr.concat([_study_dataset(s) for s in studies], dim="study", join="outer", fill_value=FILL, data_vars="all", coords="different", compat="equals")
+    return _annotated(merged)
 
 
 def _study_dataset(stats: StudyStats):
@@ -413,10 +418,33 @@ def _study_dataset(stats: StudyStats):
         "ras": np.array(["R", "A", "S"], dtype=object),
         "axis": np.array(["z", "y", "x"], dtype=object),
     }
-    ds = xr.Dataset(data_vars, coords=coords)
-    ds["volume_ml"].attrs["units"] = "mL"
-    ds["centroid_ras"].attrs["units"] = "mm"
-    ds["voxel_volume_mm3"].attrs["units"] = "mm3"
+    return xr.Dataset(data_vars, coords=coords)
+
+
+INTENSITY_VARS = tuple(f"intensity_{stat}" for stat in ("mean", "std", "min", "max", "median", "p5", "p95"))
+UNITS = {"volume_ml": "mL", "centroid_ras": "mm", "voxel_volume_mm3": "mm3"}
+BBOX_DESCRIPTION = (
+    "inclusive voxel index along the array axes (z, y, x) = (k, j, i), the reverse of nibabel's dataobj[i, j, k]; "
+    "-1 where the label has no voxel"
+)
+
+
+def _annotated(ds):
+    """``units`` and descriptions on the variables of a statistics Dataset (all its studies).
+
+    Intensities are in ``HU`` when every study is CT (DICOM Modality CT), else in ``image units``
+    (NIfTI carries no modality, MR has no absolute unit).
+    """
+    for name, units in UNITS.items():
+        ds[name].attrs["units"] = units
+    intensity = "HU" if set(ds["modality"].values.tolist()) == {"CT"} else "image units"
+    for name in INTENSITY_VARS:
+        ds[name].attrs["units"] = intensity
+    for name in ("bbox_min", "bbox_max"):
+        ds[name].attrs["description"] = BBOX_DESCRIPTION
+    ds["axis"].attrs["description"] = "array axes of the (Z, Y, X) volume, not anatomical directions (centroid_ras is RAS mm)"
+    ds["label_id"].attrs["description"] = "the label's value in the labels volume; -1 where the study's model has no such label"
+    ds["segmented"].attrs["description"] = "False where the study's model has no such label (volume_ml and intensities NaN, counts 0)"
     return ds
 
 
@@ -488,6 +516,8 @@ def merge_into_store(stats: StudyStats, store: str | Path) -> Path:
         merged = xr.concat(rows, dim="study", join="outer", fill_value=FILL, data_vars="all", coords="different", compat="equals")
         merged = _as_object_coords(merged)
         merged = merged.sortby([merged["label_id"].max("study"), merged["label"]]).sortby("study")
+        merged["volume_ml"] = merged["volume_ml"].where(merged["segmented"])  # NaN also in rows of stores written with 0.0
+        merged = _annotated(merged)
         for variable in merged.variables.values():
             variable.encoding = {}
         tmp = store.with_name(f".{store.name}.tmp-{os.getpid()}")

@@ -234,3 +234,36 @@ def test_components_per_label_equal_scipy_for_every_value(top, order):
     full = np.ones((3, 3, 3), dtype=bool)
     for value in range(top + 1):
         assert counts[value] == ndimage.label(labels == value, structure=full)[1], value
+
+
+def test_label_the_model_lacks_has_nan_ml_and_units_are_recorded(ct_case, tmp_path):
+    _, _, _, stats = ct_case
+    store = tmp_path / "stats.zarr"
+    merge_into_store(stats, store)
+    ds = xr.open_zarr(store).load()
+    assert ds.intensity_mean.attrs["units"] == "HU"  # every study is CT
+    lacking = stats.labels[10].name
+    empty = next(lab for lab in stats.labels[11:] if lab.voxel_count == 0)  # in the model, but no voxel found
+    smaller = type(stats)(**{**stats.__dict__, "study": "mr", "modality": "MR", "labels": (*stats.labels[:6], empty)})
+    merge_into_store(smaller, store)
+    ds = xr.open_zarr(store).load()
+    row = ds.sel(study="mr", label=lacking)
+    assert int(row.label_id) == -1 and not bool(row.segmented) and int(row.voxel_count) == 0
+    assert np.isnan(row.volume_ml.item()) and np.isnan(row.intensity_mean.item())  # not 0.0 mL
+    assert ds.volume_ml.sel(study="mr", label=empty.name).item() == 0.0
+    assert ds.volume_ml.attrs["units"] == "mL" and ds.centroid_ras.attrs["units"] == "mm"
+    assert ds.voxel_volume_mm3.attrs["units"] == "mm3"
+    for name in ("intensity_mean", "intensity_std", "intensity_p95"):
+        assert ds[name].attrs["units"] == "image units"  # MR joined the CT
+    assert "(k, j, i)" in ds.bbox_min.attrs["description"] and list(ds.axis.values) == ["z", "y", "x"]
+    assert "not anatomical" in ds.axis.attrs["description"]
+
+
+def test_stats_dataset_fills_missing_labels_with_nan_ml(ct_case):
+    from pipeline.volume.stats import stats_dataset
+
+    _, _, _, stats = ct_case
+    other = type(stats)(**{**stats.__dict__, "study": "second", "labels": stats.labels[:3]})
+    ds = stats_dataset([stats, other])
+    assert np.isnan(ds.volume_ml.sel(study="second", label=stats.labels[5].name).item())
+    assert ds.intensity_mean.attrs["units"] == "HU"
