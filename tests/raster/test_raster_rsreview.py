@@ -1,0 +1,79 @@
+"""Regressions found by a first-time operations review of ``segpipe raster`` (tiny real GeoTIFFs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from models.spec import spec_from_dict
+from pipeline.raster.areas import pixel_area_m2
+from pipeline.raster.run import segment_raster
+
+CLASSES = [{"id": 0, "name": "water", "color": "#1f78b4"}, {"id": 1, "name": "forest", "color": "#33a02c"}, {"id": 5, "name": "urban", "color": "#e31a1c"}]
+IDS = np.array([c["id"] for c in CLASSES])
+# per-pixel logits W x + b: integer weights and half-integer biases never tie
+WEIGHT = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+BIAS = [0.5, 0.25, 0.0]
+
+
+def per_pixel_model() -> torch.nn.Conv2d:
+    w = torch.tensor(WEIGHT)
+    conv = torch.nn.Conv2d(4, 3, kernel_size=1)
+    with torch.no_grad():
+        conv.weight.copy_(w[:, :, None, None])
+        conv.bias.copy_(torch.tensor(BIAS))
+    return conv.eval()
+
+
+def spec(window=(64, 64)):
+    return spec_from_dict({
+        "name": "per-pixel", "task": "raster", "architecture": "torch.nn:Conv2d",
+        "params": {"in_channels": 4, "out_channels": 3, "kernel_size": 1}, "in_channels": 4,
+        "classes": CLASSES, "window": list(window), "overlap": 0.25, "normalize": {"kind": "none"},
+    })
+
+
+def expected(pixels: np.ndarray) -> np.ndarray:
+    logits = np.einsum("kc,cyx->kyx", np.asarray(WEIGHT), pixels.astype(np.float64)) + np.asarray(BIAS)[:, None, None]
+    return IDS[np.argmax(logits, axis=0)]
+
+
+def test_blocks_without_valid_pixels_are_not_segmented(tmp_path, make_geotiff):
+    """A mostly-nodata scene costs its valid area: the model never runs on all-nodata blocks, and
+    the labels of the valid pixels are exactly the per-pixel answer (nodata elsewhere)."""
+    rng = np.random.default_rng(3)
+    data = np.zeros((4, 256, 768), dtype=np.uint8)  # 1 x 3 blocks of 256; only the first holds data
+    data[:, :, :256] = rng.integers(1, 255, (4, 256, 256), dtype=np.uint8)
+    tif = make_geotiff(tmp_path / "swath.tif", data, nodata=0)
+    result = segment_raster(tif, spec(), tmp_path / "out", block=256, device="cpu", model=per_pixel_model(), time="2024-06-01")
+    assert result.engine.blocks_run == 1
+    assert result.engine.blocks_skipped == 2
+    with rasterio.open(result.labels_path) as dst:
+        labels = dst.read(1)
+    assert (labels[:, :256] == expected(data[:, :, :256])).all()
+    assert (labels[:, 256:] == 255).all()
+    valid_area = pixel_area_m2(result.info.crs, result.info.transform, slice(0, 256), slice(0, 256)).sum()
+    assert result.stats["area_m2"].sel(region="scene").sum().item() == pytest.approx(valid_area, rel=1e-12)
+
+
+def test_skipping_empty_blocks_changes_no_valid_label(tmp_path, make_geotiff, monkeypatch):
+    """With a CNN whose receptive field crosses block edges, the labels of every valid pixel are
+    the same whether empty blocks are skipped or segmented."""
+    from pipeline.raster import run
+
+    rng = np.random.default_rng(4)
+    data = rng.integers(1, 255, (4, 300, 300), dtype=np.uint8)
+    data[:, :, 140:] = 0  # blocks of 64: columns 192.. hold no valid pixel
+    data[:, 200:, :] = 0
+    tif = make_geotiff(tmp_path / "sparse.tif", data, nodata=0)
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 5, padding=2)).eval()
+    skipping = segment_raster(tif, spec(window=(48, 48)), tmp_path / "skip", block=64, device="cpu", model=cnn, time="2024-06-01")
+    monkeypatch.setattr(run, "mark_empty_blocks", lambda *a, **k: 0)
+    full = segment_raster(tif, spec(window=(48, 48)), tmp_path / "full", block=64, device="cpu", model=cnn, time="2024-06-01")
+    assert skipping.engine.blocks_skipped == 13 and full.engine.blocks_skipped == 0  # 5 x 5 blocks, 4 x 3 hold data
+    with rasterio.open(skipping.labels_path) as a, rasterio.open(full.labels_path) as b:
+        assert (a.read(1) == b.read(1)).all()
+    assert (skipping.stats["area_m2"] == full.stats["area_m2"]).all()
