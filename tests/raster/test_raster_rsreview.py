@@ -77,3 +77,49 @@ def test_skipping_empty_blocks_changes_no_valid_label(tmp_path, make_geotiff, mo
     with rasterio.open(skipping.labels_path) as a, rasterio.open(full.labels_path) as b:
         assert (a.read(1) == b.read(1)).all()
     assert (skipping.stats["area_m2"] == full.stats["area_m2"]).all()
+
+
+# --- the landcover flow and scene catalogs pick bands, as `segpipe raster --bands` does ---
+
+
+def _spec_file(tmp_path) -> str:
+    from safetensors.torch import save_file
+
+    save_file(per_pixel_model().state_dict(), str(tmp_path / "pp.safetensors"))
+    raw = {
+        "name": "per-pixel", "task": "raster", "architecture": "torch.nn:Conv2d",
+        "params": {"in_channels": 4, "out_channels": 3, "kernel_size": 1}, "in_channels": 4,
+        "classes": CLASSES, "window": [64, 64], "overlap": 0.25, "normalize": {"kind": "none"}, "checkpoint": "pp.safetensors",
+    }
+    import yaml
+
+    (tmp_path / "pp.yaml").write_text(yaml.safe_dump(raw))
+    return str(tmp_path / "pp.yaml")
+
+
+def test_scene_catalog_bands_reach_the_scene_task(tmp_path, make_geotiff):
+    """A 6-band scene and a 4-band model: the catalog's ``bands`` pick 4 of them for every scene."""
+    from flows.landcover import plan_scenes, segment_scene
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 255, (6, 40, 56), dtype=np.uint8)
+    make_geotiff(tmp_path / "six.tif", data)
+    model = _spec_file(tmp_path)
+    (tmp_path / "cat.yaml").write_text(f"model: {model}\nscenes: [six.tif]\nbands: [6, 4, 2, 1]\noutput: out\n")
+    plan = plan_scenes(str(tmp_path / "cat.yaml"), None, None, None, None, None)
+    assert plan.bands == (6, 4, 2, 1)
+    assert plan_scenes(str(tmp_path / "cat.yaml"), None, None, None, None, None, [1, 2, 3, 4]).bands == (1, 2, 3, 4)
+    (name, scene), = plan.todo
+    out = segment_scene.fn(name, scene, plan.model, str(plan.out_dir), device="cpu", time="2024-06-01", bands=list(plan.bands))
+    with rasterio.open(out.labels) as dst:
+        assert (dst.read(1) == expected(data[[5, 3, 1, 0]])).all()
+
+
+@pytest.mark.parametrize("bands", [[], [0, 1], "1,2", [1.5], [True]])
+def test_bad_catalog_bands_are_refused_with_the_catalog_named(tmp_path, bands):
+    from flows.catalog import load_scene_catalog
+    from pipeline.errors import InputError
+
+    (tmp_path / "cat.yaml").write_text(f"model: demo-landcover\nscenes: [a.tif]\nbands: {bands!r}\n".replace("'", '"'))
+    with pytest.raises(InputError, match=r"cat\.yaml: 'bands' must be a list of 1-based band numbers"):
+        load_scene_catalog(tmp_path / "cat.yaml")
