@@ -123,3 +123,60 @@ def test_bad_catalog_bands_are_refused_with_the_catalog_named(tmp_path, bands):
     (tmp_path / "cat.yaml").write_text(f"model: demo-landcover\nscenes: [a.tif]\nbands: {bands!r}\n".replace("'", '"'))
     with pytest.raises(InputError, match=r"cat\.yaml: 'bands' must be a list of 1-based band numbers"):
         load_scene_catalog(tmp_path / "cat.yaml")
+
+
+# --- the command line: whole-run problems once, no debris ---
+
+
+def _two_scenes(tmp_path, make_geotiff) -> list[str]:
+    rng = np.random.default_rng(6)
+    return [str(make_geotiff(tmp_path / f"s{i}.tif", rng.integers(1, 255, (4, 40, 56), dtype=np.uint8))) for i in range(2)]
+
+
+def test_cli_block_below_the_minimum_is_refused(tmp_path, make_geotiff, capsys):
+    from pipeline.cli import main
+
+    scenes = _two_scenes(tmp_path, make_geotiff)
+    for block in ("1", "63", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["raster", *scenes, "--model", _spec_file(tmp_path), "--out", str(tmp_path / "out"), "--block", block])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --block: 1 pixels is too small" in err and "use at least 64" in err
+    assert "'x' is not a number of pixels" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_regions_file_is_one_message_and_exit_2(tmp_path, make_geotiff, capsys):
+    """--regions is the same for every scene: a missing file or attribute is reported once, before
+    the model loads, with exit 2, and no output folder is created."""
+    import geopandas as gpd
+    import shapely
+
+    from pipeline.cli import main
+
+    scenes = _two_scenes(tmp_path, make_geotiff)
+    out = tmp_path / "out"
+    args = ["raster", *scenes, "--model", _spec_file(tmp_path), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--regions", str(tmp_path / "nosuch.gpkg")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"segpipe raster: error: {tmp_path / 'nosuch.gpkg'}: regions file not found (check the --regions path)\n"
+    districts = tmp_path / "d.gpkg"
+    gpd.GeoDataFrame({"district": ["a"]}, geometry=[shapely.box(500000, 5999700, 500200, 6000000)], crs="EPSG:32633").to_file(districts)
+    assert main([*args, "--regions", str(districts), "--region-field", "name"]) == 2
+    assert capsys.readouterr().err == f"segpipe raster: error: {districts}: no attribute 'name' (available attributes: district) (pick one with --region-field)\n"
+    assert main([*args, "--region-field", "district"]) == 2
+    assert "--region-field given without --regions" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*args, "--regions", str(districts), "--region-field", "district", "--time", "2024-06-01"]) == 0
+    assert (out / "s0.labels.tif").is_file() and (out / "s1.labels.tif").is_file()
+
+
+def test_cli_run_where_every_scene_fails_leaves_no_output_folder(tmp_path, make_geotiff, capsys):
+    from pipeline.cli import main
+
+    three = make_geotiff(tmp_path / "rgb.tif", np.ones((3, 20, 20), dtype=np.uint8))
+    out = tmp_path / "new" / "out"
+    assert main(["raster", str(three), "--model", _spec_file(tmp_path), "--out", str(out), "--device", "cpu"]) == 1
+    assert "rgb.tif: 3 bands, model 'per-pixel' needs 4" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
