@@ -21,9 +21,10 @@ import logging
 import shutil
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,7 @@ def ingest_raster(
         if _existing_signature(store_path) == signature:
             log.info("%s: reusing complete ingest %s", path_or_url, store_path)
             return info
+        remove_stale_temporaries(store_path)
         tmp = store_path.with_name(f"{store_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             arrays = _create_store(tmp, info, block)
@@ -259,6 +261,19 @@ def ingest_raster(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return info
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``<name>.tmp-*`` siblings of ``path``: what a killed run (SIGKILL, power loss) was
+    writing when it died. Nothing renames them into place, so they would stay forever (a killed
+    ingest of a large scene leaves gigabytes). Outputs are named by scene, and one scene is written
+    by one run at a time, so a temporary of the same name is never another run's live work."""
+    for stale in path.parent.glob(f"{glob_escape(path.name)}.tmp-*"):
+        log.info("removing %s, left by an interrupted run", stale)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def read_info(store_path: str | Path) -> RasterInfo:

@@ -243,6 +243,7 @@ def append_stats(ds: xr.Dataset, store_path: str | Path, *, time: Any, scene: st
     t = to_datetime64(time)
     entry = ds.expand_dims(time=[t], scene=np.array([scene], dtype=object))
     with _lock(store_path):
+        _recover(store_path)
         if (store_path / "zarr.json").is_file():
             old = _open(store_path).load()
             if t in old.time.values and scene in old.scene.values:
@@ -301,6 +302,24 @@ def _replace_store(ds: xr.Dataset, store_path: Path) -> None:
             os.rename(old, store_path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(store_path: Path) -> None:
+    """Under the lock, undo what a run killed inside :func:`_replace_store` left: its ``.tmp-*``
+    store is removed, and an ``.old-*`` store is put back when the store itself is missing (killed
+    between the two renames) or removed when the swap had finished."""
+    from glob import escape
+
+    pattern = escape(store_path.name)
+    for stale in store_path.parent.glob(f"{pattern}.tmp-*"):
+        log.info("removing %s, left by an interrupted run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(store_path.parent.glob(f"{pattern}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not store_path.exists():
+            log.warning("restoring %s from %s, left by an interrupted run", store_path, old)
+            os.rename(old, store_path)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

@@ -180,3 +180,52 @@ def test_cli_run_where_every_scene_fails_leaves_no_output_folder(tmp_path, make_
     assert main(["raster", str(three), "--model", _spec_file(tmp_path), "--out", str(out), "--device", "cpu"]) == 1
     assert "rgb.tif: 3 bands, model 'per-pixel' needs 4" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+# --- what a killed run (SIGKILL) was writing is cleaned up by the next run ---
+
+
+def test_next_run_removes_what_a_killed_run_was_writing(tmp_path, make_geotiff):
+    """A killed ingest leaves ``.work/<stem>.zarr.tmp-*`` (gigabytes for a large scene), a killed
+    COG write ``.<stem>.labels.tif.<token>.tmp.tif``, a killed stats swap ``stats.zarr.tmp-*``:
+    the next run of the scene removes them, and its own outputs are complete."""
+    rng = np.random.default_rng(7)
+    tif = make_geotiff(tmp_path / "scene.tif", rng.integers(1, 255, (4, 40, 56), dtype=np.uint8))
+    out = tmp_path / "out"
+    stale = [
+        out / ".work" / "scene.zarr.tmp-0123abcd",
+        out / ".scene.labels.tif.0123abcd.tmp.tif",
+        out / ".scene.labels.tif.4567cdef.cog.tif",
+        out / "stats.zarr.tmp-89abcdef",
+    ]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".tif":
+            path.write_bytes(b"half a tiff")
+        else:
+            path.mkdir()
+            (path / "zarr.json").write_text("{}")
+    other = out / ".work" / "other.zarr.tmp-0123abcd"  # another scene's: not this run's to remove
+    other.mkdir()
+    segment_raster(tif, spec(), out, block=64, device="cpu", model=per_pixel_model(), time="2024-06-01")
+    assert not [p for p in stale if p.exists()]
+    assert other.is_dir()
+    assert sorted(p.name for p in out.iterdir()) == [".work", "scene.labels.tif", "scene.labels.tif.aux.xml", "scene.quicklook.png", "stats.zarr"]
+
+
+def test_stats_store_killed_between_its_two_renames_is_restored(tmp_path):
+    """Killed after ``stats.zarr`` became ``stats.zarr.old-*`` and before the new one took its
+    place: the next append puts the old store back instead of starting a new, empty history."""
+    import xarray as xr
+
+    from pipeline.raster.stats import append_stats
+
+    ds = xr.Dataset({"area_m2": (("region", "class"), np.ones((1, 1)))}, coords={"region": ["r"], "class": ["c"], "class_id": ("class", [0]), "class_color": ("class", ["#000000"])})
+    store = tmp_path / "stats.zarr"
+    append_stats(ds, store, time="2024-06-01", scene="a")
+    store.rename(tmp_path / "stats.zarr.old-0123abcd")
+    append_stats(ds * 2, store, time="2024-06-02", scene="a")
+    got = xr.open_zarr(store)
+    assert [str(t)[:10] for t in got.time.values] == ["2024-06-01", "2024-06-02"]
+    assert got["area_m2"].sel(scene="a", region="r", **{"class": "c"}).values.tolist() == [1.0, 2.0]
+    assert not list(tmp_path.glob("stats.zarr.*"))
