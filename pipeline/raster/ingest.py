@@ -529,5 +529,15 @@ def _finish_store(path: Path, attrs: dict[str, Any]) -> None:
 
 
 def _gdal_reason(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
+    """GDAL's own words for ``exc``: the innermost message of the exception chain (rasterio's
+    outer ``Read failed. See previous exception for details.`` says nothing by itself)."""
+    reasons = []
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause).strip()
+        if text and "see previous exception" not in text.lower():
+            reasons.append(text.splitlines()[0])
+        cause = cause.__cause__ or cause.__context__
+    return (reasons[-1] if reasons else type(exc).__name__)[:200]

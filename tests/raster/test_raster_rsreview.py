@@ -229,3 +229,27 @@ def test_stats_store_killed_between_its_two_renames_is_restored(tmp_path):
     assert [str(t)[:10] for t in got.time.values] == ["2024-06-01", "2024-06-02"]
     assert got["area_m2"].sel(scene="a", region="r", **{"class": "c"}).values.tolist() == [1.0, 2.0]
     assert not list(tmp_path.glob("stats.zarr.*"))
+
+
+def test_truncated_file_error_gives_gdal_reason(tmp_path, make_geotiff):
+    """The message carries GDAL's reason (libtiff's short read), not rasterio's "See previous exception"."""
+    from pipeline.errors import InputError
+    from pipeline.raster.ingest import ingest_raster
+
+    rng = np.random.default_rng(8)
+    full = make_geotiff(tmp_path / "full.tif", rng.integers(0, 255, (4, 300, 300), dtype=np.uint8), tiled=True, blockxsize=256, blockysize=256)
+    cut = tmp_path / "cut.tif"
+    raw = full.read_bytes()
+    cut.write_bytes(raw[: len(raw) * 3 // 4])
+    with pytest.raises(InputError, match=r"cut\.tif: read failed at rows .*truncated or corrupt") as exc:
+        ingest_raster(cut, tmp_path / "s.zarr", block=256)
+    assert "see previous exception" not in str(exc.value).lower()
+    assert "TIFF" in str(exc.value)
+
+
+@pytest.mark.parametrize(("text", "utc"), [("2024-06-01T02:00+02:00", "2024-06-01T00:00"), ("2024-06-01T02:00Z", "2024-06-01T02:00"), ("2024-06-01", "2024-06-01T00:00")])
+def test_time_with_an_offset_is_utc_without_a_numpy_warning(text, utc, recwarn):
+    from pipeline.raster.stats import to_datetime64
+
+    assert to_datetime64(text) == np.datetime64(utc, "ns")
+    assert not [w for w in recwarn if "timezone" in str(w.message)]
