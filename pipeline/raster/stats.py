@@ -218,6 +218,11 @@ def to_datetime64(time: Any) -> np.datetime64:
     """A run time as ``datetime64[ns]`` in UTC (naive); aware datetimes are converted to UTC."""
     if time is None:
         time = datetime.now(timezone.utc)
+    if isinstance(time, str):
+        try:  # ISO 8601 with an offset or Z (numpy parses those too, but warns it drops time zones)
+            time = datetime.fromisoformat(time.strip())
+        except ValueError:
+            pass  # e.g. nanoseconds: numpy's parser below
     if isinstance(time, datetime) and time.tzinfo is not None:
         time = time.astimezone(timezone.utc).replace(tzinfo=None)
     try:
