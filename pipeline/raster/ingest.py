@@ -160,6 +160,8 @@ def probe_raster(
 
 
 def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> RasterInfo:
+    if src.crs is None and _disguised(src, path):
+        raise InputError(path, f"a {src.driver} image with a GeoTIFF name and no CRS (not a GeoTIFF)", "give the real GeoTIFF/COG; re-export or re-download this one")
     if src.crs is None:
         raise InputError(path, "no CRS: the raster is not georeferenced", "assign one, e.g. `gdal_edit.py -a_srs EPSG:32618 FILE`, or export it as a GeoTIFF with its CRS")
     if src.transform == Affine.identity() and not src.gcps[0] and not src.rpcs:
@@ -197,6 +199,11 @@ def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> Raster
         band_names=tuple(names),
         bands=selected,
     )
+
+
+def _disguised(src, path: str) -> bool:
+    """True for a file named ``.tif``/``.tiff`` that GDAL reads as another format (a PNG or JPEG renamed)."""
+    return path.lower().split("?", 1)[0].endswith((".tif", ".tiff")) and src.driver not in ("GTiff", "COG", "VRT")
 
 
 def tiles(height: int, width: int, block: int) -> Iterator[tuple[slice, slice]]:

@@ -253,3 +253,14 @@ def test_time_with_an_offset_is_utc_without_a_numpy_warning(text, utc, recwarn):
 
     assert to_datetime64(text) == np.datetime64(utc, "ns")
     assert not [w for w in recwarn if "timezone" in str(w.message)]
+
+
+def test_png_named_tif_is_called_what_it_is(tmp_path):
+    from pipeline.errors import InputError
+    from pipeline.raster.ingest import probe_raster
+
+    fake = tmp_path / "scene.tif"
+    with rasterio.open(fake, "w", driver="PNG", width=8, height=8, count=3, dtype="uint8") as dst:
+        dst.write(np.zeros((3, 8, 8), dtype=np.uint8))
+    with pytest.raises(InputError, match=r"scene\.tif: a PNG image with a GeoTIFF name and no CRS \(not a GeoTIFF\) \(give the real GeoTIFF/COG"):
+        probe_raster(fake)
