@@ -22,7 +22,6 @@ be overridden alone (``prefect deployment run landcover/nightly --param device=c
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +47,7 @@ from flows._runtime import (
 )
 from flows.catalog import check_bands, expand, load_scene_catalog, model_ref
 from pipeline.errors import InputError
+from pipeline.known_warnings import ignore_known_warnings, known_warnings_ignored
 from pipeline.memory import limit_malloc_arenas
 
 FLOW_NAME = "landcover"
@@ -180,6 +180,7 @@ def landcover(
     """
     logger = get_run_logger()
     limit_malloc_arenas()
+    ignore_known_warnings()  # before any threads: see pipeline/known_warnings.py
     plan = plan_scenes(catalog, scenes, model, regions, region_field, out, bands)
     stamp = _run_time(time)
     failures = list(plan.failures)
@@ -307,8 +308,7 @@ def area_rows(store: str | Path, time: str, scenes: list[str]) -> list[dict]:
 
     if not scenes or not (Path(store) / "zarr.json").is_file():
         return []
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with known_warnings_ignored():
         ds = xr.open_zarr(store)
     with ds:
         t = to_datetime64(time)

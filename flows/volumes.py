@@ -39,6 +39,7 @@ from flows._runtime import (
 )
 from flows.catalog import expand, list_studies, load_study_catalog, model_ref
 from pipeline.errors import InputError
+from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
 
 FLOW_NAME = "segment-volumes"
@@ -92,14 +93,19 @@ class StudyPlan:
     persist_result=False,
 )
 def segment_study(name: str, study: str, model: str, out_dir: str, device: str = "auto", force: bool = False) -> StudyOutput:
-    """Segment one study (NIfTI file or DICOM series folder) with the spec at ``model`` into ``out_dir``."""
+    """Segment one study (NIfTI file or DICOM series folder) with the spec at ``model`` into ``out_dir``.
+
+    Takes typed parameters, like the flow, and builds the library's
+    :class:`~pipeline.volume.options.VolumeOptions` here.
+    """
     from models.spec import load_spec
+    from pipeline.volume.options import VolumeOptions
     from pipeline.volume.run import segment_volume, study_done
 
     spec = load_spec(model)
     done = not force and study_done(study, spec, out_dir)
     network = None if done else cached_model(spec, device)
-    result = segment_volume(study, spec, out_dir, device=device, model=network, force=force)
+    result = segment_volume(study, spec, out_dir, VolumeOptions(device=device, force=force), model=network)
     return StudyOutput(
         study=study,
         name=result.study,
@@ -146,6 +152,7 @@ def segment_volumes(
     """
     logger = get_run_logger()
     limit_malloc_arenas()
+    ignore_known_warnings()  # before any threads: see pipeline/known_warnings.py
     plan = plan_studies(studies, model, out)
     failures = list(plan.failures)
     logger.info("segment-volumes: %d study(ies) -> %s (model %s)", len(plan.todo), plan.out_dir, plan.model)

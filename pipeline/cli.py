@@ -11,6 +11,7 @@ import logging
 import sys
 
 from pipeline.errors import SegpipeError
+from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
 
 # module path of each subcommand's ``register`` function, in the order ``--help`` lists them
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     limit_malloc_arenas()
+    ignore_known_warnings()  # before any threads: see pipeline/known_warnings.py
     try:
         return int(args.func(args) or 0)
     except SegpipeError as exc:

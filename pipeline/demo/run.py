@@ -178,6 +178,7 @@ def run_ct_demo(out_dir: str | Path, *, device: str = "auto", progress: Progress
 
     from models.spec import load_spec
     from pipeline.demo.phantom import LABEL_NAMES, synthetic_ct, write_ct_nifti
+    from pipeline.volume.options import VolumeOptions
     from pipeline.volume.run import segment_volume
 
     out_dir = Path(out_dir)
@@ -188,7 +189,7 @@ def run_ct_demo(out_dir: str | Path, *, device: str = "auto", progress: Progress
 
     _say(progress, f"segmenting {volume.name} with {CT_MODEL}")
     spec = load_spec(CT_MODEL)
-    result = segment_volume(volume, spec, out_dir, device=device, force=True)
+    result = segment_volume(volume, spec, out_dir, VolumeOptions(device=device, force=True))
     predicted = np.asarray(nib.load(str(result.outputs.labels)).dataobj).transpose(2, 1, 0)
     cm = confusion_matrix(predicted, truth, spec.class_ids)
     dice = tuple(float(v) for v in dice_per_class(cm))

@@ -20,7 +20,6 @@ import json
 import logging
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,10 +32,11 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
-from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from pipeline.errors import InputError
+from pipeline.known_warnings import known_warnings_ignored
 from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,7 @@ def open_raster(path_or_url: str | Path) -> rasterio.DatasetReader:
     text = str(path_or_url)
     check_exists(text)
     try:
-        with warnings.catch_warnings():
-            # a raster without georeferencing is refused with its own message (_info_from_dataset)
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with known_warnings_ignored():  # no georeferencing: refused with its own message (_info_from_dataset)
             return rasterio.open(text)
     except RasterioError as exc:
         raise InputError(text, f"not a readable raster ({_gdal_reason(exc)})", "give a GeoTIFF/COG or another GDAL raster; re-download it if it is truncated") from exc
@@ -366,8 +364,7 @@ def _create_store(path: Path, info: RasterInfo, block: int) -> dict[str, Any]:
         ds["image"].encoding["_FillValue"] = None
     ds["image"].attrs["source_bands"] = list(info.bands)
     ds["image"].encoding["compressors"] = [codec]  # added to the nodata encoding above, not replacing it
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with known_warnings_ignored():
         ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=True)
     group = zarr.open_group(path, mode="r+")
     return {"image": fast_writes(group["image"]), "mask": fast_writes(group["mask"]), "group": group}
@@ -447,10 +444,7 @@ def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, all_valid: bool)
         data = src.read(indexes=list(info.bands), window=window, out_dtype=info.dtype)
         if all_valid:
             return data, None
-        with warnings.catch_warnings():
-            # 4 bands with the last one tagged alpha and a nodata value: GDAL (rightly) takes the
-            # masks from nodata; rasterio warns on every read. The model reads all bands as data.
-            warnings.simplefilter("ignore", NodataShadowWarning)
+        with known_warnings_ignored():  # alpha flag next to nodata: nodata decides; the model reads all bands
             masks = src.read_masks(indexes=list(info.bands), window=window)
     except RasterioError as exc:
         raise InputError(
@@ -530,8 +524,7 @@ def _finish_store(path: Path, attrs: dict[str, Any]) -> None:
 
     group = zarr.open_group(path, mode="r+")
     group.attrs[STORE_ATTR] = attrs
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with known_warnings_ignored():
         zarr.consolidate_metadata(path)
 
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import uuid
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.errors import NodataShadowWarning
 
 from models.spec import ClassInfo
+from pipeline.known_warnings import known_warnings_ignored
 
 MAX_SIZE = 1024  # pixels on the long side
 STRETCH = (2.0, 98.0)  # percentiles mapped to black and white
@@ -96,9 +95,7 @@ def write_quicklook(
 
 def _composite(image: str | Path, rgb: Sequence[int] | None, shape: tuple[int, int]) -> np.ndarray:
     """``(Y, X, 3)`` float in [0, 1], percentile-stretched per band over valid pixels; nodata is black."""
-    with rasterio.open(image) as src, warnings.catch_warnings():
-        # a 4-band image may carry an alpha flag next to its nodata value; nodata decides, as in ingest
-        warnings.simplefilter("ignore", NodataShadowWarning)
+    with rasterio.open(image) as src, known_warnings_ignored():  # alpha flag next to nodata: nodata decides
         bands = list(rgb) if rgb else ([1, 2, 3] if src.count >= 3 else [1])
         data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average, masked=True)
     return _stretch(data, shape)

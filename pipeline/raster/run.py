@@ -15,7 +15,6 @@ import json
 import logging
 import shutil
 import time as _time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import xarray as xr
 
 from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
+from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
 from pipeline.raster.cog import write_label_cog
@@ -234,8 +234,7 @@ def _label_arrays(work: Path, fingerprint: dict[str, Any], shape: tuple[int, int
     labels = group.create_array("labels", shape=shape, chunks=(block, block), dtype=dtype, fill_value=0, dimension_names=("y", "x"), overwrite=True)
     done = group.create_array("labels_done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0, dimension_names=("block_y", "block_x"), overwrite=True)
     group.attrs[LABELS_ATTR] = fingerprint
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with known_warnings_ignored():
         zarr.consolidate_metadata(work)
     return fast_writes(labels), fast_writes(done)
 

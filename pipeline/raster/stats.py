@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ from affine import Affine
 
 from models.spec import ClassInfo
 from pipeline.errors import InputError
+from pipeline.known_warnings import known_warnings_ignored
 from pipeline.raster.areas import pixel_area_m2
 from pipeline.raster.ingest import RasterInfo, tiles
 from pipeline.raster.regions import Regions
@@ -295,8 +295,7 @@ def _replace_store(ds: xr.Dataset, store_path: Path) -> None:
     for var in ds.variables.values():
         var.encoding = {}
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        with known_warnings_ignored():
             ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
         if store_path.exists():
             os.rename(store_path, old)

@@ -6,7 +6,8 @@ Axis convention: arrays are ``(Z, Y, X)``; affines map ``(x, y, z, 1)`` to RAS m
 * :func:`read_volume` -> :class:`Volume` (readers, dicom)
 * :func:`write_volume_store`, :func:`open_volume_store` (store: zarr v3)
 * :func:`plan_grid`, :func:`to_model`, :func:`logits_to_native`, :func:`labels_to_native`, :func:`intensity_for` (preprocess)
-* :func:`segment_volume`, :func:`segment_volumes` -> :class:`VolumeResult`, :class:`BatchReport`; :func:`study_done` (run)
+* :class:`VolumeOptions`: device, block, force, series, 4D volume of each study (options)
+* :func:`segment_volume`, :func:`segment_volumes` -> :class:`VolumeResult`, :class:`BatchReport`; :func:`study_done` (run, batch)
 * :func:`study_statistics`, :func:`merge_into_store`, :func:`open_stats`, :func:`volumes_by_label` (stats)
 """
 
@@ -29,6 +30,7 @@ _EXPORTS = {
     "labels_to_native": "pipeline.volume.preprocess",
     "logits_to_native": "pipeline.volume.preprocess",
     "intensity_for": "pipeline.volume.preprocess",
+    "VolumeOptions": "pipeline.volume.options",
     "segment_volume": "pipeline.volume.run",
     "segment_volumes": "pipeline.volume.batch",
     "study_done": "pipeline.volume.run",

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from models.spec import ModelSpec
 from pipeline.errors import SegpipeError
 from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
+from pipeline.volume.options import DEFAULT_OPTIONS, VolumeOptions
 from pipeline.volume.readers import study_stem
 from pipeline.volume.run import (
     STATS_STORE,
@@ -62,20 +63,27 @@ def segment_volumes(
     inputs: Sequence[str | Path],
     spec: ModelSpec,
     out_dir: str | Path,
+    options: VolumeOptions = DEFAULT_OPTIONS,
     *,
-    device: str = "auto",
-    block: tuple[int, int, int] | None = None,
     model: Any | None = None,
-    force: bool = False,
     progress: BatchProgress | None = None,
-    series_uid: str | None = None,
-    volume_index: int | None = None,
     dask_address: str | None = None,
 ) -> BatchReport:
     """Segment a batch; a bad study becomes a :class:`StudyFailure` and never stops the others.
 
-    Arguments as :func:`segment_volume`; ``dask_address`` runs one task per study on that Dask
-    scheduler (workers need the same file system; each loads the model itself unless ``model`` is given).
+    Args:
+        inputs: the studies (NIfTI files or DICOM series folders); a study with the same stem as an
+            earlier one fails (its outputs would replace the earlier one's).
+        spec: a volume model spec (``task: volume``, ``in_channels: 1``).
+        out_dir: output folder (created).
+        options: the settings of every study (:class:`~pipeline.volume.options.VolumeOptions`); sent
+            as they are to each Dask task.
+        model: a ready network, as for :func:`segment_volume`; None loads ``spec``'s checkpoint once
+            here (when a study needs it) or, on Dask, in each study's task.
+        progress: study and block callbacks (:class:`BatchProgress`); block progress is local only.
+        dask_address: run one task per study on this Dask scheduler (workers need the same file
+            system); None runs the studies here one after another. Where the batch runs, not how a
+            study is segmented, so not part of ``options``.
 
     Raises:
         InputError: ``out_dir`` is a file or holds raster statistics, or the Dask scheduler is unreachable
@@ -87,32 +95,29 @@ def segment_volumes(
     out_dir = prepare_output_dir(out_dir)
     try:
         check_stats_store(out_dir / STATS_STORE, "volume")
-        return _segment_batch([Path(p) for p in inputs], spec, out_dir, model, progress, dask_address, dict(
-            device=device, block=block, force=force, series_uid=series_uid, volume_index=volume_index,
-        ))
+        return _segment_batch([Path(p) for p in inputs], spec, out_dir, options, model, progress, dask_address)
     finally:
         if created:
             remove_if_empty(out_dir)  # every study failed before writing anything
 
 
 def _segment_batch(
-    inputs: list[Path], spec: ModelSpec, out_dir: Path, model: Any, progress: BatchProgress | None, dask_address: str | None, options: dict[str, Any]
+    inputs: list[Path], spec: ModelSpec, out_dir: Path, options: VolumeOptions, model: Any, progress: BatchProgress | None, dask_address: str | None
 ) -> BatchReport:
     todo, failures = _dedupe(inputs)
     if dask_address:
-        outcomes = _run_on_dask(dask_address, todo, spec, out_dir, model, options, progress)
+        outcomes = _run_on_dask(dask_address, todo, spec, out_dir, options, model, progress)
     else:
-        force, volume_index = options["force"], options["volume_index"]
-        if model is None and any(force or not study_done(p, spec, out_dir, volume_index=volume_index) for p in todo):
+        if model is None and any(options.force or not study_done(p, spec, out_dir, volume_index=options.volume_index) for p in todo):
             from models.checkpoint import load_model
             from pipeline.engine import auto_device
 
-            model = load_model(spec, auto_device(options["device"]))
+            model = load_model(spec, auto_device(options.device))
         outcomes = []
         for index, path in enumerate(todo):
             if progress is not None:
                 progress.study_started(study_stem(path), index, len(todo))
-            outcome = _segment_one(path, spec, out_dir, model, options, progress.blocks if progress is not None else None)
+            outcome = _segment_one(path, spec, out_dir, options, model, progress.blocks if progress is not None else None)
             outcomes.append(outcome)
             if progress is not None:
                 progress.study_finished(outcome)
@@ -136,11 +141,11 @@ def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
 
 
 def _segment_one(
-    path: Path, spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], blocks: BlockProgress | None
+    path: Path, spec: ModelSpec, out_dir: Path, options: VolumeOptions, model: Any, blocks: BlockProgress | None
 ) -> VolumeResult | StudyFailure:
     """One study, with every error turned into a :class:`StudyFailure` (the batch goes on)."""
     try:
-        return segment_volume(path, spec, out_dir, model=model, progress=blocks, **options)
+        return segment_volume(path, spec, out_dir, options, model=model, progress=blocks)
     except SegpipeError as exc:
         # INFO, not WARNING: the caller reports the failure (the CLI's failures table), so it shows once
         log.info("%s", exc)
@@ -153,7 +158,7 @@ def _segment_one(
 
 
 def _run_on_dask(
-    address: str, todo: list[Path], spec: ModelSpec, out_dir: Path, model: Any, options: dict[str, Any], progress: BatchProgress | None
+    address: str, todo: list[Path], spec: ModelSpec, out_dir: Path, options: VolumeOptions, model: Any, progress: BatchProgress | None
 ) -> list[VolumeResult | StudyFailure]:
     """One Dask task per study on the scheduler at ``address``; outcomes in input order."""
     from distributed import as_completed
@@ -165,7 +170,7 @@ def _run_on_dask(
         for index, path in enumerate(todo):
             if progress is not None:
                 progress.study_started(study_stem(path), index, len(todo))
-            futures[client.submit(_segment_one, path, spec, out_dir, model, options, None, key=f"segpipe-volume-{study_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
+            futures[client.submit(_segment_one, path, spec, out_dir, options, model, None, key=f"segpipe-volume-{study_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
         outcomes: list[Any] = [None] * len(todo)
         for future in as_completed(futures):
             index = futures[future]

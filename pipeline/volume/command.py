@@ -71,15 +71,15 @@ def _segment(args: argparse.Namespace, out_dir: Path) -> int:
 
     from models.spec import load_spec
     from pipeline.volume.batch import segment_volumes
+    from pipeline.volume.options import VolumeOptions
 
     spec = load_spec(args.model)
-    block = _block(args.block)
+    options = VolumeOptions(
+        device=args.device, block=_block(args.block), force=args.force, series_uid=args.series_uid, volume_index=args.volume_index
+    )
     err = Console(stderr=True)
     with _RichProgress(err) as progress:
-        report = segment_volumes(
-            args.inputs, spec, out_dir, device=args.device, block=block, force=args.force, progress=progress,
-            series_uid=args.series_uid, volume_index=args.volume_index, dask_address=args.dask_address,
-        )
+        report = segment_volumes(args.inputs, spec, out_dir, options, progress=progress, dask_address=args.dask_address)
     out = Console()
     _print_summary(out, report)
     return 0 if report.ok else 1

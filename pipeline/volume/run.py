@@ -12,7 +12,7 @@ Outputs of a study with stem ``S`` (file name without ``.nii``/``.nii.gz``, or t
 
 Every file is written under a temporary name and renamed; ``S.stats.json`` is written last and marks
 the study done. It records what made the labels (:mod:`pipeline.volume.made_with`): a later run skips
-the study only when that record matches its own model spec (unless ``force``); a study done with
+the study only when that record matches its own model spec (unless ``options.force``); a study done with
 another model or settings is segmented again, its old ``S.stats.json`` removed before any of its files
 is replaced, so the study never looks done with a mix of old and new files. When writing the outputs
 fails, the study's files are removed. Intermediate zarr arrays live in
@@ -40,6 +40,7 @@ from pipeline.errors import ModelSpecError
 from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
 from pipeline.timing import Stopwatch
 from pipeline.volume.made_with import made_with, why_redo
+from pipeline.volume.options import DEFAULT_OPTIONS, VolumeOptions
 from pipeline.volume.preprocess import GridMapping, intensity_for, labels_to_native, logits_to_native, plan_grid, to_model
 from pipeline.volume.readers import read_volume, study_stem
 from pipeline.volume.stats import StudyStats, merge_into_store, open_stats, read_stats_json, study_statistics, write_stats_json
@@ -129,14 +130,10 @@ def segment_volume(
     input_path: str | Path,
     spec: ModelSpec,
     out_dir: str | Path,
+    options: VolumeOptions = DEFAULT_OPTIONS,
     *,
-    device: str = "auto",
-    block: tuple[int, int, int] | None = None,
     model: Any | None = None,
-    force: bool = False,
     progress: BlockProgress | None = None,
-    series_uid: str | None = None,
-    volume_index: int | None = None,
 ) -> VolumeResult:
     """Segment one study (NIfTI file or DICOM series folder) into ``out_dir``; see the module docstring.
 
@@ -144,13 +141,11 @@ def segment_volume(
         input_path: the study.
         spec: a volume model spec (``task: volume``, ``in_channels: 1``).
         out_dir: output folder (created).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        block: engine block ``(z, y, x)`` voxels on the model grid; None = the engine's default.
-        model: a ready network ``(N, 1, *window) -> (N, K, *window)``; None loads ``spec``'s checkpoint.
-        force: redo a study whose outputs are present.
+        options: the per-study settings: device, engine block ``(z, y, x)`` in voxels, force, DICOM
+            series, 4D NIfTI volume (:class:`~pipeline.volume.options.VolumeOptions`, checked when built).
+        model: a ready network ``(N, 1, *window) -> (N, K, *window)`` on ``(z, y, x)`` windows; None
+            loads ``spec``'s checkpoint on ``options.device``. A live object, so not part of ``options``.
         progress: ``callable(blocks_done, blocks_total)`` from the engine.
-        series_uid: DICOM folders holding several series: the one to read.
-        volume_index: 4D NIfTI: the volume to read (0-based).
 
     Raises:
         InputError: ``out_dir`` is a file or holds raster statistics, or the study is unreadable
@@ -163,9 +158,9 @@ def segment_volume(
     check_stats_store(out_dir / STATS_STORE, "volume")
     outputs = StudyOutputs.for_input(input_path, out_dir)
     stem = study_stem(input_path)
-    record = made_with(spec, volume_index=volume_index)
+    record = made_with(spec, volume_index=options.volume_index)
     redone = ""
-    if not force and outputs.complete():
+    if not options.force and outputs.complete():
         previous, redone = _previous_outputs(outputs, record)
         if previous is not None:
             _ensure_row(previous, out_dir / STATS_STORE)
@@ -174,17 +169,17 @@ def segment_volume(
         log.info("%s: segmenting again, the outputs present were %s", stem, redone)
     watch = Stopwatch()
     with watch.stage("read"):
-        volume = read_volume(input_path, series_uid=series_uid, volume_index=volume_index)
-    if force:
+        volume = read_volume(input_path, series_uid=options.series_uid, volume_index=options.volume_index)
+    if options.force:
         shutil.rmtree(outputs.work, ignore_errors=True)
     if model is None:
         from models.checkpoint import load_model
         from pipeline.engine import auto_device
 
         with watch.stage("load model"):
-            model = load_model(spec, auto_device(device))
+            model = load_model(spec, auto_device(options.device))
     with watch.stage("segment"):
-        labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, device=device, block=block, progress=progress, record=record)
+        labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, options, progress=progress, record=record)
     with watch.stage("stats"):
         stats = study_statistics(
             stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
@@ -240,8 +235,7 @@ def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: S
 
 
 def _labels_on_native_grid(
-    volume: Volume, spec: ModelSpec, work: Path, model: Any, *, device: str, block: tuple[int, int, int] | None, progress: BlockProgress | None,
-    record: dict[str, Any],
+    volume: Volume, spec: ModelSpec, work: Path, model: Any, options: VolumeOptions, *, progress: BlockProgress | None, record: dict[str, Any]
 ) -> tuple[np.ndarray, Any]:
     """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``."""
     from pipeline.engine import EngineConfig, run_engine
@@ -250,8 +244,8 @@ def _labels_on_native_grid(
     grid = plan_grid(volume.shape, volume.affine, orientation=spec.orientation, spacing=spec.spacing)
     dtype = label_dtype(spec.class_ids)
     config = EngineConfig(
-        window=tuple(spec.window), overlap=spec.overlap, blend=spec.blend, block=None if block is None else tuple(block),
-        device=device, output="logits" if grid.resampled else "labels", class_ids=spec.class_ids, label_dtype=dtype,
+        window=tuple(spec.window), overlap=spec.overlap, blend=spec.blend, block=options.block,
+        device=options.device, output="logits" if grid.resampled else "labels", class_ids=spec.class_ids, label_dtype=dtype,
     )
     blk = config.block_for(grid.model_shape)
     config = dataclasses.replace(config, block=blk)

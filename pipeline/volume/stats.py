@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.known_warnings import known_warnings_ignored
 from pipeline.volume.volume import index_to_world
 
 log = logging.getLogger(__name__)
@@ -492,8 +492,7 @@ def merge_into_store(stats: StudyStats, store: str | Path) -> Path:
             variable.encoding = {}
         tmp = store.with_name(f".{store.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        with known_warnings_ignored():
             merged.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
         if store.exists():
             shutil.rmtree(old, ignore_errors=True)

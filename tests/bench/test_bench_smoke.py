@@ -45,3 +45,9 @@ def test_gpu_throughput_bench_runs_on_cpu():
 def test_landcover_throughput_bench_runs_on_cpu():
     out = run("landcover_throughput.py", "--device", "cpu", "--side", "512", "--scenes", "2", "--parallel", "2", "--model", "unet", "--block", "256")
     assert "end to end" in out and "device need" in out
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_cpu_against_cpu():
+    out = run("gpu_check.py", "--device", "cpu", "--small")
+    assert "7/7 checks passed" in out and "pieces via disk" in out

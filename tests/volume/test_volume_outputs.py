@@ -15,8 +15,11 @@ import yaml
 from pipeline.cli import main
 from pipeline.errors import InputError
 from pipeline.volume.batch import segment_volumes
+from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import segment_volume
 from pipeline.volume.stats import _locked, merge_into_store, open_stats, study_statistics
+
+CPU = VolumeOptions(device="cpu")
 
 
 class CountingModel(torch.nn.Module):
@@ -56,7 +59,7 @@ def test_out_that_is_a_file_fails_at_once(vh, tmp_path, capsys, pv_model):
     model = CountingModel(pv_model)
     for call in (segment_volumes, segment_volume):
         with pytest.raises(InputError, match=r"results.txt: is a file, not a folder \(give --out a folder"):
-            call([study] if call is segment_volumes else study, spec, not_a_folder, device="cpu", model=model)
+            call([study] if call is segment_volumes else study, spec, not_a_folder, CPU, model=model)
     assert model.calls == 0 and not_a_folder.read_text() == "keep me"
     code = main(["volume", str(study), "--model", "demo-ct", "--out", str(not_a_folder)])
     err = capsys.readouterr().err
@@ -73,9 +76,9 @@ def test_raster_statistics_store_fails_before_any_compute(vh, tmp_path, capsys, 
     model = CountingModel(pv_model)
     for _ in range(2):  # the second run fails the same way (it used to end in an AttributeError)
         with pytest.raises(InputError, match=r"stats.zarr: holds raster statistics .*give segpipe volume its own --out folder"):
-            segment_volumes([study], spec, out, device="cpu", model=model)
+            segment_volumes([study], spec, out, CPU, model=model)
         with pytest.raises(InputError, match="holds raster statistics"):
-            segment_volume(study, spec, out, device="cpu", model=model)
+            segment_volume(study, spec, out, CPU, model=model)
     assert model.calls == 0
     assert sorted(os.listdir(out)) == ["stats.zarr"]  # no labels, no .stats.json, no work folder
     assert xr.open_zarr(store)["area_m2"].dims == ("time", "scene", "region", "class")
@@ -92,7 +95,7 @@ def test_failed_write_leaves_no_study_that_looks_done(vh, tmp_path, pv_model):
     out.mkdir()
     (out / "stats.zarr").write_text("not a zarr store")  # a file: neither statistics kind, merging fails
     with pytest.raises(Exception):  # noqa: B017 - whatever zarr raises; the point is what is left
-        segment_volume(study, vh.per_voxel_spec(tmp_path), out, device="cpu", model=pv_model)
+        segment_volume(study, vh.per_voxel_spec(tmp_path), out, CPU, model=pv_model)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["stats.zarr"]
 
 
@@ -102,7 +105,7 @@ def test_all_studies_failed_prints_no_statistics_and_leaves_no_folder(vh, tmp_pa
     bad.write_bytes(b"\x1f\x8b truncated")
     out = tmp_path / "new" / "out"
     spec = vh.per_voxel_spec(tmp_path)
-    report = segment_volumes([bad], spec, out, device="cpu")
+    report = segment_volumes([bad], spec, out, CPU)
     assert not report.ok and not out.exists()
     raw = {
         "name": "pv", "task": "volume", "architecture": "torch.nn:Conv3d",
@@ -167,5 +170,5 @@ def test_lock_is_exclusive_while_its_file_comes_and_goes(tmp_path):
 def test_a_finished_run_leaves_only_its_outputs(vh, tmp_path, pv_model):
     study = _study(vh, tmp_path)
     out = tmp_path / "out"
-    segment_volume(study, vh.per_voxel_spec(tmp_path), out, device="cpu", model=pv_model)
+    segment_volume(study, vh.per_voxel_spec(tmp_path), out, CPU, model=pv_model)
     assert sorted(os.listdir(out)) == ["ct.labels.ctbl", "ct.labels.json", "ct.labels.nii.gz", "ct.labels.txt", "ct.stats.json", "stats.zarr"]

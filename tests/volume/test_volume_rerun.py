@@ -11,7 +11,10 @@ import xarray as xr
 
 from pipeline.volume.made_with import made_with, why_redo
 from pipeline.volume.batch import segment_volumes
+from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import segment_volume, study_done
+
+CPU = VolumeOptions(device="cpu")
 
 
 def _labels(path):
@@ -24,11 +27,11 @@ def test_another_model_replaces_the_outputs_and_says_why(vh, tmp_path):
     out = tmp_path / "out"
     three = vh.per_voxel_spec(tmp_path, n_classes=3)
     two = vh.per_voxel_spec(tmp_path, n_classes=2)
-    first = segment_volume(study, three, out, device="cpu", model=vh.per_voxel_model())
+    first = segment_volume(study, three, out, CPU, model=vh.per_voxel_model())
     assert not first.skipped and first.redone == ""
     assert study_done(study, three, out) and not study_done(study, two, out)
 
-    second = segment_volume(study, two, out, device="cpu", model=vh.per_voxel_model(vh.BODY_WEIGHT, vh.BODY_BIAS))
+    second = segment_volume(study, two, out, CPU, model=vh.per_voxel_model(vh.BODY_WEIGHT, vh.BODY_BIAS))
     assert not second.skipped
     assert second.redone == "made by model 'per-voxel-3', not 'per-voxel-2'"
     assert np.array_equal(_labels(second.outputs.labels), vh.per_voxel_answer(hu, vh.BODY_WEIGHT, vh.BODY_BIAS))
@@ -38,7 +41,7 @@ def test_another_model_replaces_the_outputs_and_says_why(vh, tmp_path):
     ds = xr.open_zarr(out / "stats.zarr")
     assert ds.model.values.tolist() == ["per-voxel-2"]
 
-    again = segment_volume(study, two, out, device="cpu", model=vh.per_voxel_model(vh.BODY_WEIGHT, vh.BODY_BIAS))
+    again = segment_volume(study, two, out, CPU, model=vh.per_voxel_model(vh.BODY_WEIGHT, vh.BODY_BIAS))
     assert again.skipped and again.redone == ""
 
 
@@ -47,20 +50,20 @@ def test_same_name_other_settings_or_weights_redo_identical_weights_skip(vh, tmp
     study = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("LPS"))
     out = tmp_path / "out"
     spec = vh.per_voxel_spec(tmp_path)
-    segment_volume(study, spec, out, device="cpu", model=pv_model)
+    segment_volume(study, spec, out, CPU, model=pv_model)
     # the same weights written again (new mtime, same bytes): still done
     vh.per_voxel_spec(tmp_path)
-    assert segment_volume(study, spec, out, device="cpu", model=pv_model).skipped
+    assert segment_volume(study, spec, out, CPU, model=pv_model).skipped
     # other overlap
     wider = dataclasses.replace(spec, overlap=0.5)
-    result = segment_volume(study, wider, out, device="cpu", model=pv_model)
+    result = segment_volume(study, wider, out, CPU, model=pv_model)
     assert not result.skipped and result.redone == "made by model 'per-voxel-3' with a different overlap"
     # other weights under the same name and path
     from safetensors.torch import save_file
 
     other = vh.per_voxel_model((0.0, 10.0, 0.0), (0.0, -4.5031, 0.0))
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(wider.checkpoint))
-    result = segment_volume(study, wider, out, device="cpu", model=other)
+    result = segment_volume(study, wider, out, CPU, model=other)
     assert result.redone == "made by model 'per-voxel-3' with a different checkpoint_sha256"
     assert np.array_equal(_labels(result.outputs.labels), vh.per_voxel_answer(hu, (0.0, 10.0, 0.0), (0.0, -4.5031, 0.0)))
 
@@ -70,11 +73,11 @@ def test_outputs_without_a_record_are_redone(vh, tmp_path, pv_model):
     study = vh.write_nifti(tmp_path / "ct.nii.gz", vh.ct_crop((6, 20, 24)), vh.axis_affine("LPS"))
     out = tmp_path / "out"
     spec = vh.per_voxel_spec(tmp_path)
-    first = segment_volume(study, spec, out, device="cpu", model=pv_model)
+    first = segment_volume(study, spec, out, CPU, model=pv_model)
     raw = json.loads(first.outputs.stats.read_text())
     del raw["made_with"]
     first.outputs.stats.write_text(json.dumps(raw))
-    result = segment_volume(study, spec, out, device="cpu", model=pv_model)
+    result = segment_volume(study, spec, out, CPU, model=pv_model)
     assert result.redone.startswith("made by model 'per-voxel-3' by an older segpipe")
     assert json.loads(result.outputs.stats.read_text())["made_with"] == made_with(spec)
 
@@ -84,9 +87,9 @@ def test_batch_redoes_only_studies_of_another_model(vh, tmp_path):
     b = vh.write_nifti(tmp_path / "b.nii.gz", vh.ct_crop((6, 20, 24)) + 1, vh.axis_affine("RAS"))
     out = tmp_path / "out"
     three, two = vh.per_voxel_spec(tmp_path, n_classes=3), vh.per_voxel_spec(tmp_path, n_classes=2)
-    segment_volume(a, three, out, device="cpu", model=vh.per_voxel_model())
-    segment_volume(b, two, out, device="cpu", model=vh.per_voxel_model(vh.BODY_WEIGHT, vh.BODY_BIAS))
-    report = segment_volumes([a, b], two, out, device="cpu")  # loads the spec's checkpoint: a needs it
+    segment_volume(a, three, out, CPU, model=vh.per_voxel_model())
+    segment_volume(b, two, out, CPU, model=vh.per_voxel_model(vh.BODY_WEIGHT, vh.BODY_BIAS))
+    report = segment_volumes([a, b], two, out, CPU)  # loads the spec's checkpoint: a needs it
     assert report.ok
     assert [(r.study, r.skipped, r.redone) for r in report.results] == [
         ("a", False, "made by model 'per-voxel-3', not 'per-voxel-2'"),

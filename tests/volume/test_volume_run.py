@@ -12,7 +12,10 @@ import xarray as xr
 
 from pipeline.errors import InputError
 from pipeline.volume.batch import segment_volumes
+from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import StudyOutputs, segment_volume
+
+CPU = VolumeOptions(device="cpu")
 
 
 def assert_same_grid(out_path, in_path):
@@ -36,7 +39,7 @@ def test_per_voxel_model_gives_the_per_voxel_answer(vh, tmp_path, pv_model, geom
     affine = vh.oblique_affine() if geometry == "oblique" else vh.axis_affine(geometry)
     path = vh.write_nifti(tmp_path / f"ct_{geometry}.nii.gz", hu, affine, qcode=1, scode=2 if geometry != "oblique" else 1)
     spec = vh.per_voxel_spec(tmp_path, orientation="RAS", window=[8, 16, 16])  # reorients LAS/LPS/oblique
-    result = segment_volume(path, spec, tmp_path / "out", device="cpu", model=pv_model, block=(8, 16, 32))
+    result = segment_volume(path, spec, tmp_path / "out", VolumeOptions(device="cpu", block=(8, 16, 32)), model=pv_model)
     out = nib.load(result.outputs.labels)
     assert out.get_data_dtype() == np.uint8
     assert_same_grid(result.outputs.labels, path)
@@ -51,7 +54,7 @@ def test_mr_las_zscore_native_orientation(vh, tmp_path):
     data = np.asarray(img.dataobj).astype(np.float64)
     spec = vh.per_voxel_spec(tmp_path, n_classes=2, normalize={"kind": "zscore"}, window=[16, 128, 128])
     model = vh.per_voxel_model((0.0, 1.0), (0.0, -0.50003))
-    result = segment_volume(path, spec, tmp_path / "out", device="cpu", model=model)
+    result = segment_volume(path, spec, tmp_path / "out", CPU, model=model)
     fg = data[data != 0]
     z = (data - fg.mean()) / fg.std()
     expected = (z - 0.50003 > 0).astype(np.uint8)
@@ -70,7 +73,7 @@ def test_resampling_agrees_with_the_per_voxel_answer(vh, tmp_path, geometry, spa
     path = vh.write_nifti(tmp_path / f"ct_{geometry}.nii.gz", hu, affine, qcode=0, scode=2)
     spec = vh.per_voxel_spec(tmp_path, n_classes=2, spacing=list(spacing), orientation="RAS", window=[32, 64, 64])
     model = vh.per_voxel_model(vh.BODY_WEIGHT, vh.BODY_BIAS)
-    result = segment_volume(path, spec, tmp_path / "out", device="cpu", model=model)
+    result = segment_volume(path, spec, tmp_path / "out", CPU, model=model)
     got = np.asarray(nib.load(result.outputs.labels).dataobj).T
     expected = vh.per_voxel_answer(hu, vh.BODY_WEIGHT, vh.BODY_BIAS)
     assert_same_grid(result.outputs.labels, path)
@@ -81,7 +84,7 @@ def test_large_class_ids_give_uint16(vh, tmp_path, pv_model):
     hu = vh.ct_crop((6, 20, 24))
     path = vh.write_nifti(tmp_path / "small.nii", hu, vh.axis_affine("RAS"))
     spec = vh.per_voxel_spec(tmp_path, classes=[{"id": 0, "name": "bg"}, {"id": 300, "name": "soft"}, {"id": 1000, "name": "dense"}])
-    result = segment_volume(path, spec, tmp_path / "out", device="cpu", model=pv_model)
+    result = segment_volume(path, spec, tmp_path / "out", CPU, model=pv_model)
     assert result.outputs.labels.name == "small.labels.nii.gz"
     out = nib.load(result.outputs.labels)
     assert out.get_data_dtype() == np.uint16
@@ -91,7 +94,7 @@ def test_large_class_ids_give_uint16(vh, tmp_path, pv_model):
 def test_sidecar_and_colour_tables(vh, tmp_path, pv_model):
     path = vh.write_nifti(tmp_path / "c.nii.gz", vh.ct_crop((6, 20, 24)), vh.axis_affine("RAS"))
     spec = vh.per_voxel_spec(tmp_path)
-    out = segment_volume(path, spec, tmp_path / "out", device="cpu", model=pv_model).outputs
+    out = segment_volume(path, spec, tmp_path / "out", CPU, model=pv_model).outputs
     sidecar = json.loads(out.sidecar.read_text())
     assert sidecar["labels"]["1"] == {"name": "soft", "color": "#e31a1c"} and sidecar["model"] == spec.name
     rows = [line for line in out.itksnap.read_text().splitlines() if not line.startswith("#")]
@@ -116,12 +119,13 @@ def test_resume_after_a_crash_reruns_only_unfinished_blocks(vh, tmp_path, pv_mod
                 raise RuntimeError("simulated crash")
             return pv_model(x)
 
+    options = VolumeOptions(device="cpu", block=(8, 16, 16))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        segment_volume(path, spec, tmp_path / "out", device="cpu", model=Crashing(2), block=(8, 16, 16))
+        segment_volume(path, spec, tmp_path / "out", options, model=Crashing(2))
     outputs = StudyOutputs.for_input(path, tmp_path / "out")
     assert outputs.work.exists() and not outputs.labels.exists() and not outputs.stats.exists()
-    full = segment_volume(path, spec, tmp_path / "full", device="cpu", model=pv_model, block=(8, 16, 16))
-    resumed = segment_volume(path, spec, tmp_path / "out", device="cpu", model=pv_model, block=(8, 16, 16))
+    full = segment_volume(path, spec, tmp_path / "full", options, model=pv_model)
+    resumed = segment_volume(path, spec, tmp_path / "out", options, model=pv_model)
     assert resumed.windows_run < full.windows_run and resumed.blocks_run < full.blocks_run
     a = np.asarray(nib.load(resumed.outputs.labels).dataobj)
     assert np.array_equal(a, np.asarray(nib.load(full.outputs.labels).dataobj))
@@ -149,7 +153,7 @@ def test_batch_reports_bad_studies_and_finishes_the_rest(vh, tmp_path, pv_model)
     inputs = [truncated, good, nans, empty, gap, flat, dicom, two]
     spec = vh.per_voxel_spec(tmp_path)
     out = tmp_path / "out"
-    report = segment_volumes(inputs, spec, out, device="cpu", model=pv_model)
+    report = segment_volumes(inputs, spec, out, CPU, model=pv_model)
     assert [r.study for r in report.results] == ["good", "dicom_ok"]
     failures = {f.source: f.message for f in report.failures}
     assert set(failures) == {str(p) for p in (truncated, nans, empty, gap, flat, two)}
@@ -171,9 +175,9 @@ def test_batch_reports_bad_studies_and_finishes_the_rest(vh, tmp_path, pv_model)
     assert ds.voxel_count.sel(study="good").sum().item() == hu.size
     assert ds.modality.sel(study="dicom_ok").item() == "CT"
     # a second run skips finished studies; force redoes them
-    again = segment_volumes([good, dicom], spec, out, device="cpu", model=pv_model)
+    again = segment_volumes([good, dicom], spec, out, CPU, model=pv_model)
     assert [r.skipped for r in again.results] == [True, True] and again.ok
-    forced = segment_volumes([good], spec, out, device="cpu", model=pv_model, force=True)
+    forced = segment_volumes([good], spec, out, VolumeOptions(device="cpu", force=True), model=pv_model)
     assert [r.skipped for r in forced.results] == [False]
 
 
@@ -199,7 +203,7 @@ def test_duplicate_stems_fail_cleanly(vh, tmp_path, pv_model):
     (tmp_path / "b").mkdir()
     first = vh.write_nifti(tmp_path / "a" / "case.nii.gz", hu, np.eye(4))
     second = vh.write_nifti(tmp_path / "b" / "case.nii", hu, np.eye(4))
-    report = segment_volumes([first, second], vh.per_voxel_spec(tmp_path), tmp_path / "out", device="cpu", model=pv_model)
+    report = segment_volumes([first, second], vh.per_voxel_spec(tmp_path), tmp_path / "out", CPU, model=pv_model)
     assert [r.study for r in report.results] == ["case"]
     assert "same output name 'case'" in report.failures[0].message
 
@@ -221,6 +225,6 @@ def test_dask_address_runs_studies_on_the_cluster(vh, tmp_path, pv_model):
     bad.write_bytes(b"broken")
     spec = vh.per_voxel_spec(tmp_path)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        report = segment_volumes([good, bad], spec, tmp_path / "out", device="cpu", model=pv_model, dask_address=cluster.scheduler_address)
+        report = segment_volumes([good, bad], spec, tmp_path / "out", CPU, model=pv_model, dask_address=cluster.scheduler_address)
     assert [r.study for r in report.results] == ["d1"] and [f.source for f in report.failures] == [str(bad)]
     assert np.array_equal(np.asarray(nib.load(report.results[0].outputs.labels).dataobj).T, vh.per_voxel_answer(hu))
