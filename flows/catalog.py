@@ -9,6 +9,7 @@ A scene catalog::
       - https://example.org/cogs/tile-17.tif
     regions: districts.geojson       # optional polygons: area per region and class
     region_field: name               # optional attribute naming the regions
+    bands: [4, 3, 2, 8]              # optional 1-based bands fed to the model, in order (default: all)
     output: /data/landcover          # optional output root (relative to this file)
     demo: {size: [512, 512], seed: 1}  # optional: generate missing inputs with pipeline.demo
 
@@ -25,7 +26,6 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
 
 from pipeline.errors import InputError
 from pipeline.yaml_files import read_yaml_mapping
@@ -54,6 +54,7 @@ class SceneCatalog:
     region_field: str | None = None
     output: Path | None = None
     demo: DemoRecipe | None = None
+    bands: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ def load_scene_catalog(path: str | Path) -> SceneCatalog:
         region_field=_optional_str(raw, "region_field", source),
         output=_output(raw, source),
         demo=_demo(raw, source, dims=2),
+        bands=check_bands(raw.get("bands"), source),
     )
 
 
@@ -175,6 +177,19 @@ def _is_study(path: Path) -> bool:
     if path.is_dir():
         return path.suffix != ".zarr" and any(p.is_file() and not p.name.startswith(".") for p in path.iterdir())
     return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def check_bands(value: Any, source: str | Path) -> tuple[int, ...] | None:
+    """``bands`` of a catalog or flow parameter: None, or a non-empty list of 1-based band numbers.
+
+    Raises:
+        InputError: anything else (names ``source`` and the value).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value):
+        raise InputError(source, f"'bands' must be a list of 1-based band numbers, got {value!r}", "write bands: [4, 3, 2, 8] (the bands the model takes, in order) or leave it out")
+    return tuple(value)
 
 
 def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:

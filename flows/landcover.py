@@ -45,7 +45,7 @@ from flows._runtime import (
     retry_on_io_error,
     submit_bounded,
 )
-from flows.catalog import expand, load_scene_catalog, model_ref
+from flows.catalog import check_bands, expand, load_scene_catalog, model_ref
 from pipeline.errors import InputError
 from pipeline.known_warnings import ignore_known_warnings, known_warnings_ignored
 from pipeline.memory import limit_malloc_arenas
@@ -109,15 +109,17 @@ def segment_scene(
     block: int | None = None,
     device: str = "auto",
     time: str | None = None,
+    bands: list[int] | None = None,
 ) -> SceneOutput:
-    """Segment one scene (path or URL) with the model spec ``model`` (a name or a YAML path) into ``out_dir``."""
+    """Segment one scene (path or URL) with the model spec ``model`` (a name or a YAML path) into
+    ``out_dir``; ``bands``: 1-based bands fed to the model, in order (None: all)."""
     from models.spec import load_spec
     from pipeline.raster.run import segment_raster
 
     spec = load_spec(model)
     result = segment_raster(
         scene, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device,
-        time=time, model=cached_model(spec, device),
+        time=time, bands=bands, model=cached_model(spec, device),
     )
     return SceneOutput(
         scene=scene,
@@ -142,6 +144,7 @@ def landcover(
     dask_address: str | None = None,
     max_parallel: int | None = None,
     time: str | None = None,
+    bands: list[int] | None = None,
 ) -> LandcoverReport:
     """Segment scenes into ``<out>/<stem>.labels.tif`` and append area per region and class to ``<out>/stats.zarr``.
 
@@ -165,6 +168,8 @@ def landcover(
             with 16+ cores (:func:`local_scenes_in_flight`), unbounded on Dask.
         time: the ``time`` of this run's entries in ``stats.zarr`` (ISO 8601; naive = UTC), e.g. to
             backfill a night; default: the flow run's scheduled start.
+        bands: 1-based bands fed to the model, in order (e.g. ``[4, 3, 2, 8]`` for Sentinel-2
+            B, G, R, NIR), as ``segpipe raster --bands``; replaces the catalog's; default: all bands.
 
     Returns:
         The report; failures are listed there and in the ``landcover-failures`` artifact.
@@ -176,13 +181,14 @@ def landcover(
     logger = get_run_logger()
     limit_malloc_arenas()
     ignore_known_warnings()  # before any threads: see pipeline/known_warnings.py
-    plan = plan_scenes(catalog, scenes, model, regions, region_field, out)
+    plan = plan_scenes(catalog, scenes, model, regions, region_field, out, bands)
     stamp = _run_time(time)
     failures = list(plan.failures)
     logger.info("landcover: %d scene(s) -> %s (model %s, time %s)", len(plan.todo), plan.out_dir, plan.model, stamp)
     calls = [
-        dict(name=name, scene=scene, model=plan.model, out_dir=str(plan.out_dir), regions=plan.regions,
-             region_field=plan.region_field, block=block, device=device, time=stamp)
+        {"name": name, "scene": scene, "model": plan.model, "out_dir": str(plan.out_dir), "regions": plan.regions,
+         "region_field": plan.region_field, "block": block, "device": device, "time": stamp,
+         "bands": None if plan.bands is None else list(plan.bands)}
         for name, scene in plan.todo
     ]
     with dask_runner(dask_address) as runner:
@@ -213,6 +219,7 @@ class ScenePlan:
     failures: tuple[Failure, ...]
     regions: str | None
     region_field: str | None
+    bands: tuple[int, ...] | None = None
 
 
 def plan_scenes(
@@ -222,6 +229,7 @@ def plan_scenes(
     regions: str | None,
     region_field: str | None,
     out: str | None,
+    bands: list[int] | None = None,
 ) -> ScenePlan:
     """Merge the catalog with explicit parameters (which win), resolve paths, generate missing demo inputs.
 
@@ -229,7 +237,7 @@ def plan_scenes(
     whose output name repeats an earlier one becomes a failure (its outputs would overwrite the first).
 
     Raises:
-        InputError: no scenes, no model, or a catalog that cannot be read.
+        InputError: no scenes, no model, bad ``bands``, or a catalog that cannot be read.
     """
     from pipeline.raster.ingest import scene_stem
 
@@ -259,6 +267,7 @@ def plan_scenes(
         failures=tuple(failures),
         regions=region_file,
         region_field=region_field or (cat.region_field if cat else None),
+        bands=check_bands(bands, "bands") if bands is not None else (cat.bands if cat else None),
     )
 
 

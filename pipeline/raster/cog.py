@@ -16,6 +16,7 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -82,6 +83,7 @@ def write_label_cog(
         raise InputError(out_path, f"nodata {nodata} is also a class id", "choose a nodata value outside the class ids")
     dtype = np.dtype(labels_zarr_array.dtype)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_path)
     token = uuid.uuid4().hex[:8]
     tmp = out_path.with_name(f".{out_path.name}.{token}.tmp.tif")
     cog = out_path.with_name(f".{out_path.name}.{token}.cog.tif")
@@ -103,6 +105,15 @@ def write_label_cog(
         tmp.unlink(missing_ok=True)
     log.info("wrote %s", out_path)
     return out_path
+
+
+def _remove_stale_temporaries(out_path: Path) -> None:
+    """Remove the hidden temporaries (``.<name>.<token>.tmp.tif``, ``.cog.tif``, ``.aux.xml``) a
+    killed run left next to ``out_path``; one scene's outputs are written by one run at a time."""
+    for suffix in ("tmp.tif", "cog.tif", "aux.xml"):
+        for stale in out_path.parent.glob(f".{glob_escape(out_path.name)}.{'[0-9a-f]' * 8}.{suffix}"):
+            log.info("removing %s, left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
 
 
 def _write_tiled(labels, mask, info: RasterInfo, classes, path: Path, *, dtype, nodata: int) -> None:

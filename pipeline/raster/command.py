@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--regions", metavar="FILE", help="region polygons (GeoJSON, GeoPackage, Shapefile; any CRS)")
     p.add_argument("--region-field", metavar="NAME", help="attribute naming each region (default: 'name' if present)")
-    p.add_argument("--block", type=_positive, metavar="N", help="block size in pixels; bounds memory (default 1024 on CPU, 2048 on a GPU)")
+    p.add_argument("--block", type=_block, metavar="N", help=f"block size in pixels, at least {MIN_BLOCK}; bounds memory (default 1024 on CPU, 2048 on a GPU)")
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--bands", type=_bands, metavar="1,2,3,4", help="1-based bands to feed the model, in order")
     p.add_argument("--time", metavar="ISO", help="run time recorded in stats.zarr (default: now, UTC)")
@@ -36,15 +36,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _positive(text: str) -> int:
+MIN_BLOCK = 64  # a block is one zarr chunk per array: --block 1 on a 700 x 900 scene wrote 1.3 million files
+
+
+def _block(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of pixels")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels (e.g. 1024)") from None
+    if value < MIN_BLOCK:
+        raise argparse.ArgumentTypeError(
+            f"{value} pixels is too small: each block is a zarr chunk file, so tiny blocks mean millions of files "
+            f"(use at least {MIN_BLOCK}; 1024 suits CPUs, 2048 GPUs)"
+        )
     return value
-
 
 
 def _bands(text: str) -> tuple[int, ...]:
@@ -60,11 +65,18 @@ def _bands(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from models.spec import load_spec
-    from pipeline.outputs import check_stats_store, prepare_output_dir
+    from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
     from pipeline.raster.ingest import scene_stem
+    from pipeline.raster.regions import check_regions_file
     from pipeline.raster.run import STATS_STORE, check_device, segment_raster
     from pipeline.raster.stats import to_datetime64
 
@@ -75,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
     when = to_datetime64(args.time)
     if not args.dask_address:  # with Dask the device is the workers'
         check_device(args.device)
+    if args.region_field is not None and args.regions is None:
+        raise InputError(args.region_field, "--region-field given without --regions", "add --regions FILE")
+    if args.regions is not None:  # the same file for every scene: one message, before any work
+        check_regions_file(args.regions, field=args.region_field)
     check_stats_store(Path(args.out) / STATS_STORE, "raster")
+    created = [p for p in (*reversed(Path(args.out).parents), Path(args.out)) if not p.exists()]
     prepare_output_dir(args.out)
     out = Console()
     err = Console(stderr=True)
@@ -123,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
     done = len(args.images) - len(failed)
+    if not done:  # leave no empty output folders behind a run that produced nothing
+        for folder in reversed(created):
+            remove_if_empty(folder)
     where = f"; statistics in {Path(args.out) / STATS_STORE}" if done else ""
     out.print(escape(f"{done}/{len(args.images)} scene(s) done{where}"), highlight=False, soft_wrap=True)
     if failed:

@@ -20,9 +20,10 @@ import json
 import logging
 import shutil
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,8 @@ def probe_raster(
 
 
 def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> RasterInfo:
+    if src.crs is None and _disguised(src, path):
+        raise InputError(path, f"a {src.driver} image with a GeoTIFF name and no CRS (not a GeoTIFF)", "give the real GeoTIFF/COG; re-export or re-download this one")
     if src.crs is None:
         raise InputError(path, "no CRS: the raster is not georeferenced", "assign one, e.g. `gdal_edit.py -a_srs EPSG:32618 FILE`, or export it as a GeoTIFF with its CRS")
     if src.transform == Affine.identity() and not src.gcps[0] and not src.rpcs:
@@ -194,6 +197,11 @@ def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> Raster
         band_names=tuple(names),
         bands=selected,
     )
+
+
+def _disguised(src, path: str) -> bool:
+    """True for a file named ``.tif``/``.tiff`` that GDAL reads as another format (a PNG or JPEG renamed)."""
+    return path.lower().split("?", 1)[0].endswith((".tif", ".tiff")) and src.driver not in ("GTiff", "COG", "VRT")
 
 
 def tiles(height: int, width: int, block: int) -> Iterator[tuple[slice, slice]]:
@@ -245,6 +253,7 @@ def ingest_raster(
         if _existing_signature(store_path) == signature:
             log.info("%s: reusing complete ingest %s", path_or_url, store_path)
             return info
+        remove_stale_temporaries(store_path)
         tmp = store_path.with_name(f"{store_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             arrays = _create_store(tmp, info, block)
@@ -257,6 +266,19 @@ def ingest_raster(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return info
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``<name>.tmp-*`` siblings of ``path``: what a killed run (SIGKILL, power loss) was
+    writing when it died. Nothing renames them into place, so they would stay forever (a killed
+    ingest of a large scene leaves gigabytes). Outputs are named by scene, and one scene is written
+    by one run at a time, so a temporary of the same name is never another run's live work."""
+    for stale in path.parent.glob(f"{glob_escape(path.name)}.tmp-*"):
+        log.info("removing %s, left by an interrupted run", stale)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def read_info(store_path: str | Path) -> RasterInfo:
@@ -507,5 +529,15 @@ def _finish_store(path: Path, attrs: dict[str, Any]) -> None:
 
 
 def _gdal_reason(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
+    """GDAL's own words for ``exc``: the innermost message of the exception chain (rasterio's
+    outer ``Read failed. See previous exception for details.`` says nothing by itself)."""
+    reasons = []
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause).strip()
+        if text and "see previous exception" not in text.lower():
+            reasons.append(text.splitlines()[0])
+        cause = cause.__cause__ or cause.__context__
+    return (reasons[-1] if reasons else type(exc).__name__)[:200]

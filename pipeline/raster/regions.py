@@ -70,16 +70,8 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
         InputError: unreadable or empty file, no CRS, missing attribute (the error lists the
             available ones), non-polygon geometries, or no region intersecting the raster.
     """
-    gdf = _read_file(Path(path))
+    gdf, names, geoms = _load(path, field)
     where = str(path)
-    if gdf.crs is None:
-        raise InputError(where, "the regions have no CRS", "set one, e.g. `ogr2ogr -a_srs EPSG:4326 out.gpkg in.shp`")
-    names = _names(gdf, where, field)
-    geoms = shapely.make_valid(np.asarray(gdf.geometry.values, dtype=object))
-    geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
-    if any(g is None for g in geoms):
-        kinds = sorted({t for t, g in zip(gdf.geom_type, geoms) if g is None})
-        raise InputError(where, f"regions must be polygons, found {', '.join(map(str, kinds))}", "give (multi)polygon features")
     _check_geographic_range(gdf, Path(path), info)
     geoms = _to_raster_crs(geoms, gdf.crs, info, where)
     merged: dict[str, list[BaseGeometry]] = {}
@@ -101,6 +93,32 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
             "check that the regions and the raster cover the same place",
         )
     return Regions(names=tuple(kept_names), geometries=tuple(kept_geoms), source=where)
+
+
+def check_regions_file(path: str | Path, *, field: str | None = None) -> int:
+    """Check a regions file on its own, before any raster is read: readable, with a CRS, polygon
+    features and the ``field`` attribute (see :func:`read_regions`). Returns the number of regions.
+
+    Raises:
+        InputError: the same problems :func:`read_regions` reports, except those that need the raster.
+    """
+    _, names, _ = _load(path, field)
+    return len(set(names))
+
+
+def _load(path: str | Path, field: str | None):
+    """The regions' table, names and (valid, polygonal) geometries in the file's CRS."""
+    gdf = _read_file(Path(path))
+    where = str(path)
+    if gdf.crs is None:
+        raise InputError(where, "the regions have no CRS", "set one, e.g. `ogr2ogr -a_srs EPSG:4326 out.gpkg in.shp`")
+    names = _names(gdf, where, field)
+    geoms = shapely.make_valid(np.asarray(gdf.geometry.values, dtype=object))
+    geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
+    if any(g is None for g in geoms):
+        kinds = sorted({t for t, g in zip(gdf.geom_type, geoms) if g is None})
+        raise InputError(where, f"regions must be polygons, found {', '.join(map(str, kinds))}", "give (multi)polygon features")
+    return gdf, names, geoms
 
 
 def _read_file(path: Path):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from models.spec import ModelSpec, load_spec
@@ -27,13 +28,21 @@ from pipeline.errors import InputError, ModelSpecError
 from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
-from pipeline.timing import Stopwatch
-from pipeline.zarr_write import fast_writes
 from pipeline.raster.cog import write_label_cog
-from pipeline.raster.ingest import RasterInfo, band_stats, every_pixel_valid, ingest_raster, probe_raster, read_preview, scene_stem
+from pipeline.raster.ingest import (
+    RasterInfo,
+    band_stats,
+    every_pixel_valid,
+    ingest_raster,
+    probe_raster,
+    read_preview,
+    scene_stem,
+)
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
+from pipeline.timing import Stopwatch
+from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +261,9 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
     image = zarr.open_group(work, mode="r", use_consolidated=False)["image"]
     grid = plan_for(tuple(image.shape), config).shape
     labels, done = _label_arrays(work, _fingerprint(spec, info, block, label_dtype), info.shape, block, grid, label_dtype)
+    skipped = mark_empty_blocks(work, done, block)
+    if skipped:
+        log.info("%s: %d of %d blocks hold no valid pixel; the model skips them", info.path, skipped, done.size)
     preprocess = _preprocess(spec, work)
     if dask_client is not None:
         from pipeline.distributed import ZarrRef, run_engine_dask
@@ -271,6 +283,31 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
     if hasattr(model, "to") and hasattr(model, "eval"):
         model = model.to(auto_device(device)).eval()
     return run_engine(image, model, config, labels, done=done, preprocess=preprocess, progress=progress)
+
+
+def mark_empty_blocks(work: Path, done: Any, block: int) -> int:
+    """Record the blocks without a single valid pixel as finished in ``done`` (block grid ``(by, bx)``).
+
+    Their labels are never seen (the COG writes nodata and the statistics count nodata wherever the
+    mask is False), so the engine need not run the model there: it only runs windows that feed an
+    unfinished block. A mostly-nodata scene (a swath in a large grid, a wide collar) then costs its
+    valid area, not its bounding box. Valid blocks get the same labels as before: every window that
+    touches them still runs. Returns the number of empty blocks.
+    """
+    import zarr
+
+    if every_pixel_valid(work):
+        return 0
+    mask = zarr.open_group(work, mode="r", use_consolidated=False)["mask"]
+    finished = np.asarray(done[...], dtype=bool)
+    empty = 0
+    for by, bx in np.ndindex(*finished.shape):
+        rows, cols = slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block)
+        if not np.asarray(mask[rows, cols]).any():
+            empty += 1
+            if not finished[by, bx]:
+                done[by : by + 1, bx : bx + 1] = np.ones((1, 1), dtype=np.uint8)
+    return empty
 
 
 def _given_model(model: Any) -> Any:

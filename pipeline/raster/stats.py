@@ -218,6 +218,11 @@ def to_datetime64(time: Any) -> np.datetime64:
     """A run time as ``datetime64[ns]`` in UTC (naive); aware datetimes are converted to UTC."""
     if time is None:
         time = datetime.now(timezone.utc)
+    if isinstance(time, str):
+        try:  # ISO 8601 with an offset or Z (numpy parses those too, but warns it drops time zones)
+            time = datetime.fromisoformat(time.strip())
+        except ValueError:
+            pass  # e.g. nanoseconds: numpy's parser below
     if isinstance(time, datetime) and time.tzinfo is not None:
         time = time.astimezone(timezone.utc).replace(tzinfo=None)
     try:
@@ -243,6 +248,7 @@ def append_stats(ds: xr.Dataset, store_path: str | Path, *, time: Any, scene: st
     t = to_datetime64(time)
     entry = ds.expand_dims(time=[t], scene=np.array([scene], dtype=object))
     with _lock(store_path):
+        _recover(store_path)
         if (store_path / "zarr.json").is_file():
             old = _open(store_path).load()
             if t in old.time.values and scene in old.scene.values:
@@ -300,6 +306,24 @@ def _replace_store(ds: xr.Dataset, store_path: Path) -> None:
             os.rename(old, store_path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(store_path: Path) -> None:
+    """Under the lock, undo what a run killed inside :func:`_replace_store` left: its ``.tmp-*``
+    store is removed, and an ``.old-*`` store is put back when the store itself is missing (killed
+    between the two renames) or removed when the swap had finished."""
+    from glob import escape
+
+    pattern = escape(store_path.name)
+    for stale in store_path.parent.glob(f"{pattern}.tmp-*"):
+        log.info("removing %s, left by an interrupted run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(store_path.parent.glob(f"{pattern}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not store_path.exists():
+            log.warning("restoring %s from %s, left by an interrupted run", store_path, old)
+            os.rename(old, store_path)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
