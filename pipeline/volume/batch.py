@@ -108,7 +108,7 @@ def _segment_batch(
     if dask_address:
         outcomes = _run_on_dask(dask_address, todo, spec, out_dir, options, model, progress)
     else:
-        if model is None and any(options.force or not study_done(p, spec, out_dir, volume_index=options.volume_index) for p in todo):
+        if model is None and any(options.force or not _done(p, spec, out_dir, options) for p in todo):
             from models.checkpoint import load_model
             from pipeline.engine import auto_device
 
@@ -124,6 +124,14 @@ def _segment_batch(
     results = tuple(o for o in outcomes if isinstance(o, VolumeResult))
     failures = tuple(failures) + tuple(o for o in outcomes if isinstance(o, StudyFailure))
     return BatchReport(results=results, failures=failures, stats_store=out_dir / STATS_STORE)
+
+
+def _done(path: Path, spec: ModelSpec, out_dir: Path, options: VolumeOptions) -> bool:
+    """:func:`study_done` with the batch's series and volume; a study that will fail is not done."""
+    try:
+        return study_done(path, spec, out_dir, series_uid=options.series_uid, volume_index=options.volume_index)
+    except SegpipeError:
+        return False
 
 
 def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
