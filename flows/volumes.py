@@ -186,7 +186,7 @@ def plan_studies(studies: str | list[str] | None, model: str | None, out: str | 
     Raises:
         InputError: nothing to segment, no model, or an unreadable catalog.
     """
-    from pipeline.volume.readers import study_stem
+    from pipeline.volume.run import output_stem
 
     source = DEFAULT_CATALOG if studies is None else studies
     cat = None
@@ -209,7 +209,7 @@ def plan_studies(studies: str | list[str] | None, model: str | None, out: str | 
     if not model_name:
         raise InputError(str(cat.source) if cat else "model", "no model given", "pass model=<name or spec.yaml> or set model: in the catalog")
     base = cat.source.parent if (cat is not None and not model) else Path.cwd()
-    todo, failures = distinct_names(items, study_stem)
+    todo, failures = distinct_names(items, output_stem)
     return StudyPlan(out_dir=out_dir, model=_spec_path(model_name, base), todo=tuple(todo), failures=tuple(failures))
 
 

@@ -15,12 +15,12 @@ from models.spec import ModelSpec
 from pipeline.errors import SegpipeError
 from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
 from pipeline.volume.options import DEFAULT_OPTIONS, VolumeOptions
-from pipeline.volume.readers import study_stem
 from pipeline.volume.run import (
     STATS_STORE,
     BlockProgress,
     VolumeResult,
     check_volume_spec,
+    output_stem,
     segment_volume,
     study_done,
 )
@@ -116,7 +116,7 @@ def _segment_batch(
         outcomes = []
         for index, path in enumerate(todo):
             if progress is not None:
-                progress.study_started(study_stem(path), index, len(todo))
+                progress.study_started(output_stem(path), index, len(todo))
             outcome = _segment_one(path, spec, out_dir, options, model, progress.blocks if progress is not None else None)
             outcomes.append(outcome)
             if progress is not None:
@@ -135,11 +135,16 @@ def _done(path: Path, spec: ModelSpec, out_dir: Path, options: VolumeOptions) ->
 
 
 def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
-    """Inputs with distinct stems; later duplicates fail (their outputs would overwrite the first)."""
+    """Inputs with distinct stems; later duplicates fail (their outputs would overwrite the first), as
+    does an input without a name (``/``)."""
     seen: dict[str, Path] = {}
     todo, failures = [], []
     for path in inputs:
-        stem = study_stem(path)
+        try:
+            stem = output_stem(path)
+        except SegpipeError as exc:
+            failures.append(StudyFailure(str(path), str(exc)))
+            continue
         if stem in seen:
             failures.append(StudyFailure(str(path), f"{path}: same output name '{stem}' as {seen[stem]} (rename one of them or run them into different --out folders)"))
             continue
@@ -177,8 +182,8 @@ def _run_on_dask(
         futures = {}
         for index, path in enumerate(todo):
             if progress is not None:
-                progress.study_started(study_stem(path), index, len(todo))
-            futures[client.submit(_segment_one, path, spec, out_dir, options, model, None, key=f"segpipe-volume-{study_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
+                progress.study_started(output_stem(path), index, len(todo))
+            futures[client.submit(_segment_one, path, spec, out_dir, options, model, None, key=f"segpipe-volume-{output_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
         outcomes: list[Any] = [None] * len(todo)
         for future in as_completed(futures):
             index = futures[future]

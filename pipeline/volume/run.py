@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from models.spec import ModelSpec
-from pipeline.errors import ModelSpecError
+from pipeline.errors import InputError, ModelSpecError
 from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
 from pipeline.timing import Stopwatch
 from pipeline.volume.made_with import (
@@ -88,6 +89,21 @@ STATS_STORE = "stats.zarr"
 BlockProgress = Callable[[int, int], None]
 
 
+def output_stem(input_path: str | Path) -> str:
+    """The study's name, used for its outputs: :func:`~pipeline.volume.readers.study_stem`, except that
+    a path without a name of its own (``.``, ``..``, ``./``) is named after the folder it points to.
+
+    Raises:
+        InputError: the path names nothing usable (``/``, a file called ``.nii.gz``).
+    """
+    stem = study_stem(input_path)
+    if stem in ("", ".", ".."):
+        stem = study_stem(os.path.abspath(input_path))
+    if not stem:
+        raise InputError(input_path, "has no file or folder name to name its outputs after", "give the study by a path that ends in its file or folder name")
+    return stem
+
+
 @dataclass(frozen=True)
 class StudyOutputs:
     """Where the outputs of one study go."""
@@ -102,7 +118,7 @@ class StudyOutputs:
 
     @staticmethod
     def for_input(input_path: str | Path, out_dir: str | Path) -> StudyOutputs:
-        stem = study_stem(input_path)
+        stem = output_stem(input_path)
         out = Path(out_dir)
         return StudyOutputs(
             labels=out / f"{stem}.labels.nii.gz",
@@ -186,7 +202,7 @@ def segment_volume(
     out_dir = prepare_output_dir(out_dir)
     check_stats_store(out_dir / STATS_STORE, "volume")
     outputs = StudyOutputs.for_input(input_path, out_dir)
-    stem = study_stem(input_path)
+    stem = output_stem(input_path)
     asked = input_record(input_path, series_uid=options.series_uid, volume_index=options.volume_index)
     redone = ""
     if not options.force and outputs.complete():

@@ -124,6 +124,23 @@ def test_relative_inputs_are_recorded_by_absolute_path(vh, tmp_path, monkeypatch
     assert xr.open_zarr(tmp_path / "out" / "stats.zarr").source.values.tolist() == [source]
 
 
+def test_a_study_given_as_dot_is_named_after_its_folder(vh, tmp_path, monkeypatch):
+    hu = vh.ct_crop((6, 20, 24))
+    folder = vh.write_dicom_series(tmp_path / "CT_0001", hu, vh.axis_affine("LPS"))
+    spec = str(_spec_yaml(vh, tmp_path))
+    out = tmp_path / "out"
+    monkeypatch.chdir(folder)
+    assert main(["volume", ".", "--model", spec, "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "CT_0001.labels.ctbl", "CT_0001.labels.json", "CT_0001.labels.nii.gz", "CT_0001.labels.txt",
+        "CT_0001.seg.dcm", "CT_0001.stats.json", "stats.zarr",
+    ]
+    assert np.array_equal(np.asarray(nib.load(out / "CT_0001.labels.nii.gz").dataobj).T, vh.per_voxel_answer(hu))
+    assert xr.open_zarr(out / "stats.zarr").study.values.tolist() == ["CT_0001"]
+    monkeypatch.chdir(tmp_path)  # the same folder by another path: the same study, done
+    assert main(["volume", "CT_0001/", "--model", spec, "--out", str(out), "--device", "cpu"]) == 0
+
+
 def test_a_different_input_with_the_same_name_fails_and_force_replaces_it(vh, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")  # one line per table row: the message names two long paths
     (tmp_path / "a").mkdir()

@@ -228,3 +228,17 @@ def test_dask_address_runs_studies_on_the_cluster(vh, tmp_path, pv_model):
         report = segment_volumes([good, bad], spec, tmp_path / "out", CPU, model=pv_model, dask_address=cluster.scheduler_address)
     assert [r.study for r in report.results] == ["d1"] and [f.source for f in report.failures] == [str(bad)]
     assert np.array_equal(np.asarray(nib.load(report.results[0].outputs.labels).dataobj).T, vh.per_voxel_answer(hu))
+
+
+def test_paths_without_a_name_are_named_after_their_folder(tmp_path, monkeypatch):
+    from pipeline.volume.run import output_stem
+
+    here = tmp_path / "CT_0001" / "series"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    assert [output_stem(p) for p in (".", "./", "..", "../", "../series/", "case01.nii.gz", "a/case01.nii")] == [
+        "series", "series", "CT_0001", "CT_0001", "series", "case01", "case01",
+    ]
+    for nameless in ("/", ".nii.gz"):
+        with pytest.raises(InputError, match="has no file or folder name to name its outputs after"):
+            output_stem(nameless)
