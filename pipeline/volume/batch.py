@@ -13,7 +13,12 @@ from typing import Any, Protocol
 
 from models.spec import ModelSpec
 from pipeline.errors import SegpipeError
-from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
+from pipeline.outputs import (
+    check_stats_store,
+    output_write_error,
+    prepare_output_dir,
+    remove_if_empty,
+)
 from pipeline.volume.options import DEFAULT_OPTIONS, VolumeOptions
 from pipeline.volume.run import (
     STATS_STORE,
@@ -163,11 +168,21 @@ def _segment_one(
         # INFO, not WARNING: the caller reports the failure (the CLI's failures table), so it shows once
         log.info("%s", exc)
         return StudyFailure(str(path), str(exc))
+    except OSError as exc:  # the output folder filled up or turned read-only outside the writes segment_volume guards
+        error = output_write_error(out_dir, exc, writing=f"the outputs of {output_stem(path)}")
+        if error is None:
+            return _unexpected(path, exc)
+        log.info("%s", error)
+        return StudyFailure(str(path), str(error))
     except Exception as exc:  # noqa: BLE001 - a study must never stop the batch; the message keeps the cause
-        log.info("%s: unexpected failure", path, exc_info=True)
-        return StudyFailure(
-            str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)"
-        )
+        return _unexpected(path, exc)
+
+
+def _unexpected(path: Path, exc: Exception) -> StudyFailure:
+    log.info("%s: unexpected failure", path, exc_info=exc)
+    return StudyFailure(
+        str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)"
+    )
 
 
 def _run_on_dask(

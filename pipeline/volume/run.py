@@ -18,8 +18,9 @@ another model or settings, or whose input changed (another series or volume, or 
 rewritten), is segmented again, its old ``S.stats.json`` removed before any of its files is replaced,
 so the study never looks done with a mix of old and new files. Outputs made from *another* input with
 the same stem (``a/case01.nii.gz`` then ``b/case01.nii.gz``) are an :class:`~pipeline.errors.InputError`
-(``force`` replaces them). When writing the outputs fails, the study's files are removed. Intermediate
-zarr arrays live in
+(``force`` replaces them). When writing the outputs fails, the study's files are removed; when the
+output folder fills up or turns read-only, the study fails with an ``InputError`` naming the folder
+and the fix, and its work folder is removed. Intermediate zarr arrays live in
 ``DIR/.segpipe-work/S/`` and let a killed run resume without redoing finished engine blocks; they are
 removed once the study is done.
 """
@@ -42,7 +43,12 @@ import numpy as np
 
 from models.spec import ModelSpec
 from pipeline.errors import InputError, ModelSpecError
-from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
+from pipeline.outputs import (
+    check_stats_store,
+    output_write_error,
+    prepare_output_dir,
+    remove_if_empty,
+)
 from pipeline.timing import Stopwatch
 from pipeline.volume.made_with import (
     InputRecord,
@@ -193,8 +199,9 @@ def segment_volume(
 
     Raises:
         InputError: ``out_dir`` is a file, is not writable or holds raster statistics; the study is
-            unreadable; or the outputs present were made from another input with the same stem
-            (without ``options.force``). The message names the file, the problem and the fix.
+            unreadable; the outputs present were made from another input with the same stem
+            (without ``options.force``); or ``out_dir`` fills up or turns read-only during the run.
+            The message names the file, the problem and the fix.
     """
     started = time.perf_counter()
     check_volume_spec(spec)
@@ -225,17 +232,23 @@ def segment_volume(
 
         with watch.stage("load model"):
             model = load_model(spec, auto_device(options.device))
-    with watch.stage("segment"):
-        labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, options, progress=progress, record=record)
-    with watch.stage("stats"):
-        stats = study_statistics(
-            stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
-            source=read.source, modality=volume.modality, model=spec.name, made_with=record,
-        )
-    with watch.stage("write"):
-        dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
-    shutil.rmtree(outputs.work, ignore_errors=True)
-    remove_if_empty(out_dir / WORK_DIR)
+    try:
+        with watch.stage("segment"):
+            labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, options, progress=progress, record=record)
+        with watch.stage("stats"):
+            stats = study_statistics(
+                stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
+                source=read.source, modality=volume.modality, model=spec.name, made_with=record,
+            )
+        with watch.stage("write"):
+            dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
+    except OSError as exc:
+        error = output_write_error(out_dir, exc, writing=f"the outputs of {stem}")
+        if error is None:
+            raise
+        _remove_work(outputs, out_dir)  # nothing to resume from a full or read-only folder, and it takes space
+        raise error from exc
+    _remove_work(outputs, out_dir)
     seconds = time.perf_counter() - started
     log.info("%s: %d windows, %d blocks, %.1fs", stem, engine_report.windows_run, engine_report.blocks_run, seconds)
     return VolumeResult(
@@ -274,6 +287,11 @@ def _previous_outputs(outputs: StudyOutputs, spec: ModelSpec, asked: InputRecord
     return (previous, "") if reason is None else (None, reason)
 
 
+def _remove_work(outputs: StudyOutputs, out_dir: Path) -> None:
+    shutil.rmtree(outputs.work, ignore_errors=True)
+    remove_if_empty(out_dir / WORK_DIR)
+
+
 def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: StudyStats, outputs: StudyOutputs, store: Path) -> bool:
     """Replace the study's outputs: old ``S.stats.json`` first (the study no longer looks done), new one last.
 
@@ -289,7 +307,10 @@ def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: S
         write_stats_json(stats, outputs.stats)  # last: marks the study complete
     except BaseException:
         for path in outputs.files():
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # a folder turned read-only: keep the first error
+                log.warning("%s: could not remove it after a failed write", path)
         raise
     return dicom_seg
 
