@@ -66,7 +66,7 @@ from pipeline.volume.preprocess import (
     plan_grid,
     to_model,
 )
-from pipeline.volume.readers import read_volume, study_stem
+from pipeline.volume.readers import is_nifti, read_volume, study_stem
 from pipeline.volume.stats import (
     StudyStats,
     merge_into_store,
@@ -199,13 +199,15 @@ def segment_volume(
 
     Raises:
         InputError: ``out_dir`` is a file, is not writable or holds raster statistics; the study is
-            unreadable; the outputs present were made from another input with the same stem
-            (without ``options.force``); or ``out_dir`` fills up or turns read-only during the run.
-            The message names the file, the problem and the fix.
+            unreadable; ``options`` ask for a series of a NIfTI file or a volume of a DICOM folder;
+            the outputs present were made from another input with the same stem (without
+            ``options.force``); or ``out_dir`` fills up or turns read-only during the run. The
+            message names the file, the problem and the fix.
     """
     started = time.perf_counter()
     check_volume_spec(spec)
     input_path = Path(input_path)
+    _check_options_fit(input_path, options)
     out_dir = prepare_output_dir(out_dir)
     check_stats_store(out_dir / STATS_STORE, "volume")
     outputs = StudyOutputs.for_input(input_path, out_dir)
@@ -269,6 +271,20 @@ def study_done(
         return False
     asked = input_record(input_path, series_uid=series_uid, volume_index=volume_index)
     return _previous_outputs(outputs, spec, asked, conflict=False)[0] is not None
+
+
+def _check_options_fit(input_path: Path, options: VolumeOptions) -> None:
+    """Refuse a series for a NIfTI file and a volume for a DICOM folder (they would be ignored)."""
+    if options.series_uid is not None and not input_path.is_dir() and is_nifti(input_path):
+        raise InputError(
+            input_path, f"--series-uid {options.series_uid} given but this is a NIfTI file (--series-uid applies to DICOM folders)",
+            "drop --series-uid (series_uid= from Python) for NIfTI inputs, or segment them in a run of their own",
+        )
+    if options.volume_index is not None and input_path.is_dir():
+        raise InputError(
+            input_path, f"--volume-index {options.volume_index} given but this is a DICOM folder (--volume-index applies to 4D NIfTI files)",
+            "drop --volume-index (volume_index= from Python) for DICOM inputs, or segment them in a run of their own",
+        )
 
 
 def _previous_outputs(outputs: StudyOutputs, spec: ModelSpec, asked: InputRecord, *, conflict: bool) -> tuple[StudyStats | None, str]:

@@ -160,3 +160,11 @@ def test_a_different_input_with_the_same_name_fails_and_force_replaces_it(vh, tm
     assert np.array_equal(np.asarray(nib.load(out / "case01.labels.nii.gz").dataobj).T, vh.per_voxel_answer(hu))
     assert main(["volume", str(b), "--model", spec, "--out", str(out), "--device", "cpu", "--force"]) == 0
     assert np.array_equal(np.asarray(nib.load(out / "case01.labels.nii.gz").dataobj).T, vh.per_voxel_answer(other))
+
+
+def test_series_uid_with_a_nifti_input_is_reported(vh, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    study = vh.write_nifti(tmp_path / "ct.nii.gz", vh.ct_crop((6, 20, 24)), vh.axis_affine("LPS"))
+    code = main(["volume", str(study), "--model", str(_spec_yaml(vh, tmp_path)), "--out", str(tmp_path / "out"), "--device", "cpu", "--series-uid", "1.2.3"])
+    assert code == 1
+    assert f"{study}: --series-uid 1.2.3 given but this is a NIfTI file (--series-uid applies to DICOM folders)" in capsys.readouterr().out

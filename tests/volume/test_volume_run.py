@@ -242,3 +242,27 @@ def test_paths_without_a_name_are_named_after_their_folder(tmp_path, monkeypatch
     for nameless in ("/", ".nii.gz"):
         with pytest.raises(InputError, match="has no file or folder name to name its outputs after"):
             output_stem(nameless)
+
+
+def test_series_uid_with_a_nifti_and_volume_index_with_a_dicom_folder_are_refused(vh, tmp_path, pv_model):
+    hu = vh.ct_crop((6, 20, 24))
+    nifti = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("LPS"))
+    dicom = vh.write_dicom_series(tmp_path / "dcm", hu, vh.axis_affine("LPS"), series_uid="1.2.826.0.1.1")
+    spec = vh.per_voxel_spec(tmp_path)
+    out = tmp_path / "out"
+    with_series = VolumeOptions(device="cpu", series_uid="1.2.826.0.1.1")
+    report = segment_volumes([nifti, dicom], spec, out, with_series, model=pv_model)
+    assert [r.study for r in report.results] == ["dcm"]
+    assert [f.message for f in report.failures] == [
+        (
+            f"{nifti}: --series-uid 1.2.826.0.1.1 given but this is a NIfTI file (--series-uid applies to DICOM folders) "
+            "(drop --series-uid (series_uid= from Python) for NIfTI inputs, or segment them in a run of their own)"
+        )
+    ]
+    with pytest.raises(InputError) as caught:
+        segment_volume(dicom, spec, out, VolumeOptions(device="cpu", volume_index=0), model=pv_model)
+    assert str(caught.value) == (
+        f"{dicom}: --volume-index 0 given but this is a DICOM folder (--volume-index applies to 4D NIfTI files) "
+        "(drop --volume-index (volume_index= from Python) for DICOM inputs, or segment them in a run of their own)"
+    )
+    assert not list(out.glob("ct.*"))
