@@ -8,7 +8,11 @@ work pool. A task retries twice on I/O errors (``OSError``) and never on bad inp
 (:class:`~pipeline.errors.InputError`).
 
 A study whose outputs are complete (labels and its ``.stats.json``, written last) and were made by the
-same model spec is skipped unless ``force=True``; one done with another model is segmented again. A bad study is reported (``segment-volumes-failures`` table artifact) and the others
+same model spec from the same input (absolute path and file fingerprint, see
+:mod:`pipeline.volume.made_with`) is skipped unless ``force=True``; one done with another model, or
+whose input changed since, is segmented again; outputs made from another input of the same name fail
+that study (:func:`pipeline.volume.run.study_done` and :func:`~pipeline.volume.run.segment_volume`
+apply the rule, as for ``segpipe volume``). A bad study is reported (``segment-volumes-failures`` table artifact) and the others
 finish; as for ``landcover``, the run ends **Completed** when at least one study succeeded (or was
 already done) and **Failed** only when every study failed.
 """
@@ -182,7 +186,7 @@ def plan_studies(studies: str | list[str] | None, model: str | None, out: str | 
     Raises:
         InputError: nothing to segment, no model, or an unreadable catalog.
     """
-    from pipeline.volume.readers import study_stem
+    from pipeline.volume.run import output_stem
 
     source = DEFAULT_CATALOG if studies is None else studies
     cat = None
@@ -205,7 +209,7 @@ def plan_studies(studies: str | list[str] | None, model: str | None, out: str | 
     if not model_name:
         raise InputError(str(cat.source) if cat else "model", "no model given", "pass model=<name or spec.yaml> or set model: in the catalog")
     base = cat.source.parent if (cat is not None and not model) else Path.cwd()
-    todo, failures = distinct_names(items, study_stem)
+    todo, failures = distinct_names(items, output_stem)
     return StudyPlan(out_dir=out_dir, model=_spec_path(model_name, base), todo=tuple(todo), failures=tuple(failures))
 
 

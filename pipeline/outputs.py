@@ -1,7 +1,11 @@
-"""Checks on output folders made before any work starts, so a bad ``--out`` fails at once with one message."""
+"""Checks on output folders made before any work starts, so a bad ``--out`` fails at once with one message,
+and the message for an output folder that fills up or turns read-only during a run."""
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -13,20 +17,71 @@ StoreKind = Literal["raster", "volume"]
 _KIND_OF_COORDS: dict[StoreKind, tuple[str, ...]] = {"raster": ("time", "scene", "region", "class"), "volume": ("study", "label")}
 _COMMAND: dict[StoreKind, str] = {"raster": "segpipe raster", "volume": "segpipe volume"}
 
+# OSError numbers that say the output folder cannot take the outputs, and what the user can do
+WRITE_PROBLEMS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device", "free space or choose another --out"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or choose another --out"),
+    errno.EROFS: ("read-only file system", "choose another --out"),
+    errno.EACCES: ("permission denied", "choose another --out, or make it writable"),
+}
+
 
 def prepare_output_dir(path: str | Path) -> Path:
-    """Create the output folder ``path`` (and its parents); an existing file there is an :class:`InputError`."""
+    """Create the output folder ``path`` (and its parents) and check that files can be written in it.
+
+    Raises:
+        InputError: a file is in the way, the folder cannot be created, or a file cannot be created
+            in it (read-only file system, permission denied, full disk or quota).
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(path, "is a file, not a folder", "give --out a folder; it is created when missing")
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise InputError(path, f"{parent} is a file, so the folder cannot be created", "give --out a path inside a folder")
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(path, f"cannot create the output folder ({exc.strerror or exc})", "give --out a folder you can write to") from exc
+        problem, fix = _problem(exc, "give --out a folder you can write to")
+        raise InputError(path, f"cannot create the output folder: {problem}", fix) from exc
+    try:
+        _try_writing(path)
+    except OSError as exc:
+        if created:
+            remove_if_empty(path)
+        problem, fix = _problem(exc, "choose another --out")
+        raise InputError(path, f"not writable: {problem}", fix) from exc
     return path
+
+
+def _try_writing(folder: Path) -> None:
+    """Create, write and remove a small temporary file in ``folder`` (OSError when that fails)."""
+    handle, name = tempfile.mkstemp(prefix=".segpipe-write-check-", dir=folder)
+    try:
+        os.write(handle, b"segpipe")
+    finally:
+        os.close(handle)
+        os.unlink(name)
+
+
+def _problem(exc: OSError, fix: str) -> tuple[str, str]:
+    """What ``exc`` says about a folder, and the fix (``fix`` unless the error has its own)."""
+    return WRITE_PROBLEMS.get(exc.errno or 0, (exc.strerror or str(exc), fix))
+
+
+def output_write_error(out_dir: str | Path, exc: OSError, *, writing: str) -> InputError | None:
+    """The :class:`InputError` for ``exc``, raised while writing ``writing`` into ``out_dir``, when it
+    says the folder cannot take the outputs (full disk or quota, read-only file system, permission
+    denied; :data:`WRITE_PROBLEMS`); None for any other error, which is not the user's to fix.
+
+    Example: ``out: no space left on device writing the outputs of case01 (free space or choose another --out)``.
+    """
+    known = WRITE_PROBLEMS.get(exc.errno or 0)
+    if known is None:
+        return None
+    problem, fix = known
+    return InputError(out_dir, f"{problem} writing {writing}", fix)
 
 
 def remove_if_empty(folder: str | Path) -> None:

@@ -13,14 +13,19 @@ from typing import Any, Protocol
 
 from models.spec import ModelSpec
 from pipeline.errors import SegpipeError
-from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
+from pipeline.outputs import (
+    check_stats_store,
+    output_write_error,
+    prepare_output_dir,
+    remove_if_empty,
+)
 from pipeline.volume.options import DEFAULT_OPTIONS, VolumeOptions
-from pipeline.volume.readers import study_stem
 from pipeline.volume.run import (
     STATS_STORE,
     BlockProgress,
     VolumeResult,
     check_volume_spec,
+    output_stem,
     segment_volume,
     study_done,
 )
@@ -108,7 +113,7 @@ def _segment_batch(
     if dask_address:
         outcomes = _run_on_dask(dask_address, todo, spec, out_dir, options, model, progress)
     else:
-        if model is None and any(options.force or not study_done(p, spec, out_dir, volume_index=options.volume_index) for p in todo):
+        if model is None and any(options.force or not _done(p, spec, out_dir, options) for p in todo):
             from models.checkpoint import load_model
             from pipeline.engine import auto_device
 
@@ -116,7 +121,7 @@ def _segment_batch(
         outcomes = []
         for index, path in enumerate(todo):
             if progress is not None:
-                progress.study_started(study_stem(path), index, len(todo))
+                progress.study_started(output_stem(path), index, len(todo))
             outcome = _segment_one(path, spec, out_dir, options, model, progress.blocks if progress is not None else None)
             outcomes.append(outcome)
             if progress is not None:
@@ -126,12 +131,25 @@ def _segment_batch(
     return BatchReport(results=results, failures=failures, stats_store=out_dir / STATS_STORE)
 
 
+def _done(path: Path, spec: ModelSpec, out_dir: Path, options: VolumeOptions) -> bool:
+    """:func:`study_done` with the batch's series and volume; a study that will fail is not done."""
+    try:
+        return study_done(path, spec, out_dir, series_uid=options.series_uid, volume_index=options.volume_index)
+    except SegpipeError:
+        return False
+
+
 def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
-    """Inputs with distinct stems; later duplicates fail (their outputs would overwrite the first)."""
+    """Inputs with distinct stems; later duplicates fail (their outputs would overwrite the first), as
+    does an input without a name (``/``)."""
     seen: dict[str, Path] = {}
     todo, failures = [], []
     for path in inputs:
-        stem = study_stem(path)
+        try:
+            stem = output_stem(path)
+        except SegpipeError as exc:
+            failures.append(StudyFailure(str(path), str(exc)))
+            continue
         if stem in seen:
             failures.append(StudyFailure(str(path), f"{path}: same output name '{stem}' as {seen[stem]} (rename one of them or run them into different --out folders)"))
             continue
@@ -150,11 +168,21 @@ def _segment_one(
         # INFO, not WARNING: the caller reports the failure (the CLI's failures table), so it shows once
         log.info("%s", exc)
         return StudyFailure(str(path), str(exc))
+    except OSError as exc:  # the output folder filled up or turned read-only outside the writes segment_volume guards
+        error = output_write_error(out_dir, exc, writing=f"the outputs of {output_stem(path)}")
+        if error is None:
+            return _unexpected(path, exc)
+        log.info("%s", error)
+        return StudyFailure(str(path), str(error))
     except Exception as exc:  # noqa: BLE001 - a study must never stop the batch; the message keeps the cause
-        log.info("%s: unexpected failure", path, exc_info=True)
-        return StudyFailure(
-            str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)"
-        )
+        return _unexpected(path, exc)
+
+
+def _unexpected(path: Path, exc: Exception) -> StudyFailure:
+    log.info("%s: unexpected failure", path, exc_info=exc)
+    return StudyFailure(
+        str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)"
+    )
 
 
 def _run_on_dask(
@@ -169,8 +197,8 @@ def _run_on_dask(
         futures = {}
         for index, path in enumerate(todo):
             if progress is not None:
-                progress.study_started(study_stem(path), index, len(todo))
-            futures[client.submit(_segment_one, path, spec, out_dir, options, model, None, key=f"segpipe-volume-{study_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
+                progress.study_started(output_stem(path), index, len(todo))
+            futures[client.submit(_segment_one, path, spec, out_dir, options, model, None, key=f"segpipe-volume-{output_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
         outcomes: list[Any] = [None] * len(todo)
         for future in as_completed(futures):
             index = futures[future]

@@ -1,11 +1,21 @@
 """What made a study's labels, recorded in ``S.stats.json`` so a later run knows whether they still hold.
 
-A finished study is skipped only when its record equals the record of the current run: the model
-spec (name, architecture and parameters, checkpoint file, classes, window, overlap, blend,
-normalisation, orientation, spacing) and the reader's ``volume_index``. The checkpoint is identified
-by the SHA-256 of its bytes (computed once per process and file version: a rewritten identical
-checkpoint still matches, a retrained one does not; its path is not part of the record, so moving
-it changes nothing). Values are plain JSON (no ``null``), so a record read back from
+The record (``made_with`` in ``S.stats.json``) has two parts:
+
+* the model spec (:func:`made_with`): name, architecture and parameters, checkpoint file, classes,
+  window, overlap, blend, normalisation, orientation, spacing. The checkpoint is identified by the
+  SHA-256 of its bytes (computed once per process and file version: a rewritten identical checkpoint
+  still matches, a retrained one does not; its path is not part of the record, so moving it changes
+  nothing);
+* what was segmented (:class:`InputRecord`, under the key ``input``): the absolute source path
+  (symbolic links resolved, as the flows give them), the DICOM SeriesInstanceUID read, the 4D
+  ``volume_index`` and a cheap fingerprint of the input read from file metadata only (a NIfTI file's
+  size and mtime; for a DICOM folder a SHA-256 over the sorted relative name, size and mtime of
+  every file under it, the files the reader scans).
+
+A finished study is skipped only when both parts match the current run (:func:`why_redo`); outputs
+made from *another* source path under the same output name are a conflict, not a redo
+(:func:`check_same_source`). Values are plain JSON (no ``null``), so a record read back from
 ``S.stats.json`` compares equal to a fresh one.
 """
 
@@ -13,16 +23,82 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from models.spec import ModelSpec
+from pipeline.errors import InputError
+
+INPUT_KEY = "input"
 
 
-def made_with(spec: ModelSpec, *, volume_index: int | None = None) -> dict[str, Any]:
-    """The record of ``spec`` (and the reader's ``volume_index``; -1 for none), as read back from JSON."""
-    record = {
+@dataclass(frozen=True)
+class InputRecord:
+    """What a study's labels were made from (the ``input`` part of the record).
+
+    Args:
+        source: the study's absolute path (symbolic links resolved).
+        series_uid: DICOM: the SeriesInstanceUID read; before reading, the one asked for ("" for
+            the folder's only series). "" for NIfTI.
+        volume_index: 4D NIfTI: the volume read (0-based); -1 for none.
+        fingerprint: :func:`input_fingerprint` of ``source``.
+    """
+
+    source: str
+    series_uid: str = ""
+    volume_index: int = -1
+    fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(raw: Any) -> InputRecord | None:
+        """The record ``raw`` (as read from JSON), or None when it is absent or malformed."""
+        try:
+            return InputRecord(str(raw["source"]), str(raw["series_uid"]), int(raw["volume_index"]), str(raw["fingerprint"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def input_record(path: str | Path, *, series_uid: str | None = None, volume_index: int | None = None) -> InputRecord:
+    """The :class:`InputRecord` of the study at ``path`` as asked for (reads file metadata only)."""
+    source = Path(path).resolve()
+    return InputRecord(str(source), series_uid or "", -1 if volume_index is None else int(volume_index), input_fingerprint(source))
+
+
+def input_fingerprint(path: Path) -> str:
+    """A cheap fingerprint of a study, from file metadata only (no pixel is read).
+
+    A file: its size (bytes) and modification time (ns). A DICOM folder: the number of files under
+    it (recursively, the files the reader scans) and the SHA-256 of their sorted
+    ``(relative name, size, mtime_ns)``: adding, removing, renaming or rewriting a file changes it.
+    ``missing`` when ``path`` cannot be read (reading the study reports why).
+    """
+    try:
+        if path.is_dir():
+            return _folder_fingerprint(path)
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size} bytes, mtime_ns {stat.st_mtime_ns}"
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    entries = []
+    for path in folder.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            entries.append(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape"))
+    return f"{len(entries)} files, sha256 {digest.hexdigest()}"
+
+
+def made_with(spec: ModelSpec, *, source: InputRecord | None = None) -> dict[str, Any]:
+    """The record of ``spec`` (and, under ``input``, of the study ``source``), as read back from JSON."""
+    record: dict[str, Any] = {
         "model": spec.name,
         "architecture": spec.architecture,
         "params": json.dumps(spec.params, sort_keys=True, default=str),
@@ -34,8 +110,9 @@ def made_with(spec: ModelSpec, *, volume_index: int | None = None) -> dict[str, 
         "normalize": repr(spec.normalize),
         "orientation": spec.orientation or "",
         "spacing": [float(s) for s in spec.spacing or ()],
-        "volume_index": -1 if volume_index is None else int(volume_index),
     }
+    if source is not None:
+        record[INPUT_KEY] = source.to_dict()
     return json.loads(json.dumps(record))
 
 
@@ -56,8 +133,29 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def check_same_source(old: dict[str, Any], new: InputRecord, outputs: str) -> None:
+    """Refuse to treat outputs made from another file or folder as this study's.
+
+    Args:
+        old: the record in the finished study's ``S.stats.json``.
+        new: what this run segments.
+        outputs: how to name the study's outputs in the message, e.g. ``out/case01.*``.
+
+    Raises:
+        InputError: ``old`` was made from another source path than ``new`` (two inputs with the
+            same name into one output folder); records without an input part pass.
+    """
+    before = InputRecord.from_dict(old.get(INPUT_KEY))
+    if before is not None and before.source != new.source:
+        raise InputError(outputs, f"was made from {before.source}, not {new.source}", "use another --out, rename the input, or --force to replace it")
+
+
 def why_redo(old: dict[str, Any], new: dict[str, Any], *, old_model: str = "") -> str | None:
     """Why outputs recorded as made with ``old`` do not hold for ``new``; None when they do.
+
+    Model first (another model, a record without settings or without an input part, other
+    settings), then the input (:func:`why_input_changed`); ``new`` without an input part compares the
+    model only.
 
     Args:
         old: the record in the finished study's ``S.stats.json`` (empty when it has none).
@@ -71,5 +169,33 @@ def why_redo(old: dict[str, Any], new: dict[str, Any], *, old_model: str = "") -
         return f"made by model '{name}', not '{new['model']}'"
     if not old:
         return f"made by model '{name}' by an older segpipe that did not record its checkpoint and settings"
-    changed = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
-    return f"made by model '{name}' with a different {', '.join(changed)}"
+    before = InputRecord.from_dict(old.get(INPUT_KEY))
+    if INPUT_KEY in new and before is None:
+        return f"made by model '{name}' by an older segpipe that did not record which input it segmented"
+    changed = sorted(k for k in new.keys() | old.keys() if k != INPUT_KEY and old.get(k) != new.get(k))
+    if changed:
+        return f"made by model '{name}' with a different {', '.join(changed)}"
+    if INPUT_KEY not in new or before is None:
+        return None
+    return why_input_changed(before, InputRecord(**new[INPUT_KEY]))
+
+
+def why_input_changed(old: InputRecord, new: InputRecord) -> str | None:
+    """Why outputs made from ``old`` are not those of ``new``; None when they are.
+
+    ``new.series_uid`` empty (no series asked for) matches any series: the folder is unchanged
+    (same fingerprint), so its only series is still the one read.
+    """
+    if old.source != new.source:
+        return f"made from {old.source}, not {new.source}"
+    if old.volume_index != new.volume_index:
+        return f"made from {_volume(old.volume_index)}, not {_volume(new.volume_index)}"
+    if new.series_uid and old.series_uid != new.series_uid:
+        return f"made from series {old.series_uid or '(none recorded)'}, not {new.series_uid}"
+    if old.fingerprint != new.fingerprint:
+        return "made from an earlier version of the input, which changed since the last run"
+    return None
+
+
+def _volume(index: int) -> str:
+    return "the 3D image" if index < 0 else f"volume {index}"

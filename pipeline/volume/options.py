@@ -25,9 +25,10 @@ class VolumeOptions:
             exists is checked where the model is loaded: a Dask worker may have the GPU this machine lacks.
         block: engine block ``(z, y, x)`` in voxels on the model grid; None = the engine's default.
             Any sequence of three positive ints is accepted and stored as a tuple.
-        force: redo a study whose outputs are complete and were made by the same model spec (one made
-            with another spec or settings is redone anyway). A flag, like ``--force`` and the flow's
-            ``force`` parameter it carries.
+        force: redo a study whose outputs are complete and were made by the same model spec from the
+            same input (one made with another spec or settings, or from an input changed since, is
+            redone anyway), and replace outputs made from another input with the same name (an
+            error without it). A flag, like ``--force`` and the flow's ``force`` parameter it carries.
         series_uid: DICOM folders holding several series: the SeriesInstanceUID to read.
         volume_index: 4D NIfTI: the volume to read (0-based); None for 3D images.
 

@@ -11,11 +11,16 @@ Outputs of a study with stem ``S`` (file name without ``.nii``/``.nii.gz``, or t
 * ``S.stats.json`` and a row of ``DIR/stats.zarr`` (see :mod:`pipeline.volume.stats`).
 
 Every file is written under a temporary name and renamed; ``S.stats.json`` is written last and marks
-the study done. It records what made the labels (:mod:`pipeline.volume.made_with`): a later run skips
-the study only when that record matches its own model spec (unless ``options.force``); a study done with
-another model or settings is segmented again, its old ``S.stats.json`` removed before any of its files
-is replaced, so the study never looks done with a mix of old and new files. When writing the outputs
-fails, the study's files are removed. Intermediate zarr arrays live in
+the study done. It records what made the labels and from what (:mod:`pipeline.volume.made_with`): the
+model spec, and the input's absolute path, DICOM series, 4D volume and file fingerprint. A later run
+skips the study only when that record matches its own (unless ``options.force``); a study done with
+another model or settings, or whose input changed (another series or volume, or the file or folder
+rewritten), is segmented again, its old ``S.stats.json`` removed before any of its files is replaced,
+so the study never looks done with a mix of old and new files. Outputs made from *another* input with
+the same stem (``a/case01.nii.gz`` then ``b/case01.nii.gz``) are an :class:`~pipeline.errors.InputError`
+(``force`` replaces them). When writing the outputs fails, the study's files are removed; when the
+output folder fills up or turns read-only, the study fails with an ``InputError`` naming the folder
+and the fix, and its work folder is removed. Intermediate zarr arrays live in
 ``DIR/.segpipe-work/S/`` and let a killed run resume without redoing finished engine blocks; they are
 removed once the study is done.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,17 +42,41 @@ from typing import Any
 import numpy as np
 
 from models.spec import ModelSpec
-from pipeline.errors import ModelSpecError
-from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
+from pipeline.errors import InputError, ModelSpecError
+from pipeline.outputs import (
+    check_stats_store,
+    output_write_error,
+    prepare_output_dir,
+    remove_if_empty,
+)
 from pipeline.timing import Stopwatch
-from pipeline.volume.made_with import made_with, why_redo
+from pipeline.volume.made_with import (
+    InputRecord,
+    check_same_source,
+    input_record,
+    made_with,
+    why_redo,
+)
 from pipeline.volume.options import DEFAULT_OPTIONS, VolumeOptions
-from pipeline.volume.preprocess import GridMapping, intensity_for, labels_to_native, logits_to_native, plan_grid, to_model
-from pipeline.volume.readers import read_volume, study_stem
-from pipeline.volume.stats import StudyStats, merge_into_store, open_stats, read_stats_json, study_statistics, write_stats_json
+from pipeline.volume.preprocess import (
+    GridMapping,
+    intensity_for,
+    labels_to_native,
+    logits_to_native,
+    plan_grid,
+    to_model,
+)
+from pipeline.volume.readers import is_nifti, read_volume, study_stem
+from pipeline.volume.stats import (
+    StudyStats,
+    merge_into_store,
+    open_stats,
+    read_stats_json,
+    study_statistics,
+    write_stats_json,
+)
 from pipeline.volume.store import write_volume_store
 from pipeline.volume.volume import Volume
-from pipeline.zarr_write import fast_writes
 from pipeline.volume.writers import (
     itksnap_label_table,
     label_dtype,
@@ -56,12 +86,28 @@ from pipeline.volume.writers import (
     write_labels_nifti,
     write_text_atomic,
 )
+from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".segpipe-work"
 STATS_STORE = "stats.zarr"
 BlockProgress = Callable[[int, int], None]
+
+
+def output_stem(input_path: str | Path) -> str:
+    """The study's name, used for its outputs: :func:`~pipeline.volume.readers.study_stem`, except that
+    a path without a name of its own (``.``, ``..``, ``./``) is named after the folder it points to.
+
+    Raises:
+        InputError: the path names nothing usable (``/``, a file called ``.nii.gz``).
+    """
+    stem = study_stem(input_path)
+    if stem in ("", ".", ".."):
+        stem = study_stem(os.path.abspath(input_path))
+    if not stem:
+        raise InputError(input_path, "has no file or folder name to name its outputs after", "give the study by a path that ends in its file or folder name")
+    return stem
 
 
 @dataclass(frozen=True)
@@ -78,7 +124,7 @@ class StudyOutputs:
 
     @staticmethod
     def for_input(input_path: str | Path, out_dir: str | Path) -> StudyOutputs:
-        stem = study_stem(input_path)
+        stem = output_stem(input_path)
         out = Path(out_dir)
         return StudyOutputs(
             labels=out / f"{stem}.labels.nii.gz",
@@ -97,6 +143,10 @@ class StudyOutputs:
     def files(self) -> tuple[Path, ...]:
         """Every output file of the study (``stats`` last)."""
         return (self.labels, self.sidecar, self.itksnap, self.slicer, self.seg, self.stats)
+
+    def pattern(self) -> str:
+        """The study's outputs as one name for messages: ``DIR/S.*``."""
+        return str(self.stats.with_name(self.stats.name.removesuffix(".stats.json") + ".*"))
 
 
 @dataclass(frozen=True)
@@ -148,28 +198,34 @@ def segment_volume(
         progress: ``callable(blocks_done, blocks_total)`` from the engine.
 
     Raises:
-        InputError: ``out_dir`` is a file or holds raster statistics, or the study is unreadable
-            (names the file, the problem and the fix).
+        InputError: ``out_dir`` is a file, is not writable or holds raster statistics; the study is
+            unreadable; ``options`` ask for a series of a NIfTI file or a volume of a DICOM folder;
+            the outputs present were made from another input with the same stem (without
+            ``options.force``); or ``out_dir`` fills up or turns read-only during the run. The
+            message names the file, the problem and the fix.
     """
     started = time.perf_counter()
     check_volume_spec(spec)
     input_path = Path(input_path)
+    _check_options_fit(input_path, options)
     out_dir = prepare_output_dir(out_dir)
     check_stats_store(out_dir / STATS_STORE, "volume")
     outputs = StudyOutputs.for_input(input_path, out_dir)
-    stem = study_stem(input_path)
-    record = made_with(spec, volume_index=options.volume_index)
+    stem = output_stem(input_path)
+    asked = input_record(input_path, series_uid=options.series_uid, volume_index=options.volume_index)
     redone = ""
     if not options.force and outputs.complete():
-        previous, redone = _previous_outputs(outputs, record)
+        previous, redone = _previous_outputs(outputs, spec, asked, conflict=True)
         if previous is not None:
             _ensure_row(previous, out_dir / STATS_STORE)
             log.info("%s: outputs present, skipped (use force to redo)", stem)
-            return VolumeResult(stem, input_path, outputs, previous, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file())
+            return VolumeResult(stem, Path(asked.source), outputs, previous, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file())
         log.info("%s: segmenting again, the outputs present were %s", stem, redone)
     watch = Stopwatch()
     with watch.stage("read"):
         volume = read_volume(input_path, series_uid=options.series_uid, volume_index=options.volume_index)
+    read = asked if volume.dicom is None else dataclasses.replace(asked, series_uid=volume.dicom.series_uid)
+    record = made_with(spec, source=read)
     if options.force:
         shutil.rmtree(outputs.work, ignore_errors=True)
     if model is None:
@@ -178,40 +234,78 @@ def segment_volume(
 
         with watch.stage("load model"):
             model = load_model(spec, auto_device(options.device))
-    with watch.stage("segment"):
-        labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, options, progress=progress, record=record)
-    with watch.stage("stats"):
-        stats = study_statistics(
-            stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
-            source=str(input_path), modality=volume.modality, model=spec.name, made_with=record,
-        )
-    with watch.stage("write"):
-        dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
-    shutil.rmtree(outputs.work, ignore_errors=True)
-    remove_if_empty(out_dir / WORK_DIR)
+    try:
+        with watch.stage("segment"):
+            labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, options, progress=progress, record=record)
+        with watch.stage("stats"):
+            stats = study_statistics(
+                stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
+                source=read.source, modality=volume.modality, model=spec.name, made_with=record,
+            )
+        with watch.stage("write"):
+            dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
+    except OSError as exc:
+        error = output_write_error(out_dir, exc, writing=f"the outputs of {stem}")
+        if error is None:
+            raise
+        _remove_work(outputs, out_dir)  # nothing to resume from a full or read-only folder, and it takes space
+        raise error from exc
+    _remove_work(outputs, out_dir)
     seconds = time.perf_counter() - started
     log.info("%s: %d windows, %d blocks, %.1fs", stem, engine_report.windows_run, engine_report.blocks_run, seconds)
     return VolumeResult(
-        stem, input_path, outputs, stats, skipped=False, seconds=seconds, dicom_seg=dicom_seg,
+        stem, Path(read.source), outputs, stats, skipped=False, seconds=seconds, dicom_seg=dicom_seg,
         windows_run=engine_report.windows_run, blocks_run=engine_report.blocks_run, engine=engine_report, timings=watch.seconds,
         redone=redone,
     )
 
 
-def study_done(input_path: str | Path, spec: ModelSpec, out_dir: str | Path, *, volume_index: int | None = None) -> bool:
-    """Whether :func:`segment_volume` (without ``force``) would skip the study: its outputs are complete and made by ``spec``."""
+def study_done(
+    input_path: str | Path, spec: ModelSpec, out_dir: str | Path, *, series_uid: str | None = None, volume_index: int | None = None
+) -> bool:
+    """Whether :func:`segment_volume` (without ``force``) would skip the study: its outputs are complete,
+    made by ``spec`` from this input (same path, series, volume and fingerprint). Outputs made from
+    another input with the same stem are not done (segmenting then raises the conflict)."""
     outputs = StudyOutputs.for_input(input_path, out_dir)
-    return outputs.complete() and _previous_outputs(outputs, made_with(spec, volume_index=volume_index))[0] is not None
+    if not outputs.complete():
+        return False
+    asked = input_record(input_path, series_uid=series_uid, volume_index=volume_index)
+    return _previous_outputs(outputs, spec, asked, conflict=False)[0] is not None
 
 
-def _previous_outputs(outputs: StudyOutputs, record: dict[str, Any]) -> tuple[StudyStats | None, str]:
-    """The statistics of complete ``outputs`` when they were made as ``record`` says, else None and why not."""
+def _check_options_fit(input_path: Path, options: VolumeOptions) -> None:
+    """Refuse a series for a NIfTI file and a volume for a DICOM folder (they would be ignored)."""
+    if options.series_uid is not None and not input_path.is_dir() and is_nifti(input_path):
+        raise InputError(
+            input_path, f"--series-uid {options.series_uid} given but this is a NIfTI file (--series-uid applies to DICOM folders)",
+            "drop --series-uid (series_uid= from Python) for NIfTI inputs, or segment them in a run of their own",
+        )
+    if options.volume_index is not None and input_path.is_dir():
+        raise InputError(
+            input_path, f"--volume-index {options.volume_index} given but this is a DICOM folder (--volume-index applies to 4D NIfTI files)",
+            "drop --volume-index (volume_index= from Python) for DICOM inputs, or segment them in a run of their own",
+        )
+
+
+def _previous_outputs(outputs: StudyOutputs, spec: ModelSpec, asked: InputRecord, *, conflict: bool) -> tuple[StudyStats | None, str]:
+    """The statistics of complete ``outputs`` when ``spec`` made them from ``asked``, else None and why not.
+
+    Raises:
+        InputError: ``conflict`` and the outputs were made from another input path (:func:`check_same_source`).
+    """
     try:
         previous = read_stats_json(outputs.stats)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return None, f"unreadable ({outputs.stats.name}: {type(exc).__name__}: {exc})"
-    reason = why_redo(previous.made_with, record, old_model=previous.model)
+    if conflict:
+        check_same_source(previous.made_with, asked, outputs.pattern())
+    reason = why_redo(previous.made_with, made_with(spec, source=asked), old_model=previous.model)
     return (previous, "") if reason is None else (None, reason)
+
+
+def _remove_work(outputs: StudyOutputs, out_dir: Path) -> None:
+    shutil.rmtree(outputs.work, ignore_errors=True)
+    remove_if_empty(out_dir / WORK_DIR)
 
 
 def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: StudyStats, outputs: StudyOutputs, store: Path) -> bool:
@@ -222,14 +316,17 @@ def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: S
     """
     try:
         outputs.stats.unlink(missing_ok=True)
-        dicom_seg = _write_label_outputs(volume, spec, labels, outputs)
+        dicom_seg = _write_label_outputs(volume, spec, labels, outputs, source=stats.source)
         if not dicom_seg:
             outputs.seg.unlink(missing_ok=True)
         merge_into_store(stats, store)
         write_stats_json(stats, outputs.stats)  # last: marks the study complete
     except BaseException:
         for path in outputs.files():
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # a folder turned read-only: keep the first error
+                log.warning("%s: could not remove it after a failed write", path)
         raise
     return dicom_seg
 
@@ -317,10 +414,10 @@ def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMappin
     return fast_writes(out), fast_writes(done)
 
 
-def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, outputs: StudyOutputs) -> bool:
-    """Labels NIfTI, sidecar, colour tables and (DICOM input) DICOM SEG. Returns whether a SEG was written."""
+def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, outputs: StudyOutputs, *, source: str) -> bool:
+    """Labels NIfTI, sidecar (naming the absolute ``source``), colour tables and (DICOM input) DICOM SEG. Returns whether a SEG was written."""
     write_labels_nifti(labels, volume.header, outputs.labels)
-    write_text_atomic(sidecar_json(spec.classes, source=str(volume.source), model=spec.name), outputs.sidecar)
+    write_text_atomic(sidecar_json(spec.classes, source=source, model=spec.name), outputs.sidecar)
     write_text_atomic(itksnap_label_table(spec.classes), outputs.itksnap)
     write_text_atomic(slicer_color_table(spec.classes), outputs.slicer)
     if volume.dicom is None:

@@ -110,6 +110,35 @@ def test_done_studies_are_skipped_unless_forced(batch, tmp_path):
     assert labels.stat().st_mtime_ns != stamp
 
 
+
+def test_skip_checks_what_was_segmented(batch, tmp_path):
+    """The flow applies segpipe volume's rule: a changed input is redone, another input of the same name fails."""
+    studies, spec, _ = batch
+    (studies / "broken.nii.gz").unlink()
+    out = tmp_path / "out"
+    segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu")
+    expected = _write_study(studies / "ct-a.nii.gz", 5, _affine())  # a new export of ct-a
+    stamp = (studies / "ct-b.nii").stat().st_mtime_ns
+    os.utime(studies / "ct-a.nii.gz", ns=(stamp + 10**9, stamp + 10**9))
+    again = segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu")
+    assert again.skipped == ("ct-b",)
+    labels = nib.load(str(out / "ct-a.labels.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(labels.dataobj).transpose(2, 1, 0), expected)
+    assert json.loads((out / "ct-a.stats.json").read_text())["source"] == str((studies / "ct-a.nii.gz").resolve())
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _write_study(elsewhere / "ct-a.nii.gz", 6, _affine())
+    state = segment_volumes(studies=[str(elsewhere / "ct-a.nii.gz")], model=str(spec), out=str(out), device="cpu", return_state=True)
+    assert state.is_failed()
+    skipped = segment_volumes(studies=[str(elsewhere / "ct-a.nii.gz"), str(studies / "ct-b.nii")], model=str(spec), out=str(out), device="cpu")
+    assert skipped.skipped == ("ct-b",) and [f.error for f in skipped.failures] == ["InputError"]
+    assert skipped.failures[0].message == (
+        f"{out}/ct-a.*: was made from {(studies / 'ct-a.nii.gz').resolve()}, not {(elsewhere / 'ct-a.nii.gz').resolve()} "
+        "(use another --out, rename the input, or --force to replace it)"
+    )
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out / "ct-a.labels.nii.gz")).dataobj).transpose(2, 1, 0), expected)
+
 def test_all_studies_failing_fails_the_run(tmp_path, pointwise_spec, artifacts_of, rows_of):
     spec = pointwise_spec(tmp_path / "model", task="volume", weight=WEIGHT, bias=BIAS, classes=CLASSES, window=[4, 8, 8])
     bad = tmp_path / "bad.nii.gz"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_volume_index_picks_a_volume_of_a_4d_nifti(vh, tmp_path, capsys, monkeyp
     capsys.readouterr()
     # another volume of the same file is not the finished study: it is segmented again
     assert main(["volume", str(path), "--model", spec, "--out", str(out), "--device", "cpu", "--volume-index", "0"]) == 0
-    assert "redone: old outputs made by model 'pv-cli' with a different volume_index" in capsys.readouterr().out
+    assert "redone: old outputs made from volume 1, not volume 0" in capsys.readouterr().out
     assert np.array_equal(np.asarray(nib.load(out / "dyn.labels.nii.gz").dataobj).T, vh.per_voxel_answer(first))
     assert main(["volume", str(path), "--model", spec, "--out", str(out), "--volume-index", "2"]) == 1
     assert f"{path}: --volume-index 2 out of range for 2 volumes (use --volume-index 0..1)" in capsys.readouterr().out
@@ -109,3 +110,61 @@ def test_unusable_dask_address_is_an_input_error(vh, tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert "segpipe volume: error: scheduler-without-port: not a Dask scheduler address" in err and "tcp://scheduler:8786" in err
     assert not out.exists()
+
+
+def test_relative_inputs_are_recorded_by_absolute_path(vh, tmp_path, monkeypatch):
+    hu = vh.ct_crop((6, 20, 24))
+    vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("LPS"))
+    spec = str(_spec_yaml(vh, tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["volume", "ct.nii.gz", "--model", spec, "--out", "out", "--device", "cpu"]) == 0
+    source = str(tmp_path.resolve() / "ct.nii.gz")
+    assert json.loads((tmp_path / "out" / "ct.stats.json").read_text())["source"] == source
+    assert json.loads((tmp_path / "out" / "ct.labels.json").read_text())["source"] == source
+    assert xr.open_zarr(tmp_path / "out" / "stats.zarr").source.values.tolist() == [source]
+
+
+def test_a_study_given_as_dot_is_named_after_its_folder(vh, tmp_path, monkeypatch):
+    hu = vh.ct_crop((6, 20, 24))
+    folder = vh.write_dicom_series(tmp_path / "CT_0001", hu, vh.axis_affine("LPS"))
+    spec = str(_spec_yaml(vh, tmp_path))
+    out = tmp_path / "out"
+    monkeypatch.chdir(folder)
+    assert main(["volume", ".", "--model", spec, "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "CT_0001.labels.ctbl", "CT_0001.labels.json", "CT_0001.labels.nii.gz", "CT_0001.labels.txt",
+        "CT_0001.seg.dcm", "CT_0001.stats.json", "stats.zarr",
+    ]
+    assert np.array_equal(np.asarray(nib.load(out / "CT_0001.labels.nii.gz").dataobj).T, vh.per_voxel_answer(hu))
+    assert xr.open_zarr(out / "stats.zarr").study.values.tolist() == ["CT_0001"]
+    monkeypatch.chdir(tmp_path)  # the same folder by another path: the same study, done
+    assert main(["volume", "CT_0001/", "--model", spec, "--out", str(out), "--device", "cpu"]) == 0
+
+
+def test_a_different_input_with_the_same_name_fails_and_force_replaces_it(vh, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per table row: the message names two long paths
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    hu = vh.ct_crop((6, 20, 24))
+    other = (hu + 400).astype(np.int16)
+    a = vh.write_nifti(tmp_path / "a" / "case01.nii.gz", hu, vh.axis_affine("LPS"))
+    b = vh.write_nifti(tmp_path / "b" / "case01.nii.gz", other, vh.axis_affine("LPS"))
+    spec = str(_spec_yaml(vh, tmp_path))
+    out = tmp_path / "out"
+    assert main(["volume", str(a), "--model", spec, "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["volume", str(b), "--model", spec, "--out", str(out), "--device", "cpu"]) == 1
+    printed = capsys.readouterr().out
+    assert f"{out}/case01.*: was made from {a}, not {b} (use another --out, rename the input, or --force to replace it)" in printed
+    assert "skipped" not in printed
+    assert np.array_equal(np.asarray(nib.load(out / "case01.labels.nii.gz").dataobj).T, vh.per_voxel_answer(hu))
+    assert main(["volume", str(b), "--model", spec, "--out", str(out), "--device", "cpu", "--force"]) == 0
+    assert np.array_equal(np.asarray(nib.load(out / "case01.labels.nii.gz").dataobj).T, vh.per_voxel_answer(other))
+
+
+def test_series_uid_with_a_nifti_input_is_reported(vh, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    study = vh.write_nifti(tmp_path / "ct.nii.gz", vh.ct_crop((6, 20, 24)), vh.axis_affine("LPS"))
+    code = main(["volume", str(study), "--model", str(_spec_yaml(vh, tmp_path)), "--out", str(tmp_path / "out"), "--device", "cpu", "--series-uid", "1.2.3"])
+    assert code == 1
+    assert f"{study}: --series-uid 1.2.3 given but this is a NIfTI file (--series-uid applies to DICOM folders)" in capsys.readouterr().out

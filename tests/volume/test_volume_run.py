@@ -228,3 +228,41 @@ def test_dask_address_runs_studies_on_the_cluster(vh, tmp_path, pv_model):
         report = segment_volumes([good, bad], spec, tmp_path / "out", CPU, model=pv_model, dask_address=cluster.scheduler_address)
     assert [r.study for r in report.results] == ["d1"] and [f.source for f in report.failures] == [str(bad)]
     assert np.array_equal(np.asarray(nib.load(report.results[0].outputs.labels).dataobj).T, vh.per_voxel_answer(hu))
+
+
+def test_paths_without_a_name_are_named_after_their_folder(tmp_path, monkeypatch):
+    from pipeline.volume.run import output_stem
+
+    here = tmp_path / "CT_0001" / "series"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    assert [output_stem(p) for p in (".", "./", "..", "../", "../series/", "case01.nii.gz", "a/case01.nii")] == [
+        "series", "series", "CT_0001", "CT_0001", "series", "case01", "case01",
+    ]
+    for nameless in ("/", ".nii.gz"):
+        with pytest.raises(InputError, match="has no file or folder name to name its outputs after"):
+            output_stem(nameless)
+
+
+def test_series_uid_with_a_nifti_and_volume_index_with_a_dicom_folder_are_refused(vh, tmp_path, pv_model):
+    hu = vh.ct_crop((6, 20, 24))
+    nifti = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("LPS"))
+    dicom = vh.write_dicom_series(tmp_path / "dcm", hu, vh.axis_affine("LPS"), series_uid="1.2.826.0.1.1")
+    spec = vh.per_voxel_spec(tmp_path)
+    out = tmp_path / "out"
+    with_series = VolumeOptions(device="cpu", series_uid="1.2.826.0.1.1")
+    report = segment_volumes([nifti, dicom], spec, out, with_series, model=pv_model)
+    assert [r.study for r in report.results] == ["dcm"]
+    assert [f.message for f in report.failures] == [
+        (
+            f"{nifti}: --series-uid 1.2.826.0.1.1 given but this is a NIfTI file (--series-uid applies to DICOM folders) "
+            "(drop --series-uid (series_uid= from Python) for NIfTI inputs, or segment them in a run of their own)"
+        )
+    ]
+    with pytest.raises(InputError) as caught:
+        segment_volume(dicom, spec, out, VolumeOptions(device="cpu", volume_index=0), model=pv_model)
+    assert str(caught.value) == (
+        f"{dicom}: --volume-index 0 given but this is a DICOM folder (--volume-index applies to 4D NIfTI files) "
+        "(drop --volume-index (volume_index= from Python) for DICOM inputs, or segment them in a run of their own)"
+    )
+    assert not list(out.glob("ct.*"))
