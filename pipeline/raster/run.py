@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import shutil
 import time as _time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
 from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
-from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
+from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty
 from pipeline.raster.cog import write_label_cog
 from pipeline.raster.ingest import (
     RasterInfo,
@@ -176,16 +177,28 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
             report = _segment(work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client, progress=_stage(progress, "segment"))
         release_free_memory()
         result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress, watch=watch)
-    except BaseException:
+    except BaseException as exc:
         for path in reversed(created):  # leave no empty folders behind a failed first run
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
+        error = _output_folder_error(out_dir, exc, stem)
+        if error is not None:  # a full disk or read-only --out met mid-run: the user's to fix, said so
+            raise error from exc
         raise
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
         remove_if_empty(out_dir / WORK_DIR)
     labels_path, stats_path, quicklook_path, stats = result
     return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
+
+
+def _output_folder_error(out_dir: Path, exc: BaseException, stem: str) -> InputError | None:
+    """:func:`output_write_error` for an OSError about a file in ``out_dir`` (one about the input is not the output's)."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.filename is not None and not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(out_dir.resolve()):
+        return None
+    return output_write_error(out_dir, exc, writing=f"the outputs of {stem}")
 
 
 def check_device(device: str) -> None:

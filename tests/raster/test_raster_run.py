@@ -362,3 +362,29 @@ def test_four_band_scene_runs_without_warnings(naip, tmp_path, make_geotiff, cap
         segment_raster(tif, spec_for(4), tmp_path / "out", block=512, device="cpu", model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
     assert [str(w.message) for w in caught] == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")] == []  # GDAL's CPL warnings come through rasterio's loggers
+
+
+def test_full_disk_mid_run_names_the_output_folder_and_the_fix(naip, tmp_path, monkeypatch):
+    """ENOSPC (a full disk: only mocked here, where no small file system can be mounted) while the
+    COG is written: an InputError about --out, not an 'unexpected' error about the scene; an error
+    about a file outside --out (the input) is left as it is."""
+    import errno
+
+    from pipeline.raster import run as run_module
+
+    out = tmp_path / "out"
+
+    def full_disk(labels, mask, info, classes, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(run_module, "write_label_cog", full_disk)
+    model = per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0])
+    with pytest.raises(InputError, match=r"out: no space left on device writing the outputs of naip_north_dakota_rgbn \(free space or choose another --out\)"):
+        segment_raster(naip, spec_for(4), out, block=256, model=model)
+
+    def unreadable_input(labels, mask, info, classes, path, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied", str(naip))
+
+    monkeypatch.setattr(run_module, "write_label_cog", unreadable_input)
+    with pytest.raises(PermissionError):
+        segment_raster(naip, spec_for(4), out, block=256, model=model)
