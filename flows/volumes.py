@@ -96,7 +96,10 @@ class StudyPlan:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def segment_study(name: str, study: str, model: str, out_dir: str, device: str = "auto", force: bool = False) -> StudyOutput:
+def segment_study(
+    name: str, study: str, model: str, out_dir: str, device: str = "auto", force: bool = False,
+    series_uid: str | None = None, volume_index: int | None = None,
+) -> StudyOutput:
     """Segment one study (NIfTI file or DICOM series folder) with the spec at ``model`` into ``out_dir``.
 
     Takes typed parameters, like the flow, and builds the library's
@@ -107,9 +110,10 @@ def segment_study(name: str, study: str, model: str, out_dir: str, device: str =
     from pipeline.volume.run import segment_volume, study_done
 
     spec = load_spec(model)
-    done = not force and study_done(study, spec, out_dir)
+    options = VolumeOptions(device=device, force=force, series_uid=series_uid, volume_index=volume_index)
+    done = not force and study_done(study, spec, out_dir, series_uid=series_uid, volume_index=volume_index)
     network = None if done else cached_model(spec, device)
-    result = segment_volume(study, spec, out_dir, VolumeOptions(device=device, force=force), model=network)
+    result = segment_volume(study, spec, out_dir, options, model=network)
     return StudyOutput(
         study=study,
         name=result.study,
@@ -129,6 +133,8 @@ def segment_volumes(
     force: bool = False,
     max_parallel: int | None = None,
     dask_address: str | None = None,
+    series_uid: str | None = None,
+    volume_index: int | None = None,
 ) -> VolumesReport:
     """Segment studies into ``<out>/<stem>.labels.nii.gz`` (input grid and affine) and ``<out>/stats.zarr``.
 
@@ -146,6 +152,10 @@ def segment_volumes(
         max_parallel: studies in flight at once; None = 1 on this machine (one model at a time per
             GPU), unbounded with ``dask_address`` (the cluster's workers bound it).
         dask_address: run the study tasks on this Dask scheduler via prefect-dask (shared file system).
+        series_uid: DICOM folders holding several series: the SeriesInstanceUID to read (as
+            ``--series-uid``: applies to every study; a NIfTI study given with it fails).
+        volume_index: 4D NIfTI files: the volume to read, 0-based (as ``--volume-index``: applies
+            to every study; a 3D file or a DICOM folder given with it fails).
 
     Returns:
         The report; failures are listed there and in the ``segment-volumes-failures`` artifact.
@@ -160,7 +170,10 @@ def segment_volumes(
     plan = plan_studies(studies, model, out)
     failures = list(plan.failures)
     logger.info("segment-volumes: %d study(ies) -> %s (model %s)", len(plan.todo), plan.out_dir, plan.model)
-    calls = [dict(name=name, study=study, model=plan.model, out_dir=str(plan.out_dir), device=device, force=force) for name, study in plan.todo]
+    calls = [
+        dict(name=name, study=study, model=plan.model, out_dir=str(plan.out_dir), device=device, force=force, series_uid=series_uid, volume_index=volume_index)
+        for name, study in plan.todo
+    ]
     with dask_runner(dask_address) as runner:
         futures = submit_bounded(segment_study, calls, limit=in_flight(max_parallel, dask_address, 1), runner=runner)
         outputs = []

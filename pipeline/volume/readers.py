@@ -206,13 +206,13 @@ def _check_shape(path: Path, shape: tuple[int, ...], volume_index: int | None) -
     extra = shape[3:]
     if not extra or int(np.prod(extra)) == 1:
         if volume_index not in (None, 0):
-            raise InputError(path, f"--volume-index {volume_index} given but the image is 3D", "drop --volume-index, or volume_index= from Python")
+            raise InputError(path, f"--volume-index {volume_index} given but the image is 3D", "drop --volume-index, or volume_index= in Python or the segment-volumes flow")
         return 0 if extra else None
     if len(extra) > 1:
         raise InputError(path, f"{len(shape)}D image (shape {shape}) not supported", "extract one 3D volume first (e.g. with fslroi)")
     n = extra[0]
     if volume_index is None:
-        raise InputError(path, f"4D image with {n} volumes (shape {shape})", f"pick one with --volume-index 0..{n - 1}, or volume_index= from Python")
+        raise InputError(path, f"4D image with {n} volumes (shape {shape})", f"pick one with --volume-index 0..{n - 1}, or volume_index= in Python or the segment-volumes flow")
     if not 0 <= volume_index < n:
         raise InputError(path, f"--volume-index {volume_index} out of range for {n} volumes", f"use --volume-index 0..{n - 1}")
     return int(volume_index)

@@ -139,6 +139,28 @@ def test_skip_checks_what_was_segmented(batch, tmp_path):
     )
     np.testing.assert_array_equal(np.asarray(nib.load(str(out / "ct-a.labels.nii.gz")).dataobj).transpose(2, 1, 0), expected)
 
+def test_volume_index_picks_the_volume_of_4d_studies(tmp_path, pointwise_spec):
+    """volume_index (as --volume-index) reaches every study; without it a 4D study fails with the hint."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    first = np.random.default_rng(1).choice(np.array([0, 150, 400], np.int16), size=SHAPE)
+    second = np.random.default_rng(2).choice(np.array([0, 150, 400], np.int16), size=SHAPE)
+    nib.save(nib.Nifti1Image(np.stack([first.T, second.T], axis=-1), _affine()), str(studies / "dyn.nii.gz"))
+    spec = pointwise_spec(tmp_path / "model", task="volume", weight=WEIGHT, bias=BIAS, classes=CLASSES, window=[4, 8, 8])
+    out = tmp_path / "out"
+    state = segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu", return_state=True)
+    assert state.is_failed() and not (out / "dyn.labels.nii.gz").exists()
+    report = segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu", volume_index=1)
+    assert not report.failures
+    labels = np.asarray(nib.load(str(out / "dyn.labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(labels, np.where(second > 300, 2, np.where(second > 100, 1, 0)))
+    assert segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu", volume_index=1).skipped == ("dyn",)
+    redone = segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu", volume_index=0)
+    assert redone.skipped == ()
+    labels = np.asarray(nib.load(str(out / "dyn.labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(labels, np.where(first > 300, 2, np.where(first > 100, 1, 0)))
+
+
 def test_all_studies_failing_fails_the_run(tmp_path, pointwise_spec, artifacts_of, rows_of):
     spec = pointwise_spec(tmp_path / "model", task="volume", weight=WEIGHT, bias=BIAS, classes=CLASSES, window=[4, 8, 8])
     bad = tmp_path / "bad.nii.gz"
