@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import subprocess
 
 import pytest
 
@@ -46,22 +44,8 @@ def test_store_kinds_are_told_apart_and_not_mixed(tmp_path):
         check_stats_store(volume, "raster")
 
 
-@contextlib.contextmanager
-def _tmpfs(folder, options):
-    """A tmpfs mounted at ``folder`` with ``options``; skips where mounting is not allowed (not root, containers, CI)."""
-    folder.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True, capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        pytest.skip("cannot mount a tmpfs here (needs root and mount rights)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False, capture_output=True, timeout=30)
-
-
-def test_read_only_output_folder_is_refused_up_front(tmp_path):
-    with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+def test_read_only_output_folder_is_refused_up_front(tmp_path, tmpfs):
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         with pytest.raises(InputError) as caught:
             prepare_output_dir(ro)
         assert str(caught.value) == f"{ro}: not writable: read-only file system (choose another --out)"

@@ -3,9 +3,7 @@ folder and the fix, never "unexpected ... please report it", and no work folder 
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import subprocess
 
 import numpy as np
 import pytest
@@ -18,20 +16,6 @@ from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import WORK_DIR, segment_volume
 
 CPU = VolumeOptions(device="cpu")
-
-
-@contextlib.contextmanager
-def _tmpfs(folder, options):
-    """A tmpfs mounted at ``folder`` with ``options``; skips where mounting is not allowed (not root, containers, CI)."""
-    folder.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True, capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        pytest.skip("cannot mount a tmpfs here (needs root and mount rights)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False, capture_output=True, timeout=30)
 
 
 def _disk_full(*args, **kwargs):
@@ -68,12 +52,12 @@ def test_an_error_of_another_kind_keeps_its_traceback_message(vh, tmp_path, pv_m
     assert "unexpected OSError: [Errno 5] Input/output error" in report.failures[0].message
 
 
-def test_a_really_full_disk_fails_the_study_and_frees_the_work_folder(vh, tmp_path, pv_model, capsys, monkeypatch):
+def test_a_really_full_disk_fails_the_study_and_frees_the_work_folder(vh, tmp_path, pv_model, capsys, monkeypatch, tmpfs):
     monkeypatch.setenv("COLUMNS", "400")
     rng = np.random.default_rng(0)
     noise = rng.integers(-1000, 1000, size=(32, 64, 64)).astype(np.int16)  # incompressible: ~1 MB of float32 in the work store
     study = vh.write_nifti(tmp_path / "big.nii.gz", noise, vh.axis_affine("RAS"))
-    with _tmpfs(tmp_path / "small", "size=256k") as small:
+    with tmpfs(tmp_path / "small", "size=256k") as small:
         out = small / "out"
         report = segment_volumes([study], vh.per_voxel_spec(tmp_path), out, VolumeOptions(device="cpu", block=(16, 32, 32)), model=pv_model)
         assert [f.message for f in report.failures] == [
@@ -82,9 +66,9 @@ def test_a_really_full_disk_fails_the_study_and_frees_the_work_folder(vh, tmp_pa
         assert not (out / WORK_DIR).exists() and not list(out.glob("big.*"))
 
 
-def test_a_read_only_out_is_refused_before_any_work(vh, tmp_path, capsys):
+def test_a_read_only_out_is_refused_before_any_work(vh, tmp_path, capsys, tmpfs):
     study = vh.write_nifti(tmp_path / "ct.nii.gz", vh.ct_crop((6, 20, 24)), vh.axis_affine("LPS"))
-    with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         code = main(["volume", str(study), str(study.with_name("other.nii.gz")), "--model", "demo-ct", "--out", str(ro), "--device", "cpu"])
         captured = capsys.readouterr()
         assert code == 2
