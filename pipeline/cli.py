@@ -37,9 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the subcommands' positional inputs (nargs="+"); inputs given after options are added to them
+INPUT_DESTS = ("images", "inputs")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, except that inputs may also come after options
+    (``segpipe raster a.tif --model m --out o b.tif``), as users of ``cp``-style commands expect.
+
+    argparse stops a ``nargs="+"`` positional at the first option and its ``parse_intermixed_args``
+    does not work with subcommands, so inputs left over after the options are appended here;
+    anything else left over (an unknown option) is argparse's usual error.
+    """
+    args, extra = parser.parse_known_args(argv)
+    dest = next((d for d in INPUT_DESTS if isinstance(getattr(args, d, None), list)), None)
+    if extra and dest is not None and not any(e.startswith("-") for e in extra):
+        inputs = getattr(args, dest)
+        kind = type(inputs[0]) if inputs else str  # the positional's own type (volume: Path)
+        inputs.extend(kind(e) for e in extra)
+        return args
+    return parser.parse_args(argv)  # no leftovers, or argparse's own error for them
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
