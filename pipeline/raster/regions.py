@@ -25,6 +25,10 @@ DEFAULT_FIELD = "name"
 DENSIFY_PARTS = 2000  # segments along the regions' extent before reprojection (curved edges stay curved)
 
 
+class NoRegionInScene(InputError):
+    """None of a regions file's polygons meets the scene (the scene is still segmented, without statistics)."""
+
+
 @dataclass(frozen=True)
 class Regions:
     """Named polygons in the raster's CRS, clipped to the raster footprint.
@@ -68,7 +72,8 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
 
     Raises:
         InputError: unreadable or empty file, no CRS, missing attribute (the error lists the
-            available ones), non-polygon geometries, or no region intersecting the raster.
+            available ones), non-polygon geometries.
+        NoRegionInScene: no region meets the raster (an :class:`InputError` too).
     """
     gdf, names, geoms = _load(path, field)
     where = str(path)
@@ -87,7 +92,7 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
         kept_names.append(name)
         kept_geoms.append(clipped)
     if not kept_names:
-        raise InputError(
+        raise NoRegionInScene(
             where,
             f"none of its {len(merged)} region(s) intersects the raster {info.path} (regions {_bounds_text(gdf.total_bounds)} in {gdf.crs.to_string()}, raster {_bounds_text(outline.bounds)} in {info.crs.to_string()})",
             "check that the regions and the raster cover the same place",

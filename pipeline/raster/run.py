@@ -40,7 +40,7 @@ from pipeline.raster.ingest import (
     scene_stem,
 )
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
-from pipeline.raster.regions import Regions, read_regions, scene_region
+from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
 from pipeline.timing import Stopwatch
 from pipeline.zarr_write import fast_writes
@@ -61,7 +61,8 @@ class RasterResult:
         scene: the scene name (file stem), also its ``scene`` coordinate in ``stats.zarr``.
         labels_path, stats_path, quicklook_path: the outputs.
         info: the input raster's description.
-        stats: this run's statistics (dims ``region``, ``class``).
+        stats: this run's statistics (dims ``region``, ``class``); empty, and nothing added to
+            ``stats_path``, when none of the ``regions`` meets the scene (a warning says so).
         engine: the engine's report (windows, blocks, seconds).
         seconds: wall time of the whole scene.
         timings: wall seconds per stage (load model, ingest, segment, cog, stats, quicklook).
@@ -158,7 +159,7 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     # validate everything before writing anything
     check_stats_store(out_dir / STATS_STORE, "raster")
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
-    region_set = read_regions(regions, info, field=region_field) if regions is not None else scene_region(info)
+    region_set = _regions_for(regions, info, region_field, stem)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
     work = out_dir / WORK_DIR / f"{stem}.zarr"
     created = [p for p in (*reversed(out_dir.parents), out_dir, out_dir / WORK_DIR) if not p.exists()]
@@ -199,6 +200,18 @@ def _output_folder_error(out_dir: Path, exc: BaseException, stem: str) -> InputE
     if exc.filename is not None and not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(out_dir.resolve()):
         return None
     return output_write_error(out_dir, exc, writing=f"the outputs of {stem}")
+
+
+def _regions_for(regions: str | Path | None, info: RasterInfo, field: str | None, stem: str) -> Regions | None:
+    """The regions the statistics are taken over; None (with a warning) when none of them meets the
+    scene: a nightly catalog's tiles outside its districts still get their label maps."""
+    if regions is None:
+        return scene_region(info)
+    try:
+        return read_regions(regions, info, field=field)
+    except NoRegionInScene as exc:
+        log.warning("%s; %s is segmented without statistics", exc, stem)
+        return None
 
 
 def check_device(device: str) -> None:
@@ -327,7 +340,7 @@ def _given_model(model: Any) -> Any:
     return model.eval() if hasattr(model, "eval") else model
 
 
-def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions, out_dir: Path, *, stem: str, block: int, time, progress, watch: Stopwatch):
+def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions | None, out_dir: Path, *, stem: str, block: int, time, progress, watch: Stopwatch):
     import zarr
 
     group = zarr.open_group(work, mode="r", use_consolidated=False)
@@ -335,9 +348,11 @@ def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions
     labels, mask = group["labels"], None if every_pixel_valid(work) else group["mask"]
     with watch.stage("cog"):
         labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
-    with watch.stage("stats"):
-        stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
-        stats_path = append_stats(stats, out_dir / STATS_STORE, time=time, scene=stem)
+    stats, stats_path = xr.Dataset(), out_dir / STATS_STORE
+    if regions is not None:  # None: no region meets the scene, nothing to add to the store
+        with watch.stage("stats"):
+            stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
+            stats_path = append_stats(stats, stats_path, time=time, scene=stem)
     with watch.stage("quicklook"):
         rgb = rgb_bands(image, info.bands)
         quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb, preview=read_preview(work))

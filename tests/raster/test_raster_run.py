@@ -171,10 +171,21 @@ def test_raster_without_crs(tmp_path, make_geotiff, conv3):
     _no_outputs(tmp_path / "out")
 
 
-def test_regions_not_intersecting(naip, bahamas, tmp_path):
-    with pytest.raises(InputError, match="intersects the raster"):
-        segment_raster(naip, spec_for(4), tmp_path / "out", regions=bahamas, model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
-    _no_outputs(tmp_path / "out")
+def test_scene_outside_every_region_gets_labels_without_statistics(naip, landsat, bahamas, tmp_path, caplog):
+    """A nightly catalog's tile outside its districts still gets its label map; the store gets no entry for it."""
+    out = tmp_path / "out"
+    model = per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0])
+    with caplog.at_level("WARNING", logger="pipeline.raster.run"):
+        result = segment_raster(naip, spec_for(4), out, regions=bahamas, model=model)
+    assert "none of its 1 region(s) intersects the raster" in caplog.text and "segmented without statistics" in caplog.text
+    with rasterio.open(result.labels_path) as src, rasterio.open(naip) as ref:
+        assert (src.crs, src.transform, src.shape) == (ref.crs, ref.transform, ref.shape)
+        np.testing.assert_array_equal(src.read(1)[ref.read_masks(1) > 0], expected_labels(ref.read(), np.eye(3, 4), [0, 0, 0])[ref.read_masks(1) > 0])
+    assert result.quicklook_path.is_file() and len(result.stats.data_vars) == 0 and not result.stats_path.exists()
+    # a scene that meets the regions adds its entry; the one outside stays out
+    segment_raster(landsat, spec_for(3), out, regions=bahamas, model=per_pixel_model(*LANDSAT_W))
+    with xr.open_zarr(out / "stats.zarr") as ds:
+        assert list(ds.scene.values) == ["landsat7_bahamas_rgb"]
 
 
 def test_regions_without_the_attribute(landsat, bahamas, tmp_path, conv3):
