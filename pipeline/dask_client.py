@@ -23,15 +23,43 @@ def dask_client(address: str, *, timeout: str = CONNECT_TIMEOUT) -> Any:
         raise InputError(address, "--dask-address needs the 'distributed' package", "pip install 'dask[distributed]'") from exc
     import dask
 
+    _check_address(address)
     scheduler = dask.config.config.get("scheduler", _UNSET)
     try:
         return Client(address, timeout=timeout)
     except ValueError as exc:
-        _restore_scheduler(scheduler)
+        _forget_failed_client(scheduler)
         raise InputError(address, f"not a Dask scheduler address ({exc})", "give --dask-address like tcp://scheduler:8786") from exc
     except (OSError, TimeoutError) as exc:
-        _restore_scheduler(scheduler)
+        _forget_failed_client(scheduler)
         raise InputError(address, f"cannot reach the Dask scheduler ({exc})", "check the address, e.g. tcp://scheduler:8786, and that the scheduler is running") from exc
+
+
+def _check_address(address: str) -> None:
+    """Refuse a malformed address (unknown scheme, no port) without making a Client (no DNS lookup)."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, location = parse_address(address)
+        get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise InputError(address, f"not a Dask scheduler address ({exc})", "give --dask-address like tcp://scheduler:8786") from exc
+
+
+def _forget_failed_client(scheduler: Any) -> None:
+    """Finalise the Client that failed to connect now, and undo the setting it left behind.
+
+    Its ``__del__`` closes its event-loop runner; left to a later garbage collection, that can run
+    inside the next Client's start and deadlock on the runner's lock (seen in the test suite).
+    """
+    import gc
+
+    gc.collect()
+    _restore_scheduler(scheduler)
 
 
 def _restore_scheduler(scheduler: Any) -> None:
