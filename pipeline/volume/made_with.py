@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -63,35 +64,45 @@ class InputRecord:
             return None
 
 
-def input_record(path: str | Path, *, series_uid: str | None = None, volume_index: int | None = None) -> InputRecord:
-    """The :class:`InputRecord` of the study at ``path`` as asked for (reads file metadata only)."""
+def input_record(
+    path: str | Path, *, series_uid: str | None = None, volume_index: int | None = None, out_dir: str | Path | None = None
+) -> InputRecord:
+    """The :class:`InputRecord` of the study at ``path`` as asked for (reads file metadata only);
+    ``out_dir``: the run's output folder, left out of a DICOM folder's fingerprint when inside it."""
     source = Path(path).resolve()
-    return InputRecord(str(source), series_uid or "", -1 if volume_index is None else int(volume_index), input_fingerprint(source))
+    exclude = Path(out_dir).resolve() if out_dir is not None else None
+    return InputRecord(str(source), series_uid or "", -1 if volume_index is None else int(volume_index), input_fingerprint(source, exclude=exclude))
 
 
-def input_fingerprint(path: Path) -> str:
+def input_fingerprint(path: Path, *, exclude: Path | None = None) -> str:
     """A cheap fingerprint of a study, from file metadata only (no pixel is read).
 
     A file: its size (bytes) and modification time (ns). A DICOM folder: the number of files under
     it (recursively, the files the reader scans) and the SHA-256 of their sorted
     ``(relative name, size, mtime_ns)``: adding, removing, renaming or rewriting a file changes it.
-    ``missing`` when ``path`` cannot be read (reading the study reports why).
+    The folder ``exclude`` (the run's own outputs, when ``--out`` is inside the series folder) is
+    left out, so a run's outputs do not change its input's fingerprint. ``missing`` when ``path``
+    cannot be read (reading the study reports why).
     """
     try:
         if path.is_dir():
-            return _folder_fingerprint(path)
+            return _folder_fingerprint(path, exclude)
         stat = path.stat()
     except OSError:
         return "missing"
     return f"{stat.st_size} bytes, mtime_ns {stat.st_mtime_ns}"
 
 
-def _folder_fingerprint(folder: Path) -> str:
+def _folder_fingerprint(folder: Path, exclude: Path | None) -> str:
     entries = []
-    for path in folder.rglob("*"):
-        if path.is_file():
-            stat = path.stat()
-            entries.append(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    for top, dirs, files in os.walk(folder):
+        if exclude is not None:
+            dirs[:] = [d for d in dirs if Path(top, d).resolve() != exclude]
+        for name in files:
+            path = Path(top, name)
+            if path.is_file():
+                stat = path.stat()
+                entries.append(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}")
     digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape"))
     return f"{len(entries)} files, sha256 {digest.hexdigest()}"
 

@@ -212,7 +212,7 @@ def segment_volume(
     check_stats_store(out_dir / STATS_STORE, "volume")
     outputs = StudyOutputs.for_input(input_path, out_dir)
     stem = output_stem(input_path)
-    asked = input_record(input_path, series_uid=options.series_uid, volume_index=options.volume_index)
+    asked = input_record(input_path, series_uid=options.series_uid, volume_index=options.volume_index, out_dir=out_dir)
     redone = ""
     if not options.force and outputs.complete():
         previous, redone = _previous_outputs(outputs, spec, asked, conflict=True)
@@ -269,7 +269,7 @@ def study_done(
     outputs = StudyOutputs.for_input(input_path, out_dir)
     if not outputs.complete():
         return False
-    asked = input_record(input_path, series_uid=series_uid, volume_index=volume_index)
+    asked = input_record(input_path, series_uid=series_uid, volume_index=volume_index, out_dir=out_dir)
     return _previous_outputs(outputs, spec, asked, conflict=False)[0] is not None
 
 

@@ -135,6 +135,8 @@ def test_rerun_with_the_seg_inside_the_series_folder(vh, tmp_path, pv_model):
     spec = vh.per_voxel_spec(tmp_path, window=[4, 16, 16])
     first = segment_volume(folder, spec, folder / "seg", VolumeOptions(device="cpu"), model=pv_model)
     assert first.dicom_seg and first.outputs.seg.is_file()
+    # the first run's outputs inside the series folder are not a change of its input
+    assert segment_volume(folder, spec, folder / "seg", VolumeOptions(device="cpu"), model=pv_model).skipped
     again = segment_volume(folder, spec, folder / "seg", VolumeOptions(device="cpu", force=True), model=pv_model)
     assert not again.skipped and again.dicom_seg
     assert np.array_equal(np.asarray(nib.load(again.outputs.labels).dataobj), np.asarray(nib.load(first.outputs.labels).dataobj))
