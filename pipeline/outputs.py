@@ -4,12 +4,17 @@ and the message for an output folder that fills up or turns read-only during a r
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import shutil
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
 
 StoreKind = Literal["raster", "volume"]
 
@@ -113,3 +118,16 @@ def check_stats_store(store: str | Path, kind: StoreKind) -> None:
             f"holds {found} statistics (from {_COMMAND[found]}); {_COMMAND[kind]} cannot add its rows there",
             f"give {_COMMAND[kind]} its own --out folder",
         )
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``<name>.tmp-*`` siblings of ``path``: what a killed run (SIGKILL, power loss) was
+    writing when it died. Nothing renames them into place, so they would stay forever (a killed
+    ingest of a large scene leaves gigabytes). Callers make sure no live run is writing one: a
+    scene's outputs are written by one run at a time, the statistics store under its lock."""
+    for stale in path.parent.glob(f"{glob_escape(path.name)}.tmp-*"):
+        log.info("removing %s, left by an interrupted run", stale)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)

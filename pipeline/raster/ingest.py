@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from rasterio.windows import Window
 
 from pipeline.errors import InputError
 from pipeline.known_warnings import known_warnings_ignored
+from pipeline.outputs import remove_stale_temporaries
 from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
@@ -266,19 +266,6 @@ def ingest_raster(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return info
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Remove ``<name>.tmp-*`` siblings of ``path``: what a killed run (SIGKILL, power loss) was
-    writing when it died. Nothing renames them into place, so they would stay forever (a killed
-    ingest of a large scene leaves gigabytes). Outputs are named by scene, and one scene is written
-    by one run at a time, so a temporary of the same name is never another run's live work."""
-    for stale in path.parent.glob(f"{glob_escape(path.name)}.tmp-*"):
-        log.info("removing %s, left by an interrupted run", stale)
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
 
 
 def read_info(store_path: str | Path) -> RasterInfo:

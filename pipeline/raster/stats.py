@@ -32,6 +32,7 @@ from affine import Affine
 from models.spec import ClassInfo
 from pipeline.errors import InputError
 from pipeline.known_warnings import known_warnings_ignored
+from pipeline.outputs import remove_stale_temporaries
 from pipeline.raster.areas import pixel_area_m2
 from pipeline.raster.ingest import RasterInfo, tiles
 from pipeline.raster.regions import Regions
@@ -314,11 +315,8 @@ def _recover(store_path: Path) -> None:
     between the two renames) or removed when the swap had finished."""
     from glob import escape
 
-    pattern = escape(store_path.name)
-    for stale in store_path.parent.glob(f"{pattern}.tmp-*"):
-        log.info("removing %s, left by an interrupted run", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    for old in sorted(store_path.parent.glob(f"{pattern}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+    remove_stale_temporaries(store_path)
+    for old in sorted(store_path.parent.glob(f"{escape(store_path.name)}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
         if not store_path.exists():
             log.warning("restoring %s from %s, left by an interrupted run", store_path, old)
             os.rename(old, store_path)
