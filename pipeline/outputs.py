@@ -78,15 +78,23 @@ def _problem(exc: OSError, fix: str) -> tuple[str, str]:
 def output_write_error(out_dir: str | Path, exc: OSError, *, writing: str) -> InputError | None:
     """The :class:`InputError` for ``exc``, raised while writing ``writing`` into ``out_dir``, when it
     says the folder cannot take the outputs (full disk or quota, read-only file system, permission
-    denied; :data:`WRITE_PROBLEMS`); None for any other error, which is not the user's to fix.
+    denied; :data:`WRITE_PROBLEMS`); None for any other error, which is not the user's to fix, and
+    for one naming a file outside ``out_dir`` (a read-only or unreadable input is not the output's).
 
     Example: ``out: no space left on device writing the outputs of case01 (free space or choose another --out)``.
     """
     known = WRITE_PROBLEMS.get(exc.errno or 0)
-    if known is None:
+    if known is None or not _names_a_file_in(exc, out_dir):
         return None
     problem, fix = known
     return InputError(out_dir, f"{problem} writing {writing}", fix)
+
+
+def _names_a_file_in(exc: OSError, folder: str | Path) -> bool:
+    """Whether ``exc`` is about a file in ``folder``, or names no file (then it is taken to be)."""
+    if exc.filename is None:
+        return True
+    return Path(os.fsdecode(exc.filename)).resolve().is_relative_to(Path(folder).resolve())
 
 
 def remove_if_empty(folder: str | Path) -> None:

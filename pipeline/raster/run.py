@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import shutil
 import time as _time
 from collections.abc import Callable, Sequence
@@ -182,7 +181,7 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
         for path in reversed(created):  # leave no empty folders behind a failed first run
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
-        error = _output_folder_error(out_dir, exc, stem)
+        error = output_write_error(out_dir, exc, writing=f"the outputs of {stem}") if isinstance(exc, OSError) else None
         if error is not None:  # a full disk or read-only --out met mid-run: the user's to fix, said so
             raise error from exc
         raise
@@ -191,15 +190,6 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
         remove_if_empty(out_dir / WORK_DIR)
     labels_path, stats_path, quicklook_path, stats = result
     return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
-
-
-def _output_folder_error(out_dir: Path, exc: BaseException, stem: str) -> InputError | None:
-    """:func:`output_write_error` for an OSError about a file in ``out_dir`` (one about the input is not the output's)."""
-    if not isinstance(exc, OSError):
-        return None
-    if exc.filename is not None and not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(out_dir.resolve()):
-        return None
-    return output_write_error(out_dir, exc, writing=f"the outputs of {stem}")
 
 
 def _regions_for(regions: str | Path | None, info: RasterInfo, field: str | None, stem: str) -> Regions | None:

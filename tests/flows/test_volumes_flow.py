@@ -229,7 +229,7 @@ def test_max_parallel_bounds_studies_in_flight(batch, tmp_path, monkeypatch, max
 
 
 def test_catalog_with_demo_recipe_generates_missing_studies(tmp_path, pointwise_spec):
-    spec = pointwise_spec(tmp_path / "model", task="volume", weight=WEIGHT, bias=BIAS, classes=CLASSES, window=[8, 16, 16])
+    pointwise_spec(tmp_path / "model", task="volume", weight=WEIGHT, bias=BIAS, classes=CLASSES, window=[8, 16, 16])
     catalog = tmp_path / "cat" / "studies.yaml"
     catalog.parent.mkdir()
     catalog.write_text(

@@ -49,9 +49,9 @@ def test_local_cluster_labels_identical_to_local_run(client, tmp_path, dims):
     store = str(tmp_path / "run.zarr")
     root = zarr.open_group(store, mode="w")
     root.create_array("image", shape=shape, chunks=(shape[0], *block), dtype="float32")[...] = rng.normal(size=shape).astype(np.float32)
-    out = root.create_array("labels", shape=shape[1:], chunks=block, dtype="uint8")
+    root.create_array("labels", shape=shape[1:], chunks=block, dtype="uint8")
     grid_shape = tuple(-(-s // b) for s, b in zip(shape[1:], block))
-    done = root.create_array("done", shape=grid_shape, chunks=(1,) * dims, dtype="uint8", fill_value=0)
+    root.create_array("done", shape=grid_shape, chunks=(1,) * dims, dtype="uint8", fill_value=0)
     cfg = EngineConfig(window=window, overlap=0.5, block=block, device="cpu", class_ids=(0, 3, 4, 9))
 
     factory = functools.partial(load_model, unet_spec(tmp_path, dims, shape[0], 4), "cpu")

@@ -9,7 +9,6 @@ import pytest
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
-from pipeline.errors import EngineError
 from pipeline.grid import BlockPlan, WindowGrid
 
 

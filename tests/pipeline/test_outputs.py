@@ -80,6 +80,15 @@ def test_output_write_error_names_the_folder_and_the_fix(tmp_path):
     assert output_write_error(tmp_path, FileNotFoundError(errno.ENOENT, "No such file"), writing="x") is None
 
 
+def test_output_write_error_is_none_for_a_file_outside_the_folder(tmp_path):
+    out = tmp_path / "out"
+    inside = OSError(errno.EACCES, "Permission denied", str(out / "a" / "b.tif"))
+    assert output_write_error(out, inside, writing="x").problem == "permission denied writing x"
+    outside = OSError(errno.EACCES, "Permission denied", str(tmp_path / "scene.tif"))  # the input's problem
+    assert output_write_error(out, outside, writing="x") is None
+    assert output_write_error(out, OSError(errno.EROFS, "Read-only file system", str(out / ".." / "x")), writing="x") is None
+
+
 @pytest.mark.parametrize("command", ["raster", "volume"])
 def test_cli_refuses_an_unwritable_out_with_exit_2(tmp_path, monkeypatch, capsys, command):
     from pipeline import outputs

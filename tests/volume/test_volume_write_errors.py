@@ -19,7 +19,7 @@ CPU = VolumeOptions(device="cpu")
 
 
 def _disk_full(*args, **kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device", "simulated")
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_a_full_disk_while_writing_fails_the_study_clearly(vh, tmp_path, pv_model, monkeypatch):
