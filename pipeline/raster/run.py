@@ -3,7 +3,10 @@
 Outputs in ``out_dir``: ``<stem>.labels.tif`` (+ ``.aux.xml`` with category names),
 ``<stem>.quicklook.png`` and the shared ``stats.zarr``. Working data lives in
 ``out_dir/.work/<stem>.zarr`` (the ingested image, the labels and the engine's finished-block
-record): a killed run resumes from it, and it is removed after a successful run. Every output is
+record): a killed run resumes from it, and it is removed after a successful run. One run at a time
+segments a scene into a folder: it holds ``out_dir/.work/<stem>.lock`` (:mod:`pipeline.work_lock`)
+from the ingest to the removal of the work store, and a second run fails at once; under the lock, a
+work store that is not a readable zarr store (a crash's leftover) is removed. Every output is
 written under a temporary name and renamed when complete, and inputs are validated (raster,
 bands, regions) before anything is written.
 """
@@ -42,6 +45,7 @@ from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
 from pipeline.timing import Stopwatch
+from pipeline.work_lock import discard_unreadable_store, work_lock
 from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
@@ -118,6 +122,7 @@ def segment_raster(
     Raises:
         InputError: bad raster, bands, regions or options, ``out_dir`` a file, or ``out_dir/stats.zarr``
             holding volume statistics (all checked before any work; nothing is written).
+        InputError: another run is segmenting this scene into ``out_dir`` (its lock is held); nothing is touched.
         EngineError: ``device`` names a CUDA device this machine does not have (checked first).
         ModelSpecError, CheckpointError: bad model.
     """
@@ -165,18 +170,27 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     prepare_output_dir(out_dir)
     watch = Stopwatch()
     try:
-        if model is None and dask_client is None:
-            from models.checkpoint import load_model
+        with work_lock(out_dir / WORK_DIR, stem, subject=image, out_dir=out_dir, what="scene"):  # held until the work store is gone
+            if model is None and dask_client is None:
+                from models.checkpoint import load_model
 
-            with watch.stage("load model"):
-                model = load_model(spec, device)
-        with watch.stage("ingest"):
-            info = ingest_raster(image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"))
-        release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
-        with watch.stage("segment"):
-            report = _segment(work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client, progress=_stage(progress, "segment"))
-        release_free_memory()
-        result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress, watch=watch)
+                with watch.stage("load model"):
+                    model = load_model(spec, device)
+            discard_unreadable_store(work)
+            with watch.stage("ingest"):
+                info = ingest_raster(
+                    image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"),
+                )
+            release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
+            with watch.stage("segment"):
+                report = _segment(
+                    work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client,
+                    progress=_stage(progress, "segment"),
+                )
+            release_free_memory()
+            result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress, watch=watch)
+            if not keep_work:
+                shutil.rmtree(work, ignore_errors=True)  # under the lock: no run of this scene is using it
     except BaseException as exc:
         for path in reversed(created):  # leave no empty folders behind a failed first run
             if path.is_dir() and not any(path.iterdir()):
@@ -186,7 +200,6 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
             raise error from exc
         raise
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
         remove_if_empty(out_dir / WORK_DIR)
     labels_path, stats_path, quicklook_path, stats = result
     return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
