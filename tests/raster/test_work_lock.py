@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,16 @@ def _labels(path: Path) -> np.ndarray:
         return src.read(1)
 
 
+def _wait_for(condition, seconds: float = 30.0) -> bool:
+    """Poll ``condition`` until true (the engine writes blocks on a thread of its own) or ``seconds`` pass."""
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with a hash of its bytes."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -93,8 +104,8 @@ def test_second_run_fails_at_once_and_leaves_the_first_alone(scene, tmp_path):
         assert in_segment.wait(60), results
         work = out / ".work"
         assert (work / "scene.lock").read_text() == f"{os.getpid()}\n"
+        assert _wait_for(lambda: any((out / ".work/scene.zarr/labels/c/").rglob("*")))  # mid-segment: a block written
         before = _snapshot(out)
-        assert any(name.startswith(".work/scene.zarr/labels/") for name in before)  # mid-segment: labels half written
         with pytest.raises(InputError) as caught:
             _run(scene, out)
         assert str(caught.value) == f"{scene}: {LOCKED} (pid {os.getpid()}; --out {out}) (wait for it to finish, or use another --out)"
