@@ -19,18 +19,21 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
+Locked = Literal["scene", "study"]  # what is being segmented, for the message
 
 
 @contextlib.contextmanager
-def work_lock(work_dir: str | Path, name: str, *, subject: str | Path, out_dir: str | Path, what: str = "scene") -> Iterator[Path]:
+def work_lock(work_dir: str | Path, name: str, *, subject: str | Path, out_dir: str | Path, what: Locked = "scene") -> Iterator[Path]:
     """Hold the exclusive lock of ``name`` in ``work_dir`` (created if missing) for the ``with`` block.
 
     Args:
@@ -65,7 +68,7 @@ def work_lock(work_dir: str | Path, name: str, *, subject: str | Path, out_dir: 
         os.close(fd)
 
 
-def _acquire(fcntl, path: Path, *, subject: str | Path, out_dir: str | Path, what: str) -> int:
+def _acquire(fcntl, path: Path, *, subject: str | Path, out_dir: str | Path, what: Locked) -> int:
     """An open descriptor of ``path`` holding its exclusive lock; InputError when another process holds it.
 
     The holder unlinks the file before unlocking, so the file locked here may no longer be the one at
@@ -115,12 +118,17 @@ def _is_current(fd: int, path: Path) -> bool:
 
 
 def _holder(fd: int) -> str:
-    """The pid written in the lock file (``unknown`` while the holder has not written it yet)."""
-    try:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    except OSError:
-        text = ""
-    return text if text.isdigit() else "unknown"
+    """The pid written in the lock file; ``unknown`` when the holder, which writes it just after taking
+    the lock, has not done so within ~0.2 s."""
+    for _ in range(20):
+        try:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        except OSError:
+            text = ""
+        if text.isdigit():
+            return text
+        time.sleep(0.01)
+    return "unknown"
 
 
 def discard_unreadable_store(store: str | Path) -> bool:
