@@ -56,7 +56,7 @@ def check_class_table(old: ClassTable, new: ClassTable, store: str | Path) -> No
         raise InputError(
             store,
             f"the model's classes contradict the store's: {'; '.join(conflicts)} (store: {_table_text(old)}; model: {_table_text(new)})",
-            "write this model's statistics to another --out folder (each class name must keep one id in a store)",
+            "write this model's statistics to another --out folder; a class name keeps one id in a store",
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -180,11 +181,7 @@ def _names(gdf, where: str, field: str | None) -> list[str]:
         if DEFAULT_FIELD in attributes:
             field = DEFAULT_FIELD
         else:
-            log.warning(
-                "%s: no '%s' attribute and no --region-field: its regions are named by feature number (1, 2, ...), "
-                "which the regions of other files share in stats.zarr; pick a naming attribute with --region-field (attributes: %s)",
-                where, DEFAULT_FIELD, ", ".join(attributes) or "none",
-            )
+            _warn_numbered(where, ", ".join(attributes) or "none")
             return [str(i) for i in range(1, len(gdf) + 1)]
     if field not in attributes:
         listed = ", ".join(attributes) or "none"
@@ -193,6 +190,16 @@ def _names(gdf, where: str, field: str | None) -> list[str]:
     if values.isna().any():
         raise InputError(where, f"{int(values.isna().sum())} feature(s) have no value in '{field}'", "fill it in or pick another attribute with --region-field")
     return [str(v) for v in values]
+
+
+@lru_cache(maxsize=64)
+def _warn_numbered(where: str, attributes: str) -> None:
+    """Warn once per file and process (the command line checks the file, then reads it per scene)."""
+    log.warning(
+        "%s: no '%s' attribute and no --region-field: its regions are named by feature number (1, 2, ...), "
+        "which the regions of other files share in stats.zarr; pick a naming attribute with --region-field (attributes: %s)",
+        where, DEFAULT_FIELD, attributes,
+    )
 
 
 def _polygonal(geom: BaseGeometry | None) -> BaseGeometry | None:

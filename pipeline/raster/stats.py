@@ -7,7 +7,9 @@ fall back to the pixel-centre rule (a pixel belongs to a region when its centre 
 cancel on average along a boundary, unlike all-touched which always over-counts).
 
 The store (``DIR/stats.zarr``) has dimensions ``(time, scene, region, class)``; appending the same
-``time`` and ``scene`` again replaces that entry. Each append rewrites the (small) store into a
+``time`` and ``scene`` again replaces that entry, unless another input made it, and the classes keep
+one table (both rules in :mod:`pipeline.raster.entries`). Each entry records what made it
+(:mod:`pipeline.raster.provenance`). Each append rewrites the (small) store into a
 temporary one and swaps it in under a lock, so readers never see a half-written store.
 """
 

@@ -257,7 +257,8 @@ def test_region_total_area_is_the_whole_polygons_and_observed_fraction_follows(t
     # the whole scene's total is its own area, so observed is its valid fraction
     whole = compute_stats(np.zeros((N, N), np.uint8), np.arange(N * N).reshape(N, N) % 4 != 0, _info(scene), _whole(scene), _classes())
     assert whole.region_total_area_m2.values.tolist() == whole.region_area_m2.values.tolist()
-    assert float(((whole.region_area_m2 - whole.nodata_area_m2) / whole.region_total_area_m2).squeeze()) == pytest.approx(0.75, rel=1e-9)  # pixel areas vary by ~1e-9 across the scene
+    observed = ((whole.region_area_m2 - whole.nodata_area_m2) / whole.region_total_area_m2).squeeze()
+    assert float(observed) == pytest.approx(0.75, rel=1e-9)  # pixel areas vary by ~1e-9 across the scene
 
 
 def _info(path):
