@@ -32,6 +32,7 @@ from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty
 from pipeline.raster.cog import write_label_cog
+from pipeline.raster.entries import check_store_accepts
 from pipeline.raster.ingest import (
     RasterInfo,
     band_stats,
@@ -41,6 +42,7 @@ from pipeline.raster.ingest import (
     read_preview,
     scene_stem,
 )
+from pipeline.raster.provenance import Provenance, provenance_of
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
@@ -100,6 +102,7 @@ def segment_raster(
     model: Any = None,
     dask_client: Any = None,
     keep_work: bool = False,
+    force: bool = False,
 ) -> RasterResult:
     """Segment one raster scene and write its label COG, statistics and quicklook.
 
@@ -118,10 +121,14 @@ def segment_raster(
         dask_client: a ``distributed.Client`` to run the blocks on (the output folder must be
             reachable from its workers); None runs locally.
         keep_work: keep ``.work/<stem>.zarr`` after success (default: removed).
+        force: replace the store's entry for this ``time`` and scene even when it was made from
+            another input (see :mod:`pipeline.raster.entries`).
 
     Raises:
-        InputError: bad raster, bands, regions or options, ``out_dir`` a file, or ``out_dir/stats.zarr``
-            holding volume statistics (all checked before any work; nothing is written).
+        InputError: bad raster, bands, regions or options, ``out_dir`` a file, ``out_dir/stats.zarr``
+            holding volume statistics, an entry for this time and scene made from another input
+            (without ``force``), or a model whose classes contradict the store's (all checked before
+            any work; nothing is written).
         InputError: another run is segmenting this scene into ``out_dir`` (its lock is held); nothing is touched.
         EngineError: ``device`` names a CUDA device this machine does not have (checked first).
         ModelSpecError, CheckpointError: bad model.
@@ -131,7 +138,7 @@ def segment_raster(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         return _segment_raster(
             image, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device, bands=bands,
-            time=time, progress=progress, model=model, dask_client=dask_client, keep_work=keep_work,
+            time=time, progress=progress, model=model, dask_client=dask_client, keep_work=keep_work, force=force,
         )
 
 
@@ -147,7 +154,7 @@ def default_block(device: str, *, distributed: bool = False) -> int:
     return 2048 if runs_on_gpu(device) else 1024
 
 
-def _segment_raster(image, spec, out_dir, *, regions, region_field, block, device, bands, time, progress, model, dask_client, keep_work) -> RasterResult:
+def _segment_raster(image, spec, out_dir, *, regions, region_field, block, device, bands, time, progress, model, dask_client, keep_work, force) -> RasterResult:
     started = _time.perf_counter()
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     if spec.task != "raster":
@@ -162,6 +169,10 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     out_dir = Path(out_dir)
     # validate everything before writing anything
     check_stats_store(out_dir / STATS_STORE, "raster")
+    provenance = provenance_of(image, spec, regions)
+    check_store_accepts(
+        out_dir / STATS_STORE, time=run_time, scene=stem, source=provenance.source, classes=[(c.id, c.name) for c in spec.classes], force=force
+    )
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
     region_set = _regions_for(regions, info, region_field, stem)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
@@ -188,7 +199,8 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
                     progress=_stage(progress, "segment"),
                 )
             release_free_memory()
-            result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress, watch=watch)
+            entry = Entry(time=run_time, scene=stem, provenance=provenance, force=force)
+            result = _write_outputs(work, image, spec, info, region_set, out_dir, entry=entry, block=block, progress=progress, watch=watch)
             if not keep_work:
                 shutil.rmtree(work, ignore_errors=True)  # under the lock: no run of this scene is using it
     except BaseException as exc:
@@ -343,19 +355,32 @@ def _given_model(model: Any) -> Any:
     return model.eval() if hasattr(model, "eval") else model
 
 
-def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions | None, out_dir: Path, *, stem: str, block: int, time, progress, watch: Stopwatch):
+@dataclass(frozen=True)
+class Entry:
+    """Where one scene's statistics go in ``stats.zarr`` and what made them."""
+
+    time: np.datetime64
+    scene: str
+    provenance: Provenance
+    force: bool = False
+
+
+def _write_outputs(
+    work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions | None, out_dir: Path, *, entry: Entry, block: int, progress, watch: Stopwatch
+):
     import zarr
 
+    stem = entry.scene
     group = zarr.open_group(work, mode="r", use_consolidated=False)
     # an all-valid mask changes nothing: skip reading it (twice) when the ingest saw no invalid pixel
     labels, mask = group["labels"], None if every_pixel_valid(work) else group["mask"]
     with watch.stage("cog"):
-        labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
+        labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata, model=spec.name)
     stats, stats_path = xr.Dataset(), out_dir / STATS_STORE
     if regions is not None:  # None: no region meets the scene, nothing to add to the store
         with watch.stage("stats"):
             stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
-            stats_path = append_stats(stats, stats_path, time=time, scene=stem)
+            stats_path = append_stats(stats, stats_path, time=entry.time, scene=stem, provenance=entry.provenance, force=entry.force)
     with watch.stage("quicklook"):
         rgb = rgb_bands(image, info.bands)
         quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb, preview=read_preview(work))
