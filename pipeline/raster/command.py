@@ -38,7 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--time", metavar="ISO", help="run time recorded in stats.zarr (default: now, UTC, in whole seconds)")
     p.add_argument(
         "--force", action="store_true",
-        help="replace stats.zarr's entry for the same --time and scene even when another input file (same name) made it",
+        help="redo a scene already done for this --time, and replace stats.zarr's entry for it even when another input file "
+        "(same name) made it",
     )
     p.add_argument("--dask-address", metavar="ADDR", help="run blocks on this Dask scheduler (DIR must be shared with the workers)")
     p.set_defaults(func=run)
@@ -144,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
                     log.debug("scene %s failed", image, exc_info=True)
                     fail(f"{image}: unexpected {type(exc).__name__}: {exc} (run with -v for details)")
                 else:
-                    bar.update(task, description=escape(f"{stem}: done ({result.seconds:.1f} s)"))
+                    state = "skipped (done already; --force redoes it)" if result.skipped else f"done ({result.seconds:.1f} s)"
+                    bar.update(task, description=escape(f"{stem}: {state}"))
                     out.print(escape(f"{result.labels_path}  {result.quicklook_path}"), highlight=False, soft_wrap=True)
     finally:
         if client is not None:

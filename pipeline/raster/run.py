@@ -32,7 +32,7 @@ from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty
 from pipeline.raster.cog import write_label_cog
-from pipeline.raster.entries import check_store_accepts
+from pipeline.raster.entries import check_store_accepts, entry_done
 from pipeline.raster.ingest import (
     RasterInfo,
     band_stats,
@@ -71,6 +71,8 @@ class RasterResult:
         engine: the engine's report (windows, blocks, seconds).
         seconds: wall time of the whole scene.
         timings: wall seconds per stage (load model, ingest, segment, cog, stats, quicklook).
+        skipped: the scene was done already (:func:`~pipeline.raster.entries.entry_done`); nothing
+            was written, ``stats`` is the stored entry and ``engine`` is empty.
     """
 
     scene: str
@@ -82,6 +84,7 @@ class RasterResult:
     engine: Any
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
 
 
 GDAL_CACHE_BYTES = 256 * 2**20  # GDAL's block cache otherwise grows to 5 % of RAM with the image
@@ -122,7 +125,12 @@ def segment_raster(
             reachable from its workers); None runs locally.
         keep_work: keep ``.work/<stem>.zarr`` after success (default: removed).
         force: replace the store's entry for this ``time`` and scene even when it was made from
-            another input (see :mod:`pipeline.raster.entries`).
+            another input (see :mod:`pipeline.raster.entries`), and redo a scene already done.
+
+    A scene whose entry for this ``time`` is in the store, made from the same input (size and
+    modification time), model, checkpoint, regions, region field and bands, and whose label COG and
+    quicklook exist, is skipped (``skipped=True``): a retried nightly run (same scheduled time)
+    redoes only what it had not finished.
 
     Raises:
         InputError: bad raster, bands, regions or options, ``out_dir`` a file, ``out_dir/stats.zarr``
@@ -169,11 +177,15 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     out_dir = Path(out_dir)
     # validate everything before writing anything
     check_stats_store(out_dir / STATS_STORE, "raster")
-    provenance = provenance_of(image, spec, regions)
+    provenance = provenance_of(image, spec, regions, region_field=region_field, bands=bands)
     check_store_accepts(
         out_dir / STATS_STORE, time=run_time, scene=stem, source=provenance.source, classes=[(c.id, c.name) for c in spec.classes], force=force
     )
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
+    if not force:
+        done = _done_already(out_dir, stem, run_time, provenance, info, started)
+        if done is not None:
+            return done
     region_set = _regions_for(regions, info, region_field, stem)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
     work = out_dir / WORK_DIR / f"{stem}.zarr"
@@ -215,6 +227,19 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
         remove_if_empty(out_dir / WORK_DIR)
     labels_path, stats_path, quicklook_path, stats = result
     return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
+
+
+def _done_already(out_dir: Path, stem: str, run_time: np.datetime64, provenance: Provenance, info: RasterInfo, started: float) -> RasterResult | None:
+    """The skipped scene's :class:`RasterResult` when its work is done already, else None."""
+    from pipeline.engine import EngineReport
+
+    labels, quicklook, store = out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.quicklook.png", out_dir / STATS_STORE
+    if not (labels.is_file() and quicklook.is_file() and entry_done(store, time=run_time, scene=stem, provenance=provenance)):
+        return None
+    with known_warnings_ignored(), xr.open_zarr(store) as ds:
+        stats = ds.sel(time=run_time, scene=stem).load()
+    log.info("%s: done already for %s (same input, model and regions); skipped (force redoes it)", stem, np.datetime_as_string(run_time, unit="s"))
+    return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
 
 
 def _regions_for(regions: str | Path | None, info: RasterInfo, field: str | None, stem: str) -> Regions | None:
