@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from models.probe import probe_network
 from models.registry import build_network
 from models.spec import ModelSpec
 from pipeline.errors import CheckpointError
@@ -35,15 +36,24 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> torch.nn.
     random initialisation (a warning is logged) unless its builder loaded weights itself (a MONAI
     bundle, a local pretrained SegFormer folder).
 
+    The loaded network then runs once on a zero window ``(1, in_channels, *window)`` (no gradients,
+    on ``device``; :func:`models.probe.probe_network`), so a network whose logits do not match the
+    spec (channel count vs ``classes:``, spatial size, 2D vs 3D, a dict instead of a tensor) is
+    refused here, before any input is read.
+
     Raises:
         CheckpointError: the file is missing, unreadable, unsafe, or does not fit the network.
+        ModelSpecError: the network cannot be built from the spec, or its output does not fit it.
     """
     network = build_network(spec)
     if spec.checkpoint is not None:
         apply_state_dict(network, load_state_dict_file(spec.checkpoint), source=spec.checkpoint)
     elif getattr(network, _WEIGHTS_ATTR, None) is None:
         log.warning("model '%s' has no checkpoint: using randomly initialised weights (predictions are meaningless)", spec.name)
-    return network.to(_device(device)).eval()
+    target = _device(device)
+    network = network.to(target).eval()
+    probe_network(spec, network, target)
+    return network
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
