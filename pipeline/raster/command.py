@@ -92,11 +92,6 @@ def run(args: argparse.Namespace) -> int:
     if args.regions is not None:  # the same file for every scene: one message, before any work
         check_regions_file(args.regions, field=args.region_field)
     check_stats_store(Path(args.out) / STATS_STORE, "raster")
-    model = None
-    if not args.dask_address:  # with Dask the workers load it; here a bad model or checkpoint exits 2 before --out exists
-        from models.checkpoint import load_model
-
-        model = load_model(spec, args.device)
     created = [p for p in (*reversed(Path(args.out).parents), Path(args.out)) if not p.exists()]
     prepare_output_dir(args.out)
     out = Console()
@@ -108,6 +103,16 @@ def run(args: argparse.Namespace) -> int:
     failed = [image for image in args.images if image in rejected]
     todo = [image for image in args.images if image not in rejected]
     client = _dask_client(args.dask_address) if args.dask_address and todo else None
+    model = None
+    if client is None and todo:
+        from models.checkpoint import load_model
+
+        try:
+            model = load_model(spec, args.device)
+        except BaseException:  # an unusable model or checkpoint (exit 2) leaves no empty --out behind
+            for folder in reversed(created):
+                remove_if_empty(folder)
+            raise
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=False) as bar:
