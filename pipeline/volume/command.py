@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.cli_types import device_name
 from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from models.spec import ModelSpec
 
 
 def _block(values: list[int] | None) -> tuple[int, int, int] | None:
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             remove_if_empty(folder)  # nothing was written (bad model, or every study failed)
 
 
-def _segment(args: argparse.Namespace, out_dir: Path, spec) -> int:
+def _segment(args: argparse.Namespace, out_dir: Path, spec: ModelSpec) -> int:
     from rich.console import Console
 
     from pipeline.volume.batch import segment_volumes
