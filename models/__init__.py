@@ -5,6 +5,7 @@ Public API (torch-dependent names load on first use, so ``import models.spec`` s
 - :mod:`models.spec`: ``ModelSpec``, ``ClassInfo``, ``Normalize``, ``load_spec``, ``spec_from_dict``
 - :mod:`models.registry`: ``ARCHITECTURES``, ``register``, ``build_network``
 - :mod:`models.checkpoint`: ``load_model``, ``load_state_dict_file``, ``apply_state_dict``, ``save_state_dict``
+- :mod:`models.probe`: ``probe_network``, ``check_logits`` (the load-time forward check)
 - :mod:`models.normalize`: ``normalizer``, ``foreground_stats``, ``NormStats``
 - :mod:`models.train`: ``train`` (import it from there: ``models.train`` is the module), ``TrainConfig``, ``TrainResult``, ``TrainProgress``
 - :mod:`models.catalog`: ``list_catalog``, ``CatalogEntry``
@@ -25,6 +26,8 @@ _LAZY = {
     "load_state_dict_file": "models.checkpoint",
     "apply_state_dict": "models.checkpoint",
     "save_state_dict": "models.checkpoint",
+    "probe_network": "models.probe",
+    "check_logits": "models.probe",
     "normalizer": "models.normalize",
     "foreground_stats": "models.normalize",
     "NormStats": "models.normalize",

@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from models.probe import probe_network
 from models.registry import build_network
 from models.spec import ModelSpec
 from pipeline.errors import CheckpointError
@@ -35,15 +38,24 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> torch.nn.
     random initialisation (a warning is logged) unless its builder loaded weights itself (a MONAI
     bundle, a local pretrained SegFormer folder).
 
+    The loaded network then runs once on a zero window ``(1, in_channels, *window)`` (no gradients,
+    on ``device``; :func:`models.probe.probe_network`), so a network whose logits do not match the
+    spec (channel count vs ``classes:``, spatial size, 2D vs 3D, a dict instead of a tensor) is
+    refused here, before any input is read.
+
     Raises:
         CheckpointError: the file is missing, unreadable, unsafe, or does not fit the network.
+        ModelSpecError: the network cannot be built from the spec, or its output does not fit it.
     """
     network = build_network(spec)
     if spec.checkpoint is not None:
         apply_state_dict(network, load_state_dict_file(spec.checkpoint), source=spec.checkpoint)
     elif getattr(network, _WEIGHTS_ATTR, None) is None:
         log.warning("model '%s' has no checkpoint: using randomly initialised weights (predictions are meaningless)", spec.name)
-    return network.to(_device(device)).eval()
+    target = _device(device)
+    network = network.to(target).eval()
+    probe_network(spec, network, target)
+    return network
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -128,24 +140,34 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_torch(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols other than 2; the restricted unpickler refuses what it cannot read
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = _unpickling_reason(exc)
         raise CheckpointError(
             path,
-            f"refused to load: the pickle carries code or objects beyond tensors ({reason})",
-            "convert it to safetensors in a trusted environment: "
+            f"refused to load: {_unpickling_reason(exc)}; segpipe never unpickles code",
+            "in a trusted environment, load it and save only the weights: "
             "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')",
-        ) from exc
+        ) from None  # torch's message advises weights_only=False, which would run the file's code
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(path, f"not a readable torch checkpoint: {exc}", "re-save it with torch.save(model.state_dict(), ...)") from exc
 
 
 def _unpickling_reason(exc: Exception) -> str:
-    """The specific line of torch's weights_only message (e.g. ``unsupported GLOBAL posix.system``)."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
-    return lines[0] if lines else type(exc).__name__
+    """What the restricted unpickler refused, in segpipe's words (torch's own advice is dropped)."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"the pickle references '{found.group(1)}', not only tensors and containers "
+            "(a whole model saved with torch.save(model), or code)"
+        )
+    found = re.search(r"Unsupported operand (\d+)", text)
+    if found:
+        return f"the pickle uses opcode {found.group(1)}, which a weights-only load does not allow"
+    return "the pickle holds objects beyond tensors and containers"
 
 
 def _as_state_dict(raw: object, path: Path) -> dict[str, torch.Tensor]:

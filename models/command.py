@@ -54,7 +54,11 @@ def run_models(args: argparse.Namespace) -> int:
             continue
         s = e.spec
         names = ", ".join(c.name for c in s.classes[:4]) + (", ..." if len(s.classes) > 4 else "")
-        state = {"none": "none (random init)", "present": escape(s.checkpoint.name if s.checkpoint else ""), "missing": "[yellow]missing[/yellow] (run segpipe train)"}
+        state = {
+            "none": "none (random init)",
+            "present": escape(s.checkpoint.name if s.checkpoint else ""),
+            "missing": "[yellow]missing[/yellow] (run segpipe train)",
+        }
         cells = (s.name, s.task, s.architecture, f"{s.n_classes}: {names}", "x".join(map(str, s.window)))
         table.add_row(*(escape(c) for c in cells), state[e.checkpoint_state])
     console = _console()

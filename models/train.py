@@ -7,8 +7,9 @@ spec's window, overlap and blend, reporting the mean Dice over the classes prese
 or the prediction). The result is a safetensors checkpoint :func:`models.checkpoint.load_model` reads.
 
 Labels hold class ids (the spec's ``classes[].id``); they are mapped to logit indices in spec order.
-Pixels equal to the spec's ``nodata`` and the padding of images smaller than a window count as the
-first class (DiceCELoss has no ignore index); a warning says how many labelled pixels that affected.
+Pixels equal to the spec's ``nodata`` (unlabelled) and the padding of images smaller than a window
+are :data:`IGNORE`: :func:`dice_ce_loss` leaves them out of both terms, so padding is never taught
+as a class, and validation scores only labelled pixels.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ import torch
 
 from models.checkpoint import save_state_dict
 from models.normalize import foreground_stats, normalizer
+from models.probe import check_logits, probe_network
 from models.registry import build_network
 from models.spec import ModelSpec
-from pipeline.errors import CheckpointError, InputError, ModelSpecError
+from pipeline.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
+
+#: Label index of pixels the loss ignores: window padding and ``nodata`` (unlabelled) pixels.
+IGNORE = -100
 
 # (image, label): two file paths (GeoTIFFs for rasters, NIfTI for volumes), or arrays
 # image (C, Y, X) / (C, Z, Y, X) and label (Y, X) / (Z, Y, X) holding class ids
@@ -113,8 +118,6 @@ def train(
         ModelSpecError: the network does not map windows to ``(N, n_classes, *window)`` logits.
         CheckpointError: ``out_path`` does not end in ``.safetensors``.
     """
-    from monai.losses import DiceCELoss
-
     start = time.perf_counter()
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
@@ -129,9 +132,10 @@ def train(
     steps = config.steps_per_epoch or _default_steps(train_set, spec.window, config.batch_size)
     device = _device(config.device)
 
-    network = build_network(spec).to(device).train()
+    network = build_network(spec).to(device).eval()
+    probe_network(spec, network, device)  # a network that does not fit the spec fails before any step
+    network.train()
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     weights = np.array([s.label.size for s in train_set], dtype=np.float64)
     weights /= weights.sum()
     losses: list[float] = []
@@ -143,8 +147,8 @@ def train(
             optimiser.zero_grad(set_to_none=True)
             logits = network(x.to(device))
             if epoch == step == 1:
-                _check_logits(spec, logits, x)
-            loss = loss_fn(logits, y.to(device))
+                check_logits(spec, logits, tuple(x.shape))
+            loss = dice_ce_loss(logits, y.to(device))
             loss.backward()
             optimiser.step()
             value = loss.detach().item()
@@ -162,8 +166,40 @@ def train(
     return TrainResult(out_path, config.epochs, steps, tuple(losses), tuple(dices), len(train_set), len(val_set), time.perf_counter() - start)
 
 
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = IGNORE, smooth: float = 1e-5) -> torch.Tensor:
+    """Soft Dice + cross-entropy over the pixels whose target is not ``ignore_index``.
+
+    Equal to MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` when no pixel is ignored (Dice per
+    sample and class with ``smooth`` in numerator and denominator, averaged; cross-entropy averaged
+    over pixels). Ignored pixels add nothing to either term and get no gradient, whatever their logits.
+
+    Args:
+        logits: ``(N, K, *spatial)``.
+        target: ``(N, 1, *spatial)`` int64 class indices in ``0..K-1`` or ``ignore_index``.
+    """
+    import torch.nn.functional as F
+
+    target = target[:, 0].long()
+    valid = target != ignore_index
+    ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") / valid.sum().clamp(min=1)
+    probs = torch.softmax(logits, dim=1)
+    mask = valid.unsqueeze(1).to(probs.dtype)
+    onehot = F.one_hot(torch.where(valid, target, 0), logits.shape[1]).movedim(-1, 1).to(probs.dtype) * mask
+    probs = probs * mask
+    axes = tuple(range(2, logits.ndim))
+    intersection = (probs * onehot).sum(axes)
+    denominator = probs.sum(axes) + onehot.sum(axes)
+    dice = 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
+    return dice.mean() + ce
+
+
 def mean_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
-    """Mean Dice over the class indices present in ``pred`` or ``ref`` (arrays of indices, same shape)."""
+    """Mean Dice over the class indices present in ``pred`` or ``ref`` (arrays of indices, same shape).
+
+    Pixels where ``ref`` is :data:`IGNORE` (unlabelled) are left out.
+    """
+    labelled = ref != IGNORE
+    pred, ref = pred[labelled], ref[labelled]
     scores = []
     for k in range(n_classes):
         p, r = pred == k, ref == k
@@ -215,11 +251,13 @@ def _to_indices(spec: ModelSpec, name: str, label: np.ndarray) -> np.ndarray:
         )
     out = np.zeros(label.shape, dtype=np.int64)
     for value in values.tolist():
-        if value in ids and ids[value]:
+        if value == spec.nodata:
+            out[label == value] = IGNORE
+        elif ids[value]:
             out[label == value] = ids[value]
     unlabelled = int(np.count_nonzero(label == spec.nodata))
     if unlabelled:
-        log.warning("%s: %d nodata label pixels are trained as class '%s'", name, unlabelled, spec.classes[0].name)
+        log.info("%s: %d nodata label pixels are unlabelled (left out of the loss)", name, unlabelled)
     return out
 
 
@@ -251,7 +289,9 @@ def _read_volume_pair(spec: ModelSpec, image_path: Path, label_path: Path) -> tu
     zooms = tuple(float(z) for z in image_nii.header.get_zooms()[:3][::-1])
     if spec.spacing is not None and not np.allclose(zooms, spec.spacing, rtol=0.01):
         raise InputError(
-            image_path, f"voxel spacing {zooms} mm (z, y, x) differs from the model's {spec.spacing}", "resample the pair to the model spacing first, or set spacing: null"
+            image_path,
+            f"voxel spacing {zooms} mm (z, y, x) differs from the model's {spec.spacing}",
+            "resample the pair to the model spacing first, or set spacing: null",
         )
     data = np.asarray(image_nii.dataobj)
     if data.ndim == 3:
@@ -327,19 +367,9 @@ def _crop(sample: _Sample, window: tuple[int, ...], rng: np.random.Generator) ->
     region = tuple(slice(a, a + w) for a, w in zip(starts, window))
     image, label = sample.image[(slice(None), *region)], sample.label[region]
     pad = [(0, w - s) for s, w in zip(label.shape, window)]
-    if any(after for _, after in pad):
-        image, label = np.pad(image, [(0, 0), *pad]), np.pad(label, pad)
+    if any(after for _, after in pad):  # an image smaller than the window: padding is ignored by the loss
+        image, label = np.pad(image, [(0, 0), *pad]), np.pad(label, pad, constant_values=IGNORE)
     return image, label
-
-
-def _check_logits(spec: ModelSpec, logits: torch.Tensor, x: torch.Tensor) -> None:
-    expected = (x.shape[0], spec.n_classes, *spec.window)
-    if tuple(logits.shape) != expected:
-        raise ModelSpecError(
-            spec.source or spec.name,
-            f"architecture '{spec.architecture}' returned logits {tuple(logits.shape)} for input {tuple(x.shape)}, expected {expected}",
-            "the network must map (N, in_channels, *window) to (N, n_classes, *window)",
-        )
 
 
 @torch.no_grad()

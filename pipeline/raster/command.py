@@ -117,7 +117,12 @@ def run(args: argparse.Namespace) -> int:
     if client is None and todo:
         from models.checkpoint import load_model
 
-        model = load_model(spec, args.device)
+        try:
+            model = load_model(spec, args.device)
+        except BaseException:  # an unusable model or checkpoint (exit 2) leaves no empty --out behind
+            for folder in reversed(created):
+                remove_if_empty(folder)
+            raise
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=False) as bar:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.cli_types import device_name
 from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from models.spec import ModelSpec
 
 
 def _block(values: list[int] | None) -> tuple[int, int, int] | None:
@@ -53,27 +57,27 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.outputs import check_stats_store, prepare_output_dir
+    from models.spec import load_spec
+    from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
     from pipeline.volume.run import STATS_STORE
 
-    created = not args.out.exists()
-    out_dir = prepare_output_dir(args.out)  # first: a bad --out fails before anything is read or computed
+    spec = load_spec(args.model)  # a bad spec exits 2 before --out is created
+    created = [p for p in (*reversed(args.out.parents), args.out) if not p.exists()]
+    out_dir = prepare_output_dir(args.out)  # a bad --out fails before anything is read or computed
     try:
         check_stats_store(out_dir / STATS_STORE, "volume")
-        return _segment(args, out_dir)
+        return _segment(args, out_dir, spec)
     finally:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # nothing was written (bad model, or every study failed)
+        for folder in reversed(created):
+            remove_if_empty(folder)  # nothing was written (bad model, or every study failed)
 
 
-def _segment(args: argparse.Namespace, out_dir: Path) -> int:
+def _segment(args: argparse.Namespace, out_dir: Path, spec: ModelSpec) -> int:
     from rich.console import Console
 
-    from models.spec import load_spec
     from pipeline.volume.batch import segment_volumes
     from pipeline.volume.options import VolumeOptions
 
-    spec = load_spec(args.model)
     options = VolumeOptions(
         device=args.device, block=_block(args.block), force=args.force, series_uid=args.series_uid, volume_index=args.volume_index
     )
