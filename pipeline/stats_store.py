@@ -247,7 +247,8 @@ def fixed_width_strings(ds: xr.Dataset) -> xr.Dataset:
 
     Converts numpy ``object`` arrays of ``str``, numpy ``StringDType`` and wider ``<U`` arrays;
     other variables (and object arrays holding anything but strings) are left as they are.
-    Attributes are kept; a stored ``dtype`` encoding of a converted variable is dropped.
+    Attributes are kept; a converted variable's encoding is dropped (one read from a store names the
+    old type and its codec: ``ds.to_zarr`` would write variable-length strings again).
     """
     coords, data_vars = {}, {}
     for name, variable in ds.variables.items():
@@ -257,7 +258,7 @@ def fixed_width_strings(ds: xr.Dataset) -> xr.Dataset:
         if values is None or values.dtype == variable.dtype:
             continue
         converted = variable.copy(data=values)
-        converted.encoding = {k: v for k, v in variable.encoding.items() if k != "dtype"}
+        converted.encoding = {}
         (coords if name in ds.coords else data_vars)[name] = converted
     return ds.assign_coords(coords).assign(data_vars)
 
