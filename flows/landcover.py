@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -110,16 +110,18 @@ def segment_scene(
     device: str = "auto",
     time: str | None = None,
     bands: list[int] | None = None,
+    force: bool = False,
 ) -> SceneOutput:
     """Segment one scene (path or URL) with the model spec ``model`` (a name or a YAML path) into
-    ``out_dir``; ``bands``: 1-based bands fed to the model, in order (None: all)."""
+    ``out_dir``; ``bands``: 1-based bands fed to the model, in order (None: all); ``force``: replace
+    the store's entry for this time and scene even when another input made it."""
     from models.spec import load_spec
     from pipeline.raster.run import segment_raster
 
     spec = load_spec(model)
     result = segment_raster(
         scene, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device,
-        time=time, bands=bands, model=cached_model(spec, device),
+        time=time, bands=bands, model=cached_model(spec, device), force=force,
     )
     return SceneOutput(
         scene=scene,
@@ -145,6 +147,7 @@ def landcover(
     max_parallel: int | None = None,
     time: str | None = None,
     bands: list[int] | None = None,
+    force: bool = False,
 ) -> LandcoverReport:
     """Segment scenes into ``<out>/<stem>.labels.tif`` and append area per region and class to ``<out>/stats.zarr``.
 
@@ -170,6 +173,8 @@ def landcover(
             backfill a night; default: the flow run's scheduled start.
         bands: 1-based bands fed to the model, in order (e.g. ``[4, 3, 2, 8]`` for Sentinel-2
             B, G, R, NIR), as ``segpipe raster --bands``; replaces the catalog's; default: all bands.
+        force: replace ``stats.zarr`` entries (same ``time`` and scene) made from another input
+            file of the same name, as ``segpipe raster --force``; default: such a scene fails.
 
     Returns:
         The report; failures are listed there and in the ``landcover-failures`` artifact.
@@ -188,7 +193,7 @@ def landcover(
     calls = [
         {"name": name, "scene": scene, "model": plan.model, "out_dir": str(plan.out_dir), "regions": plan.regions,
          "region_field": plan.region_field, "block": block, "device": device, "time": stamp,
-         "bands": None if plan.bands is None else list(plan.bands)}
+         "bands": None if plan.bands is None else list(plan.bands), "force": force}
         for name, scene in plan.todo
     ]
     with dask_runner(dask_address) as runner:
@@ -286,17 +291,17 @@ def _run_time(given: str | None) -> str:
     """
     from prefect.runtime import flow_run
 
+    from pipeline.raster.stats import utc_now, whole_seconds_utc
+
     if given is not None:
         try:
             when = datetime.fromisoformat(given)
         except ValueError as exc:
             raise InputError(given, "not an ISO 8601 date/time", "give e.g. time='2024-06-01T02:00:00+02:00'") from exc
     else:
-        when = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+        when = flow_run.scheduled_start_time or utc_now()
         when = when if isinstance(when, datetime) else datetime.fromisoformat(str(when))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None).isoformat()
+    return whole_seconds_utc(when).isoformat()
 
 
 def area_rows(store: str | Path, time: str, scenes: list[str]) -> list[dict]:

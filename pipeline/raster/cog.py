@@ -4,8 +4,8 @@ Steps (memory bounded by one zarr chunk): stream the labels chunk by chunk into 
 GeoTIFF (masked pixels set to nodata), build internal overviews with MODE resampling (the majority
 class, never a blend of ids), copy to COG layout with GDAL's COG driver, then rename atomically to
 the final name. Class names are written three ways so that every reader finds them: band
-metadata ``CLASS_<id>=<name>``, a dataset tag ``SEGPIPE_CLASSES`` (JSON with ids, names, colours)
-and GDAL category names in a ``.aux.xml`` sidecar (QGIS shows the colour table with these names
+metadata ``CLASS_<id>=<name>``, a dataset tag ``SEGPIPE_CLASSES`` (JSON with ids, names, colours;
+the model's name is in ``SEGPIPE_MODEL``) and GDAL category names in a ``.aux.xml`` sidecar (QGIS shows the colour table with these names
 as its legend).
 """
 
@@ -61,6 +61,7 @@ def write_label_cog(
     out_path: str | Path,
     *,
     nodata: int = 255,
+    model: str = "",
 ) -> Path:
     """Write labels ``(Y, X)`` as a COG on exactly the input's grid.
 
@@ -72,6 +73,7 @@ def write_label_cog(
         classes: the model's classes (ids, names, colours) for the colour table and names.
         out_path: the final ``.tif`` path; it appears only when complete.
         nodata: output nodata value (must not be a class id).
+        model: the model's name, written as the dataset tag ``SEGPIPE_MODEL`` (omitted when empty).
 
     Returns:
         ``out_path``.
@@ -90,7 +92,7 @@ def write_label_cog(
     aux_tmp = out_path.with_name(f".{out_path.name}.{token}.aux.xml")
     aux = out_path.with_name(out_path.name + ".aux.xml")
     try:
-        _write_tiled(labels_zarr_array, mask, info, classes, tmp, dtype=dtype, nodata=nodata)
+        _write_tiled(labels_zarr_array, mask, info, classes, tmp, dtype=dtype, nodata=nodata, model=model)
         rio_copy(str(tmp), str(cog), driver="COG", **COG_OPTIONS)
         aux_tmp.write_text(_pam_xml(classes, nodata))
         os.replace(aux_tmp, aux)
@@ -116,7 +118,7 @@ def _remove_stale_temporaries(out_path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _write_tiled(labels, mask, info: RasterInfo, classes, path: Path, *, dtype, nodata: int) -> None:
+def _write_tiled(labels, mask, info: RasterInfo, classes, path: Path, *, dtype, nodata: int, model: str = "") -> None:
     profile = dict(TEMP_PROFILE, width=info.width, height=info.height, count=1, dtype=dtype.name, crs=info.crs, transform=info.transform, nodata=nodata)
     step = _chunk_step(labels)
     with rasterio.open(path, "w", **profile) as dst:
@@ -133,6 +135,8 @@ def _write_tiled(labels, mask, info: RasterInfo, classes, path: Path, *, dtype, 
         dst.set_band_description(1, "class")
         dst.update_tags(1, **{f"CLASS_{c.id}": c.name for c in classes})
         dst.update_tags(SEGPIPE_CLASSES=json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in classes]), SEGPIPE_NODATA=str(nodata))
+        if model:
+            dst.update_tags(SEGPIPE_MODEL=model)
     _build_overviews(path, overview_factors(info.width, info.height))
 
 

@@ -27,11 +27,20 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="model name from the catalog (`segpipe models`) or a YAML spec path")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--regions", metavar="FILE", help="region polygons (GeoJSON, GeoPackage, Shapefile; any CRS)")
-    p.add_argument("--region-field", metavar="NAME", help="attribute naming each region (default: 'name' if present)")
+    p.add_argument(
+        "--region-field", metavar="NAME",
+        help="attribute naming each region (default: 'name' if present, else the feature number 1, 2, ..., with a warning: "
+        "such names collide with other regions files' in one stats.zarr)",
+    )
     p.add_argument("--block", type=_block, metavar="N", help=f"block size in pixels, at least {MIN_BLOCK}; bounds memory (default 1024 on CPU, 2048 on a GPU)")
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--bands", type=_bands, metavar="1,2,3,4", help="1-based bands to feed the model, in order")
-    p.add_argument("--time", metavar="ISO", help="run time recorded in stats.zarr (default: now, UTC)")
+    p.add_argument("--time", metavar="ISO", help="run time recorded in stats.zarr (default: now, UTC, in whole seconds)")
+    p.add_argument(
+        "--force", action="store_true",
+        help="redo a scene already done for this --time, and replace stats.zarr's entry for it even when another input file "
+        "(same name) made it",
+    )
     p.add_argument("--dask-address", metavar="ADDR", help="run blocks on this Dask scheduler (DIR must be shared with the workers)")
     p.set_defaults(func=run)
 
@@ -92,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.regions is not None:  # the same file for every scene: one message, before any work
         check_regions_file(args.regions, field=args.region_field)
     check_stats_store(Path(args.out) / STATS_STORE, "raster")
+    check_class_table_of(Path(args.out) / STATS_STORE, spec)
     created = [p for p in (*reversed(Path(args.out).parents), Path(args.out)) if not p.exists()]
     prepare_output_dir(args.out)
     out = Console()
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
                     result = segment_raster(
                         image, spec, args.out, regions=args.regions, region_field=args.region_field, block=args.block,
                         device=args.device, bands=args.bands, time=when, progress=progress, model=model, dask_client=client,
+                        force=args.force,
                     )
                 except SegpipeError as exc:
                     fail(str(exc))
@@ -134,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
                     log.debug("scene %s failed", image, exc_info=True)
                     fail(f"{image}: unexpected {type(exc).__name__}: {exc} (run with -v for details)")
                 else:
-                    bar.update(task, description=escape(f"{stem}: done ({result.seconds:.1f} s)"))
+                    state = "skipped (done already; --force redoes it)" if result.skipped else f"done ({result.seconds:.1f} s)"
+                    bar.update(task, description=escape(f"{stem}: {state}"))
                     out.print(escape(f"{result.labels_path}  {result.quicklook_path}"), highlight=False, soft_wrap=True)
     finally:
         if client is not None:
@@ -171,6 +183,14 @@ def screen_inputs(images: list[str], stem_of) -> dict[str, InputError]:
                 image, f"has the same name '{stem}' as {owner[stem]}; both would write {stem}.labels.tif", "rename one, or run it with another --out folder"
             )
     return rejected
+
+
+def check_class_table_of(store: Path, spec) -> None:
+    """Refuse, before the model loads, a model whose classes contradict ``store``'s (see :mod:`pipeline.raster.entries`)."""
+    from pipeline.raster.entries import check_store_accepts
+
+    # an entry's time and scene are per input (checked again by segment_raster); here only the class table
+    check_store_accepts(store, time=None, scene="", source=None, classes=[(c.id, c.name) for c in spec.classes])
 
 
 def _dask_client(address: str):

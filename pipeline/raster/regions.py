@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
+from shapely.geometry.polygon import orient
 
 from pipeline.errors import InputError
 from pipeline.raster.ingest import RasterInfo
@@ -38,12 +40,16 @@ class Regions:
         geometries: (Multi)Polygons in the raster CRS, same order as ``names``.
         whole_scene: True for the implicit single region covering the whole raster.
         source: the file they came from (None for the whole scene).
+        total_areas_m2: each region's whole ellipsoidal area in square metres, the part outside
+            the scene included (:func:`ellipsoidal_area_m2` of the unclipped polygon); empty: the
+            areas of ``geometries`` (the whole scene: its footprint).
     """
 
     names: tuple[str, ...]
     geometries: tuple[BaseGeometry, ...]
     whole_scene: bool = False
     source: str | None = None
+    total_areas_m2: tuple[float, ...] = ()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -68,7 +74,8 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
         path: a vector file GDAL/OGR reads (GeoJSON, GeoPackage, Shapefile, ...), first layer.
         info: the raster the regions are for.
         field: the attribute holding each region's name; None uses ``name`` when the file has it,
-            else the feature number (``1``, ``2``, ...).
+            else the feature number (``1``, ``2``, ...) with a warning (such names collide with
+            other files' in one store).
 
     Raises:
         InputError: unreadable or empty file, no CRS, missing attribute (the error lists the
@@ -83,21 +90,48 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
     for name, geom in zip(names, geoms):
         merged.setdefault(name, []).append(geom)
     outline = footprint(info)
-    kept_names, kept_geoms = [], []
+    kept_names, kept_geoms, totals = [], [], []
     for name, parts in merged.items():
-        clipped = _polygonal(shapely.intersection(shapely.union_all(parts), outline))
+        whole = shapely.union_all(parts)
+        clipped = _polygonal(shapely.intersection(whole, outline))
         if clipped is None or clipped.is_empty or clipped.area == 0:
             log.info("%s: region %r does not meet %s; left out", where, name, info.path)
             continue
         kept_names.append(name)
         kept_geoms.append(clipped)
+        totals.append(ellipsoidal_area_m2(whole, info.crs))
     if not kept_names:
         raise NoRegionInScene(
             where,
             f"none of its {len(merged)} region(s) intersects the raster {info.path} (regions {_bounds_text(gdf.total_bounds)} in {gdf.crs.to_string()}, raster {_bounds_text(outline.bounds)} in {info.crs.to_string()})",
             "check that the regions and the raster cover the same place",
         )
-    return Regions(names=tuple(kept_names), geometries=tuple(kept_geoms), source=where)
+    return Regions(names=tuple(kept_names), geometries=tuple(kept_geoms), source=where, total_areas_m2=tuple(totals))
+
+
+def ellipsoidal_area_m2(geom: BaseGeometry, crs) -> float:
+    """Area in square metres on the ellipsoid of ``crs`` of a polygon given in ``crs`` coordinates.
+
+    Edges are straight lines in ``crs`` (as the pixel coverage sees them): the polygon is densified
+    to 1/``DENSIFY_PARTS`` of its extent, moved to the CRS's own geographic coordinates and measured
+    with ``pyproj.Geod`` (geodesic edges between the dense vertices).
+
+    Args:
+        geom: a (Multi)Polygon in ``crs`` units.
+        crs: anything pyproj accepts (rasterio ``CRS``, WKT, ``"EPSG:32633"``).
+    """
+    from pyproj import CRS, Transformer
+
+    crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    xmin, ymin, xmax, ymax = geom.bounds
+    step = max(xmax - xmin, ymax - ymin) / DENSIFY_PARTS
+    dense = shapely.segmentize(geom, step) if step > 0 else geom
+    if not crs.is_geographic:
+        to_lonlat = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
+        dense = shapely.transform(dense, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
+    geod = crs.get_geod()
+    # each part counter-clockwise, holes clockwise: pyproj's signed areas then add up (exterior - holes)
+    return float(sum(abs(geod.geometry_area_perimeter(orient(p, 1.0))[0]) for p in shapely.get_parts(dense)))
 
 
 def check_regions_file(path: str | Path, *, field: str | None = None) -> int:
@@ -147,6 +181,7 @@ def _names(gdf, where: str, field: str | None) -> list[str]:
         if DEFAULT_FIELD in attributes:
             field = DEFAULT_FIELD
         else:
+            _warn_numbered(where, ", ".join(attributes) or "none")
             return [str(i) for i in range(1, len(gdf) + 1)]
     if field not in attributes:
         listed = ", ".join(attributes) or "none"
@@ -155,6 +190,16 @@ def _names(gdf, where: str, field: str | None) -> list[str]:
     if values.isna().any():
         raise InputError(where, f"{int(values.isna().sum())} feature(s) have no value in '{field}'", "fill it in or pick another attribute with --region-field")
     return [str(v) for v in values]
+
+
+@lru_cache(maxsize=64)
+def _warn_numbered(where: str, attributes: str) -> None:
+    """Warn once per file and process (the command line checks the file, then reads it per scene)."""
+    log.warning(
+        "%s: no '%s' attribute and no --region-field: its regions are named by feature number (1, 2, ...), "
+        "which the regions of other files share in stats.zarr; pick a naming attribute with --region-field (attributes: %s)",
+        where, DEFAULT_FIELD, attributes,
+    )
 
 
 def _polygonal(geom: BaseGeometry | None) -> BaseGeometry | None:

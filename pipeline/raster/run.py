@@ -3,7 +3,10 @@
 Outputs in ``out_dir``: ``<stem>.labels.tif`` (+ ``.aux.xml`` with category names),
 ``<stem>.quicklook.png`` and the shared ``stats.zarr``. Working data lives in
 ``out_dir/.work/<stem>.zarr`` (the ingested image, the labels and the engine's finished-block
-record): a killed run resumes from it, and it is removed after a successful run. Every output is
+record): a killed run resumes from it, and it is removed after a successful run. One run at a time
+segments a scene into a folder: it holds ``out_dir/.work/<stem>.lock`` (:mod:`pipeline.work_lock`)
+from the ingest to the removal of the work store, and a second run fails at once; under the lock, a
+work store that is not a readable zarr store (a crash's leftover) is removed. Every output is
 written under a temporary name and renamed when complete, and inputs are validated (raster,
 bands, regions) before anything is written.
 """
@@ -29,6 +32,7 @@ from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty
 from pipeline.raster.cog import write_label_cog
+from pipeline.raster.entries import check_store_accepts, entry_done
 from pipeline.raster.ingest import (
     RasterInfo,
     band_stats,
@@ -38,10 +42,12 @@ from pipeline.raster.ingest import (
     read_preview,
     scene_stem,
 )
+from pipeline.raster.provenance import Provenance, provenance_of
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
 from pipeline.timing import Stopwatch
+from pipeline.work_lock import discard_unreadable_store, work_lock
 from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,8 @@ class RasterResult:
         engine: the engine's report (windows, blocks, seconds).
         seconds: wall time of the whole scene.
         timings: wall seconds per stage (load model, ingest, segment, cog, stats, quicklook).
+        skipped: the scene was done already (:func:`~pipeline.raster.entries.entry_done`); nothing
+            was written, ``stats`` is the stored entry and ``engine`` is empty.
     """
 
     scene: str
@@ -76,6 +84,7 @@ class RasterResult:
     engine: Any
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
 
 
 GDAL_CACHE_BYTES = 256 * 2**20  # GDAL's block cache otherwise grows to 5 % of RAM with the image
@@ -96,6 +105,7 @@ def segment_raster(
     model: Any = None,
     dask_client: Any = None,
     keep_work: bool = False,
+    force: bool = False,
 ) -> RasterResult:
     """Segment one raster scene and write its label COG, statistics and quicklook.
 
@@ -114,10 +124,20 @@ def segment_raster(
         dask_client: a ``distributed.Client`` to run the blocks on (the output folder must be
             reachable from its workers); None runs locally.
         keep_work: keep ``.work/<stem>.zarr`` after success (default: removed).
+        force: replace the store's entry for this ``time`` and scene even when it was made from
+            another input (see :mod:`pipeline.raster.entries`), and redo a scene already done.
+
+    A scene whose entry for this ``time`` is in the store, made from the same input (size and
+    modification time), model, checkpoint, regions, region field and bands, and whose label COG and
+    quicklook exist, is skipped (``skipped=True``): a retried nightly run (same scheduled time)
+    redoes only what it had not finished.
 
     Raises:
-        InputError: bad raster, bands, regions or options, ``out_dir`` a file, or ``out_dir/stats.zarr``
-            holding volume statistics (all checked before any work; nothing is written).
+        InputError: bad raster, bands, regions or options, ``out_dir`` a file, ``out_dir/stats.zarr``
+            holding volume statistics, an entry for this time and scene made from another input
+            (without ``force``), or a model whose classes contradict the store's (all checked before
+            any work; nothing is written).
+        InputError: another run is segmenting this scene into ``out_dir`` (its lock is held); nothing is touched.
         EngineError: ``device`` names a CUDA device this machine does not have (checked first).
         ModelSpecError, CheckpointError: bad model.
     """
@@ -126,7 +146,7 @@ def segment_raster(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         return _segment_raster(
             image, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device, bands=bands,
-            time=time, progress=progress, model=model, dask_client=dask_client, keep_work=keep_work,
+            time=time, progress=progress, model=model, dask_client=dask_client, keep_work=keep_work, force=force,
         )
 
 
@@ -142,7 +162,7 @@ def default_block(device: str, *, distributed: bool = False) -> int:
     return 2048 if runs_on_gpu(device) else 1024
 
 
-def _segment_raster(image, spec, out_dir, *, regions, region_field, block, device, bands, time, progress, model, dask_client, keep_work) -> RasterResult:
+def _segment_raster(image, spec, out_dir, *, regions, region_field, block, device, bands, time, progress, model, dask_client, keep_work, force) -> RasterResult:
     started = _time.perf_counter()
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     if spec.task != "raster":
@@ -157,7 +177,15 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     out_dir = Path(out_dir)
     # validate everything before writing anything
     check_stats_store(out_dir / STATS_STORE, "raster")
+    provenance = provenance_of(image, spec, regions, region_field=region_field, bands=bands)
+    check_store_accepts(
+        out_dir / STATS_STORE, time=run_time, scene=stem, source=provenance.source, classes=[(c.id, c.name) for c in spec.classes], force=force
+    )
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
+    if not force:
+        done = _done_already(out_dir, stem, run_time, provenance, info, started)
+        if done is not None:
+            return done
     region_set = _regions_for(regions, info, region_field, stem)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
     work = out_dir / WORK_DIR / f"{stem}.zarr"
@@ -165,18 +193,28 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     prepare_output_dir(out_dir)
     watch = Stopwatch()
     try:
-        if model is None and dask_client is None:
-            from models.checkpoint import load_model
+        with work_lock(out_dir / WORK_DIR, stem, subject=image, out_dir=out_dir, what="scene"):  # held until the work store is gone
+            if model is None and dask_client is None:
+                from models.checkpoint import load_model
 
-            with watch.stage("load model"):
-                model = load_model(spec, device)
-        with watch.stage("ingest"):
-            info = ingest_raster(image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"))
-        release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
-        with watch.stage("segment"):
-            report = _segment(work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client, progress=_stage(progress, "segment"))
-        release_free_memory()
-        result = _write_outputs(work, image, spec, info, region_set, out_dir, stem=stem, block=block, time=run_time, progress=progress, watch=watch)
+                with watch.stage("load model"):
+                    model = load_model(spec, device)
+            discard_unreadable_store(work)
+            with watch.stage("ingest"):
+                info = ingest_raster(
+                    image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"),
+                )
+            release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
+            with watch.stage("segment"):
+                report = _segment(
+                    work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client,
+                    progress=_stage(progress, "segment"),
+                )
+            release_free_memory()
+            entry = Entry(time=run_time, scene=stem, provenance=provenance, force=force)
+            result = _write_outputs(work, image, spec, info, region_set, out_dir, entry=entry, block=block, progress=progress, watch=watch)
+            if not keep_work:
+                shutil.rmtree(work, ignore_errors=True)  # under the lock: no run of this scene is using it
     except BaseException as exc:
         for path in reversed(created):  # leave no empty folders behind a failed first run
             if path.is_dir() and not any(path.iterdir()):
@@ -186,10 +224,22 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
             raise error from exc
         raise
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
         remove_if_empty(out_dir / WORK_DIR)
     labels_path, stats_path, quicklook_path, stats = result
     return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
+
+
+def _done_already(out_dir: Path, stem: str, run_time: np.datetime64, provenance: Provenance, info: RasterInfo, started: float) -> RasterResult | None:
+    """The skipped scene's :class:`RasterResult` when its work is done already, else None."""
+    from pipeline.engine import EngineReport
+
+    labels, quicklook, store = out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.quicklook.png", out_dir / STATS_STORE
+    if not (labels.is_file() and quicklook.is_file() and entry_done(store, time=run_time, scene=stem, provenance=provenance)):
+        return None
+    with known_warnings_ignored(), xr.open_zarr(store) as ds:
+        stats = ds.sel(time=run_time, scene=stem).load()
+    log.info("%s: done already for %s (same input, model and regions); skipped (force redoes it)", stem, np.datetime_as_string(run_time, unit="s"))
+    return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
 
 
 def _regions_for(regions: str | Path | None, info: RasterInfo, field: str | None, stem: str) -> Regions | None:
@@ -330,19 +380,32 @@ def _given_model(model: Any) -> Any:
     return model.eval() if hasattr(model, "eval") else model
 
 
-def _write_outputs(work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions | None, out_dir: Path, *, stem: str, block: int, time, progress, watch: Stopwatch):
+@dataclass(frozen=True)
+class Entry:
+    """Where one scene's statistics go in ``stats.zarr`` and what made them."""
+
+    time: np.datetime64
+    scene: str
+    provenance: Provenance
+    force: bool = False
+
+
+def _write_outputs(
+    work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions | None, out_dir: Path, *, entry: Entry, block: int, progress, watch: Stopwatch
+):
     import zarr
 
+    stem = entry.scene
     group = zarr.open_group(work, mode="r", use_consolidated=False)
     # an all-valid mask changes nothing: skip reading it (twice) when the ingest saw no invalid pixel
     labels, mask = group["labels"], None if every_pixel_valid(work) else group["mask"]
     with watch.stage("cog"):
-        labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata)
+        labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata, model=spec.name)
     stats, stats_path = xr.Dataset(), out_dir / STATS_STORE
     if regions is not None:  # None: no region meets the scene, nothing to add to the store
         with watch.stage("stats"):
             stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
-            stats_path = append_stats(stats, stats_path, time=time, scene=stem)
+            stats_path = append_stats(stats, stats_path, time=entry.time, scene=stem, provenance=entry.provenance, force=entry.force)
     with watch.stage("quicklook"):
         rgb = rgb_bands(image, info.bands)
         quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb, preview=read_preview(work))

@@ -7,7 +7,9 @@ fall back to the pixel-centre rule (a pixel belongs to a region when its centre 
 cancel on average along a boundary, unlike all-touched which always over-counts).
 
 The store (``DIR/stats.zarr``) has dimensions ``(time, scene, region, class)``; appending the same
-``time`` and ``scene`` again replaces that entry. Each append rewrites the (small) store into a
+``time`` and ``scene`` again replaces that entry, unless another input made it, and the classes keep
+one table (both rules in :mod:`pipeline.raster.entries`). Each entry records what made it
+(:mod:`pipeline.raster.provenance`). Each append rewrites the (small) store into a
 temporary one and swaps it in under a lock, so readers never see a half-written store.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import shapely
 import xarray as xr
 from affine import Affine
@@ -27,8 +30,15 @@ from affine import Affine
 from models.spec import ClassInfo
 from pipeline.errors import InputError
 from pipeline.raster.areas import pixel_area_m2
+from pipeline.raster.entries import (
+    check_class_table,
+    check_replacement,
+    class_order,
+    class_table,
+)
 from pipeline.raster.ingest import RasterInfo, tiles
-from pipeline.raster.regions import Regions
+from pipeline.raster.provenance import PROVENANCE_VARS, Provenance
+from pipeline.raster.regions import Regions, ellipsoidal_area_m2
 from pipeline.stats_store import lock, open_stats, recover, replace_store
 
 log = logging.getLogger(__name__)
@@ -61,7 +71,10 @@ def compute_stats(
         Dataset with dims ``region`` and ``class`` (class names; ``class_id`` and ``class_color``
         as coordinates): ``area_m2``, ``area_ha``, ``pixel_count`` (fractional pixels), ``share``
         (of the region's valid area), ``nodata_area_m2``, ``nodata_pixel_count`` and
-        ``region_area_m2`` (the region's area inside the scene, nodata included).
+        ``region_area_m2`` (the region's area inside the scene, nodata included) and
+        ``region_total_area_m2`` (the whole region's ellipsoidal area, outside the scene too; for
+        the whole scene, its ``region_area_m2``). The fraction of a region observed (valid pixels)
+        is ``(region_area_m2 - nodata_area_m2) / region_total_area_m2``.
     """
     if tuple(labels.shape) != info.shape:
         raise InputError(info.path, f"labels shape {tuple(labels.shape)} differs from the raster's {info.shape}", "compute stats on the input grid")
@@ -93,7 +106,17 @@ def compute_stats(
             progress(i + 1, len(grid))
     if pixels[:, k + 1].sum() > 0:
         log.warning("%s: %.0f valid pixels carry label values that are no class id; left out of the statistics", info.path, pixels[:, k + 1].sum())
-    return _dataset(regions, classes, area, pixels)
+    return _dataset(regions, classes, area, pixels, _total_areas(regions, info, area[:, : k + 1].sum(axis=1)))
+
+
+def _total_areas(regions: Regions, info: RasterInfo, inside: np.ndarray) -> np.ndarray:
+    """Each region's whole area (m^2): the whole scene's is its area inside the scene (``inside``, the
+    same pixel sum, so ``observed`` is exactly its valid fraction); a file's, its unclipped polygon's."""
+    if regions.whole_scene:
+        return inside.copy()
+    if regions.total_areas_m2:
+        return np.asarray(regions.total_areas_m2, dtype=np.float64)
+    return np.array([ellipsoidal_area_m2(g, info.crs) for g in regions.geometries])
 
 
 def _chunk_size(labels: Any) -> int:
@@ -177,7 +200,7 @@ def _centre_coverage(regions: Regions, indexes: list[int], window, shape: tuple[
             yield j, cells, np.ones(cells.size)
 
 
-def _dataset(regions: Regions, classes: Sequence[ClassInfo], area: np.ndarray, pixels: np.ndarray) -> xr.Dataset:
+def _dataset(regions: Regions, classes: Sequence[ClassInfo], area: np.ndarray, pixels: np.ndarray, total: np.ndarray) -> xr.Dataset:
     k = len(classes)
     class_area = area[:, :k]
     valid = class_area.sum(axis=1)
@@ -199,6 +222,7 @@ def _dataset(regions: Regions, classes: Sequence[ClassInfo], area: np.ndarray, p
             "nodata_area_m2": ("region", area[:, k], {"units": "m2"}),
             "nodata_pixel_count": ("region", pixels[:, k], {"units": "pixels"}),
             "region_area_m2": ("region", area[:, : k + 1].sum(axis=1), {"units": "m2", "long_name": "region area inside the scene, nodata included"}),
+            "region_total_area_m2": ("region", total, {"units": "m2", "long_name": "whole region area, inside and outside the scene"}),
         },
         coords=coords,
     )
@@ -209,10 +233,26 @@ def _dataset(regions: Regions, classes: Sequence[ClassInfo], area: np.ndarray, p
 # --- the stats.zarr store ---
 
 
+TIME_ATTRS = {"long_name": "run time", "timezone": "UTC"}
+
+
+def whole_seconds_utc(when: datetime) -> datetime:
+    """``when`` in UTC, naive, truncated to whole seconds (a naive ``when`` is taken as UTC)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when.replace(microsecond=0)
+
+
+def utc_now() -> datetime:
+    """Now in UTC, naive, in whole seconds: the default run time of ``segpipe raster`` and of the
+    ``landcover`` flow (microseconds would only make runs look distinct, and netCDF's scipy writer refuses them)."""
+    return whole_seconds_utc(datetime.now(timezone.utc))
+
+
 def to_datetime64(time: Any) -> np.datetime64:
-    """A run time as ``datetime64[ns]`` in UTC (naive); aware datetimes are converted to UTC."""
+    """A run time as ``datetime64[ns]`` in UTC (naive); aware datetimes are converted to UTC; None is :func:`utc_now`."""
     if time is None:
-        time = datetime.now(timezone.utc)
+        time = utc_now()
     if isinstance(time, str):
         try:  # ISO 8601 with an offset or Z (numpy parses those too, but warns it drops time zones)
             time = datetime.fromisoformat(time.strip())
@@ -226,7 +266,9 @@ def to_datetime64(time: Any) -> np.datetime64:
         raise InputError(str(time), "not a date/time", "give an ISO time like 2024-06-01T02:00") from exc
 
 
-def append_stats(ds: xr.Dataset, store_path: str | Path, *, time: Any, scene: str) -> Path:
+def append_stats(
+    ds: xr.Dataset, store_path: str | Path, *, time: Any, scene: str, provenance: Provenance | None = None, force: bool = False
+) -> Path:
     """Add one run's statistics to ``store_path`` (a zarr store), replacing an entry with the same time and scene.
 
     Args:
@@ -234,23 +276,36 @@ def append_stats(ds: xr.Dataset, store_path: str | Path, *, time: Any, scene: st
         store_path: e.g. ``DIR/stats.zarr``; created when missing.
         time: the run time (datetime, numpy datetime64 or ISO string); stored as UTC.
         scene: the scene name (e.g. the file stem).
+        provenance: what made ``ds``, stored per ``(time, scene)`` (:mod:`pipeline.raster.provenance`);
+            None records nothing (``""``) and replaces any entry.
+        force: replace an entry made from another source (:func:`pipeline.raster.entries.check_replacement`).
 
     Returns:
-        ``store_path``. Result dims: ``(time, scene, region, class)``; absent combinations are NaN.
+        ``store_path``. Result dims: ``(time, scene, region, class)``; absent combinations are NaN
+        (``""`` for the provenance strings). Classes keep the store's order, new ones after.
+
+    Raises:
+        InputError: the entry was made from another source (without ``force``), or ``ds``'s classes
+            contradict the store's table (:mod:`pipeline.raster.entries`); the store is unchanged.
     """
     store_path = Path(store_path)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     t = to_datetime64(time)
+    if provenance is not None:
+        ds = ds.assign({name: ((), value) for name, value in provenance.as_dict().items()})
     entry = ds.expand_dims(time=[t], scene=np.array([scene], dtype=object))
     with lock(store_path, "exclusive"):
         recover(store_path)
         if (store_path / "zarr.json").is_file():
-            old = _open(store_path).load()
+            old = _fill_strings(_open(store_path).load())  # zarr reads them back as numpy StringDType, which joins refuse
+            check_class_table(class_table(old), class_table(ds), store_path)
+            check_replacement(old, store_path, time=t, scene=scene, source=None if provenance is None else provenance.source, force=force)
             if t in old.time.values and scene in old.scene.values:
                 old = old.where(~((old.time == t) & (old.scene == scene)))
             merged = _merge(entry, old)
         else:
-            merged = entry
+            merged = _fill_strings(entry)
+        merged["time"].attrs.update(TIME_ATTRS)
         replace_store(_tidy(merged), store_path)
     return store_path
 
@@ -259,17 +314,28 @@ CLASS_COORDS = ("class_id", "class_color")
 
 
 def _merge(new: xr.Dataset, old: xr.Dataset) -> xr.Dataset:
-    """Outer-join ``new`` over ``old`` (``new`` wins); per-class coordinates from both, ``new`` first."""
+    """Outer-join ``new`` over ``old`` (``new`` wins). Classes in store order (``old``'s, then
+    ``new``'s others; the tables agree, see :func:`check_class_table`); colours from ``new`` first."""
     table: dict[str, tuple[Any, ...]] = {}
     for ds in (old, new):
         for i, name in enumerate(ds["class"].values):
             table[str(name)] = tuple(ds[c].values[i] for c in CLASS_COORDS if c in ds.coords)
+    order = class_order(class_table(old), class_table(new))
     merged = new.drop_vars(CLASS_COORDS, errors="ignore").combine_first(old.drop_vars(CLASS_COORDS, errors="ignore"))
-    names = [str(v) for v in merged["class"].values]
-    return merged.assign_coords(
-        class_id=("class", np.array([table[n][0] for n in names], dtype=np.int64)),
-        class_color=("class", np.array([table[n][1] for n in names], dtype=object)),
+    merged = merged.sel({"class": np.array(order, dtype=object)})
+    return _fill_strings(merged).assign_coords(
+        class_id=("class", np.array([table[n][0] for n in order], dtype=np.int64)),
+        class_color=("class", np.array([table[n][1] for n in order], dtype=object)),
     )
+
+
+def _fill_strings(ds: xr.Dataset) -> xr.Dataset:
+    """The provenance strings as object arrays with ``""`` where no entry recorded them (NaN after a join)."""
+    for name in PROVENANCE_VARS:
+        if name in ds.data_vars:
+            values = np.asarray(ds[name].values, dtype=object)
+            ds[name] = ds[name].copy(data=np.where(pd.isnull(values), "", values).astype(object))
+    return ds
 
 
 def _tidy(ds: xr.Dataset) -> xr.Dataset:
@@ -293,10 +359,15 @@ def area_over_time(store: str | Path, cls: str | int, region: str, *, scene: str
         store: a ``stats.zarr`` written by :func:`append_stats`.
         cls: class name, or class id (int).
         region: region name.
-        scene: one scene; None sums the region's area over all scenes (scenes tiling an area).
+        scene: one scene; None sums the region's area over all scenes (scenes tiling an area,
+            without overlap).
 
     Returns:
         DataArray with dim ``time`` (NaN where the region was not observed).
+
+    Raises:
+        InputError: unknown class, region or scene; or ``scene=None`` where scenes overlap in the
+            region at some time (their sum would count the overlap twice; see :func:`_check_no_overlap`).
     """
     ds = _open(store)
     names = [str(v) for v in ds["class"].values]
@@ -317,8 +388,35 @@ def area_over_time(store: str | Path, cls: str | int, region: str, *, scene: str
             raise InputError(store, f"no scene '{scene}' (scenes: {', '.join(scenes)})", "pick one of the listed scenes")
         da = da.sel(scene=scene)
     else:
+        _check_no_overlap(ds, store, region)
         da = da.sum("scene", min_count=1)
     return da.drop_vars([c for c in da.coords if c not in ("time",)]).rename(f"area_m2 {cls} in {region}").load()
+
+
+OVERLAP_RTOL = 1e-6  # pixel areas match pyproj.Geod to ~1e-9; tiles that only share an edge stay far below this
+
+
+def _check_no_overlap(ds: xr.Dataset, store: str | Path, region: str) -> None:
+    """Refuse to sum a region over scenes that overlap: at some time, the scenes' ``region_area_m2``
+    add up to more than the region's ``region_total_area_m2`` (stores without it are not checked).
+
+    An overlap that leaves part of the region unobserved can still pass; the sum then is no upper
+    bound either, which is why the README queries one scene or a mosaic where scenes overlap."""
+    if "region_total_area_m2" not in ds.data_vars:
+        return
+    inside = ds["region_area_m2"].sel(region=region).sum("scene", min_count=1).load()
+    total = ds["region_total_area_m2"].sel(region=region).max("scene").load()
+    over = (inside > total * (1 + OVERLAP_RTOL)).values
+    if not over.any():
+        return
+    first = int(np.flatnonzero(over)[0])
+    when = np.datetime_as_string(ds["time"].values[first], unit="s")
+    raise InputError(
+        store,
+        f"region '{region}' at {when} (and {int(over.sum()) - 1} other time(s)): its scenes cover {float(inside[first]) / 1e4:.6g} ha of a "
+        f"{float(total[first]) / 1e4:.6g} ha region, so they overlap and their sum would count the overlap twice",
+        "pass scene=... to take one scene, or segment a mosaic of the overlapping scenes (e.g. one VRT) as one scene",
+    )
 
 
 def plot_area_over_time(store: str | Path, cls: str | int, region: str, out_png: str | Path, *, scene: str | None = None) -> Path:

@@ -22,7 +22,10 @@ the same stem (``a/case01.nii.gz`` then ``b/case01.nii.gz``) are an :class:`~pip
 output folder fills up or turns read-only, the study fails with an ``InputError`` naming the folder
 and the fix, and its work folder is removed. Intermediate zarr arrays live in
 ``DIR/.segpipe-work/S/`` and let a killed run resume without redoing finished engine blocks; they are
-removed once the study is done.
+removed once the study is done. One run at a time segments a study into a folder: it holds
+``DIR/.segpipe-work/S.lock`` (:mod:`pipeline.work_lock`) from the skip check to the removal of its
+work folder, and a second run fails at once with an ``InputError`` (two runs sharing the work folder
+wrote wrong labels that looked complete: one run's clean-up removed blocks the other had finished).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ from pipeline.volume.writers import (
     write_labels_nifti,
     write_text_atomic,
 )
+from pipeline.work_lock import work_lock
 from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
@@ -201,8 +205,9 @@ def segment_volume(
         InputError: ``out_dir`` is a file, is not writable or holds raster statistics; the study is
             unreadable; ``options`` ask for a series of a NIfTI file or a volume of a DICOM folder;
             the outputs present were made from another input with the same stem (without
-            ``options.force``); or ``out_dir`` fills up or turns read-only during the run. The
-            message names the file, the problem and the fix.
+            ``options.force``); ``out_dir`` fills up or turns read-only during the run; or another run
+            is segmenting this study into ``out_dir`` (nothing of it is touched). The message names the
+            file, the problem and the fix.
     """
     started = time.perf_counter()
     check_volume_spec(spec)
@@ -210,6 +215,17 @@ def segment_volume(
     _check_options_fit(input_path, options)
     out_dir = prepare_output_dir(out_dir)
     check_stats_store(out_dir / STATS_STORE, "volume")
+    try:
+        with work_lock(out_dir / WORK_DIR, output_stem(input_path), subject=input_path, out_dir=out_dir, what="study"):
+            return _segment_study(input_path, spec, out_dir, options, model=model, progress=progress, started=started)
+    finally:
+        remove_if_empty(out_dir / WORK_DIR)  # after the lock file is gone
+
+
+def _segment_study(
+    input_path: Path, spec: ModelSpec, out_dir: Path, options: VolumeOptions, *, model: Any, progress: BlockProgress | None, started: float
+) -> VolumeResult:
+    """:func:`segment_volume` once the study's lock is held: skip it, or segment it and write its outputs."""
     outputs = StudyOutputs.for_input(input_path, out_dir)
     stem = output_stem(input_path)
     asked = input_record(input_path, series_uid=options.series_uid, volume_index=options.volume_index, out_dir=out_dir)
@@ -248,9 +264,9 @@ def segment_volume(
         error = output_write_error(out_dir, exc, writing=f"the outputs of {stem}")
         if error is None:
             raise
-        _remove_work(outputs, out_dir)  # nothing to resume from a full or read-only folder, and it takes space
+        _remove_work(outputs)  # nothing to resume from a full or read-only folder, and it takes space
         raise error from exc
-    _remove_work(outputs, out_dir)
+    _remove_work(outputs)
     seconds = time.perf_counter() - started
     log.info("%s: %d windows, %d blocks, %.1fs", stem, engine_report.windows_run, engine_report.blocks_run, seconds)
     return VolumeResult(
@@ -303,9 +319,9 @@ def _previous_outputs(outputs: StudyOutputs, spec: ModelSpec, asked: InputRecord
     return (previous, "") if reason is None else (None, reason)
 
 
-def _remove_work(outputs: StudyOutputs, out_dir: Path) -> None:
+def _remove_work(outputs: StudyOutputs) -> None:
+    """Remove the study's work folder (under its lock; :func:`segment_volume` then removes ``WORK_DIR`` if empty)."""
     shutil.rmtree(outputs.work, ignore_errors=True)
-    remove_if_empty(out_dir / WORK_DIR)
 
 
 def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: StudyStats, outputs: StudyOutputs, store: Path) -> bool:

@@ -1,0 +1,96 @@
+"""What produced a land-cover statistics entry, recorded per ``(time, scene)`` in ``stats.zarr``.
+
+Five string variables with dims ``(time, scene)`` (``""`` where nothing was recorded: an entry that
+does not exist, or one written by a segpipe before 0.1.0 recorded provenance):
+
+* ``source``: the input's absolute path (symbolic links resolved), or its URL / GDAL ``/vsi`` path as given;
+* ``model``: the model spec's name;
+* ``checkpoint_sha256``: SHA-256 of the checkpoint's bytes (``""`` for a model without a
+  checkpoint), the same digest the volume records use (:mod:`pipeline.volume.made_with`);
+* ``regions``: the regions file's absolute path, ``""`` for the whole scene;
+* ``segpipe_version``: the installed segpipe's version;
+* ``inputs_sha256``: SHA-256 of what else decides the entry: the input's and the regions file's
+  size and modification time (local files; ``""`` for a URL), the region field and the bands.
+  An entry whose provenance (but the version) equals a new run's is that run's work already done:
+  a retried run skips it (:func:`pipeline.raster.entries.entry_done`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from models.spec import ModelSpec
+from pipeline.raster.ingest import is_local_path
+
+PROVENANCE_VARS = ("source", "model", "checkpoint_sha256", "regions", "segpipe_version", "inputs_sha256")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What one ``(time, scene)`` entry of ``stats.zarr`` was made from (see the module docstring)."""
+
+    source: str
+    model: str
+    checkpoint_sha256: str = ""
+    regions: str = ""
+    segpipe_version: str = ""
+    inputs_sha256: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def source_of(image: str | Path) -> str:
+    """The input as recorded: a local path made absolute (symbolic links resolved); a URL or GDAL ``/vsi`` path as given."""
+    return str(Path(image).resolve()) if is_local_path(image) else str(image)
+
+
+def segpipe_version() -> str:
+    """The installed segpipe's version (``unknown`` when it runs from a source tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segpipe")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def provenance_of(
+    image: str | Path, spec: ModelSpec, regions: str | Path | None, *, region_field: str | None = None, bands: Sequence[int] | None = None
+) -> Provenance:
+    """The :class:`Provenance` of segmenting ``image`` with ``spec`` over ``regions`` (None: the whole scene).
+
+    Hashes the checkpoint once per process and file version (cached in :mod:`pipeline.volume.made_with`).
+    """
+    from pipeline.volume.made_with import made_with
+
+    return Provenance(
+        source=source_of(image),
+        model=spec.name,
+        checkpoint_sha256=made_with(spec)["checkpoint_sha256"],
+        regions="" if regions is None else source_of(regions),
+        segpipe_version=segpipe_version(),
+        inputs_sha256=inputs_sha256(image, regions, region_field=region_field, bands=bands),
+    )
+
+
+def inputs_sha256(image: str | Path, regions: str | Path | None, *, region_field: str | None, bands: Sequence[int] | None) -> str:
+    """See the module docstring: file metadata only (no pixel is read), so it is cheap to compare."""
+    from pipeline.volume.made_with import input_fingerprint
+
+    def fingerprint(path: str | Path | None) -> str:
+        if path is None:
+            return ""
+        return input_fingerprint(Path(path)) if is_local_path(path) else ""
+
+    record = {
+        "input": fingerprint(image),
+        "regions": fingerprint(regions),
+        "region_field": region_field or "",
+        "bands": [int(b) for b in bands] if bands is not None else None,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
