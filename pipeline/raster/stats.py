@@ -15,13 +15,8 @@ temporary one and swaps it in under a lock, so readers never see a half-written 
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,8 +29,6 @@ from affine import Affine
 
 from models.spec import ClassInfo
 from pipeline.errors import InputError
-from pipeline.known_warnings import known_warnings_ignored
-from pipeline.outputs import remove_stale_temporaries
 from pipeline.raster.areas import pixel_area_m2
 from pipeline.raster.entries import (
     check_class_table,
@@ -46,6 +39,7 @@ from pipeline.raster.entries import (
 from pipeline.raster.ingest import RasterInfo, tiles
 from pipeline.raster.provenance import PROVENANCE_VARS, Provenance
 from pipeline.raster.regions import Regions, ellipsoidal_area_m2
+from pipeline.stats_store import lock, open_stats, recover, replace_store
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +294,8 @@ def append_stats(
     if provenance is not None:
         ds = ds.assign({name: ((), value) for name, value in provenance.as_dict().items()})
     entry = ds.expand_dims(time=[t], scene=np.array([scene], dtype=object))
-    with _lock(store_path):
-        _recover(store_path)
+    with lock(store_path, "exclusive"):
+        recover(store_path)
         if (store_path / "zarr.json").is_file():
             old = _fill_strings(_open(store_path).load())  # zarr reads them back as numpy StringDType, which joins refuse
             check_class_table(class_table(old), class_table(ds), store_path)
@@ -312,7 +306,7 @@ def append_stats(
         else:
             merged = _fill_strings(entry)
         merged["time"].attrs.update(TIME_ATTRS)
-        _replace_store(_tidy(merged), store_path)
+        replace_store(_tidy(merged), store_path)
     return store_path
 
 
@@ -345,68 +339,17 @@ def _fill_strings(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _tidy(ds: xr.Dataset) -> xr.Dataset:
+    """Times in order, dims ``(time, scene, region, class)``; :func:`replace_store` writes the strings fixed-width."""
     ds = ds.sortby("time")
     order = ["time", "scene", "region", "class"]
-    ds = ds.transpose(*order, missing_dims="ignore")
-    for name in ("region", "class", "scene"):
-        ds = ds.assign_coords({name: ds[name].values.astype(object)})
-    if "class_color" in ds.coords:
-        ds = ds.assign_coords(class_color=("class", ds["class_color"].values.astype(object)))
-    return ds
-
-
-def _replace_store(ds: xr.Dataset, store_path: Path) -> None:
-    tmp = store_path.with_name(f"{store_path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    old = store_path.with_name(f"{store_path.name}.old-{uuid.uuid4().hex[:8]}")
-    ds = ds.copy()
-    for var in ds.variables.values():
-        var.encoding = {}
-    try:
-        with known_warnings_ignored():
-            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-        if store_path.exists():
-            os.rename(store_path, old)
-        os.rename(tmp, store_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not store_path.exists():
-            os.rename(old, store_path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover(store_path: Path) -> None:
-    """Under the lock, undo what a run killed inside :func:`_replace_store` left: its ``.tmp-*``
-    store is removed, and an ``.old-*`` store is put back when the store itself is missing (killed
-    between the two renames) or removed when the swap had finished."""
-    from glob import escape
-
-    remove_stale_temporaries(store_path)
-    for old in sorted(store_path.parent.glob(f"{escape(store_path.name)}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if not store_path.exists():
-            log.warning("restoring %s from %s, left by an interrupted run", store_path, old)
-            os.rename(old, store_path)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def _lock(store_path: Path):
-    """Exclusive lock on the store's folder (no lock file left behind) for the read-modify-swap."""
-    fd = os.open(store_path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return ds.transpose(*order, missing_dims="ignore")
 
 
 def _open(store: str | Path) -> xr.Dataset:
     store = Path(store)
     if not (store / "zarr.json").is_file():
         raise InputError(store, "no statistics store here", "run `segpipe raster ... --out DIR` first; stats are in DIR/stats.zarr")
-    return xr.open_zarr(store)
+    return open_stats(store)  # a snapshot under the shared lock (a lazy open_zarr breaks at the next append)
 
 
 def area_over_time(store: str | Path, cls: str | int, region: str, *, scene: str | None = None) -> xr.DataArray:

@@ -20,25 +20,23 @@ and intensities NaN), ``centroid_ras`` (+ dim ``ras``), ``bbox_min``/``bbox_max`
 ``model``, ``voxel_volume_mm3``. Variables carry ``units`` attributes: ``mL``, ``mm`` (centroid),
 ``mm3``, and for intensities ``HU`` when every study is CT (DICOM Modality CT), else ``image units``.
 Re-running a study replaces its row; the store is rewritten to a temporary folder and swapped in
-under a file lock (``.stats.zarr.lock``, present only while a row is merged), so readers never see a
-half-written store.
+under a lock on its folder (:mod:`pipeline.stats_store`), so readers never see a half-written store;
+:func:`open_stats` reads a consistent snapshot.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.known_warnings import known_warnings_ignored
+from pipeline import stats_store
 from pipeline.volume.volume import index_to_world
 
 log = logging.getLogger(__name__)
@@ -453,93 +451,41 @@ def _unique_names(labels: Sequence[LabelStats]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} ({lab.label_id})" for n, lab in zip(names, labels)]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on the file ``path`` (POSIX ``flock``; no-op elsewhere), removed on release.
-
-    The holder unlinks the file before unlocking, so a waiter may wake up holding a lock on a file
-    that is no longer at ``path``; it then retries on the file now there. Only the holder of the
-    lock on the file at ``path`` gets in, so the lock stays exclusive although the file comes and goes.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            held = os.fstat(fd)
-            current = os.stat(path)
-        except FileNotFoundError:  # unlinked by the previous holder after we opened it
-            os.close(fd)
-            continue
-        except BaseException:
-            os.close(fd)
-            raise
-        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
-            break
-        os.close(fd)  # a new lock file replaced ours: lock that one
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)  # releases the lock
-
-
 def merge_into_store(stats: StudyStats, store: str | Path) -> Path:
     """Add (or replace) the row of ``stats.study`` in the ``stats.zarr`` at ``store``.
 
-    The new store is written next to the old one and swapped in by renames under a lock file
-    (``.<store>.lock``, removed afterwards); an interrupted swap is recovered on the next call.
+    The new store is written next to the old one and swapped in under the exclusive lock of
+    :mod:`pipeline.stats_store`; an interrupted swap is recovered on the next call.
     """
     import xarray as xr
 
     store = Path(store)
-    old = store.with_name(f".{store.name}.old")
-    with _locked(store.with_name(f".{store.name}.lock")):
-        if not store.exists() and old.exists():
-            old.rename(store)  # a previous swap was interrupted between its two renames
+    with stats_store.lock(store, "exclusive"):
+        stats_store.recover(store)
         rows = [_study_dataset(stats)]
         if store.exists():
-            existing = xr.open_zarr(store, consolidated=None).load()
+            existing = stats_store.open_stats(store)  # this thread holds the lock already: read as is
             if "study" not in existing.dims or "label" not in existing.dims:
                 from pipeline.errors import InputError
 
-                raise InputError(store, f"holds other statistics (dims {dict(existing.sizes)}), not study x label volume statistics", "write volume results to another --out folder")
+                problem = f"holds other statistics (dims {dict(existing.sizes)}), not study x label volume statistics"
+                raise InputError(store, problem, "write volume results to another --out folder")
             if stats.study in set(existing.study.values.tolist()):
                 existing = existing.drop_sel(study=stats.study)
             if existing.sizes.get("study", 0):
-                rows.insert(0, _as_object_coords(existing))
+                rows.insert(0, _normalised(existing))
         merged = xr.concat(rows, dim="study", join="outer", fill_value=FILL, data_vars="all", coords="different", compat="equals")
-        merged = _as_object_coords(merged)
+        merged = _normalised(merged)
         merged = merged.sortby([merged["label_id"].max("study"), merged["label"]]).sortby("study")
         merged["volume_ml"] = merged["volume_ml"].where(merged["segmented"])  # NaN also in rows of stores written with 0.0
-        merged = _annotated(merged)
-        for variable in merged.variables.values():
-            variable.encoding = {}
-        tmp = store.with_name(f".{store.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with known_warnings_ignored():
-            merged.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-        if store.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            store.rename(old)
-        tmp.rename(store)
-        shutil.rmtree(old, ignore_errors=True)
+        stats_store.replace_store(_annotated(merged), store)
     return store
 
 
-def _as_object_coords(ds):
-    """String coordinates and variables as object arrays (zarr v3 vlen-utf8, readable everywhere)."""
-    for name in ("study", "label", "ras", "axis"):
-        if name in ds.coords:
-            ds = ds.assign_coords({name: np.asarray(ds[name].values, dtype=object)})
-    for name in ("source", "modality", "model"):
-        if name in ds:
-            ds[name] = ds[name].astype(object)
+def _normalised(ds):
+    """Strings fixed-width (``<U{n}``, :func:`pipeline.stats_store.fixed_width_strings`); integer and
+    boolean variables that an outer join turned into floats back to their type, with their fill."""
+    ds = stats_store.fixed_width_strings(ds)
     for name, fill in FILL.items():
         if name in ds and ds[name].dtype.kind == "f" and not isinstance(fill, float):
             ds[name] = ds[name].fillna(fill).astype(type(fill) if not isinstance(fill, bool) else bool)
@@ -547,10 +493,9 @@ def _as_object_coords(ds):
 
 
 def open_stats(store: str | Path):
-    """The statistics Dataset of a ``stats.zarr`` (loaded into memory; it is small)."""
-    import xarray as xr
-
-    return xr.open_zarr(store).load()
+    """The statistics Dataset of a ``stats.zarr``: a consistent snapshot in memory (it is small),
+    read under the store's shared lock (:func:`pipeline.stats_store.open_stats`)."""
+    return stats_store.open_stats(store)
 
 
 def volumes_by_label(store: str | Path, label_name: str):

@@ -14,10 +14,11 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.errors import InputError
+from pipeline.stats_store import lock
 from pipeline.volume.batch import segment_volumes
 from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import segment_volume
-from pipeline.volume.stats import _locked, merge_into_store, open_stats, study_statistics
+from pipeline.volume.stats import merge_into_store, open_stats, study_statistics
 
 CPU = VolumeOptions(device="cpu")
 
@@ -144,14 +145,14 @@ def test_no_lock_file_is_left_and_concurrent_merges_keep_every_row(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["stats.zarr"]  # no lock file, no temporary store
 
 
-def test_lock_is_exclusive_while_its_file_comes_and_goes(tmp_path):
-    path = tmp_path / ".x.lock"
+def test_lock_is_exclusive_and_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "stats.zarr"
     inside, most = [0], [0]
     guard = threading.Lock()
 
     def work():
         for _ in range(20):
-            with _locked(path):
+            with lock(path, "exclusive"):
                 with guard:
                     inside[0] += 1
                     most[0] = max(most[0], inside[0])
@@ -164,7 +165,7 @@ def test_lock_is_exclusive_while_its_file_comes_and_goes(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert most[0] == 1 and not path.exists()
+    assert most[0] == 1 and os.listdir(tmp_path) == []
 
 
 def test_a_finished_run_leaves_only_its_outputs(vh, tmp_path, pv_model):

@@ -1,0 +1,284 @@
+"""The ``stats.zarr`` statistics stores on disk: locking, reading, atomic replacement and recovery.
+
+Both statistics stores (rasters: :mod:`pipeline.raster.stats`, volumes: :mod:`pipeline.volume.stats`)
+are small, so every update rewrites the whole store into a fresh sibling folder and swaps it into
+place. This module holds what the two share:
+
+* :func:`lock`: an advisory ``flock`` on the store's folder, exclusive for writers (the whole
+  read-modify-swap) and shared for readers;
+* :func:`open_stats`: a consistent in-memory snapshot of a store, read under the shared lock;
+* :func:`replace_store`: write a Dataset next to the store and swap it in atomically;
+* :func:`recover`: undo what a run killed inside a swap left behind;
+* :func:`fixed_width_strings`: string coordinates and variables as fixed-width unicode (``<U{n}``).
+
+Strings are stored fixed-width because zarr v3's variable-length strings (numpy ``object`` on
+write) read back as numpy ``StringDType``, which xarray cannot plot and numpy cannot cast to ``str``;
+``<U`` round-trips as ``<U``. zarr-python warns that its ``fixed_length_utf32`` type has no v3
+specification yet (other zarr libraries may not read it); segpipe silences that warning where it
+reads and writes the stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from glob import escape as glob_escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from pipeline.known_warnings import known_warnings_ignored
+from pipeline.outputs import remove_stale_temporaries
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+log = logging.getLogger(__name__)
+
+LockMode = Literal["exclusive", "shared"]
+
+# Linux renameat2(2): exchange two paths in one step (since Linux 3.15, glibc 2.28)
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}  # kernel or file system without it
+
+# per thread: the folders (device, inode) this thread holds a lock on, and how
+_held = threading.local()
+
+
+# --- the lock ---
+
+
+@contextlib.contextmanager
+def lock(store: str | Path, mode: LockMode = "exclusive") -> Iterator[None]:
+    """Hold an advisory lock for the store ``store``: ``exclusive`` (writers) or ``shared`` (readers).
+
+    The lock is a POSIX ``flock`` on the store's *folder* (a no-op where ``fcntl`` is missing).
+    Of the two schemes the stores used before, this one is kept over a ``.stats.zarr.lock`` file
+    that its holder creates and unlinks: a folder can be opened by anyone who can read it, so an
+    analyst with read-only access can take the shared lock (a lock file needs write access to
+    create), nothing is ever left behind by a killed holder (the kernel drops the lock with the
+    process), and there is no unlink/re-open race to handle. The price: stores in one folder share
+    one lock (segpipe keeps one store per ``--out`` folder), and flock on NFS directories may fail.
+
+    Nested use on one thread does not deadlock: while a thread holds the lock on a folder, a
+    further ``shared`` request (e.g. :func:`open_stats` inside a writer's update) or a further
+    ``exclusive`` one under an ``exclusive`` lock is already satisfied. Other threads and processes
+    wait as usual (every call opens its own file description).
+
+    Raises:
+        FileNotFoundError: the store's folder does not exist.
+        RuntimeError: an ``exclusive`` request on a thread that holds only the ``shared`` lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks
+        yield
+        return
+    fd = os.open(Path(store).absolute().parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino)
+        held: dict[tuple[int, int], LockMode] = _held.__dict__.setdefault("folders", {})
+        if key in held:
+            if held[key] == "shared" and mode == "exclusive":
+                raise RuntimeError(f"{store}: this thread holds the shared statistics lock and asks for the exclusive one; release it first")
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH)
+        held[key] = mode
+        try:
+            yield
+        finally:
+            del held[key]
+    finally:
+        os.close(fd)  # releases the flock
+
+
+# --- reading ---
+
+
+def open_stats(store: str | Path) -> xr.Dataset:
+    """A consistent snapshot of the statistics store ``store``, loaded into memory.
+
+    Opens and loads the store under the shared :func:`lock`, so a run appending at the same time
+    waits until the snapshot is read (and the reader waits for a swap in progress). String
+    coordinates and variables come back as ``<U{n}`` whatever the store holds (stores written by
+    older segpipe versions hold variable-length strings).
+
+    A Dataset opened lazily with ``xr.open_zarr`` does not follow a later append: its metadata
+    stays that of the store it opened while its chunks are read from the replaced one.
+
+    Raises:
+        FileNotFoundError: no store at ``store`` (or no folder).
+    """
+    import xarray as xr
+
+    with lock(store, "shared"), _quiet():
+        with xr.open_zarr(store, consolidated=None) as ds:
+            return fixed_width_strings(ds.load())
+
+
+# --- writing ---
+
+
+def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
+    """Write ``ds`` as a fresh zarr v3 store (consolidated) next to ``store`` and swap it in.
+
+    The caller holds ``lock(store, "exclusive")`` for the read-modify-swap. Strings are written
+    fixed-width (:func:`fixed_width_strings`); encodings read from an older store are dropped.
+    Readers see the old store or the new one, never a half-written one.
+
+    Returns:
+        ``store``.
+    """
+    store = Path(store)
+    ds = fixed_width_strings(ds)
+    for variable in ds.variables.values():
+        variable.encoding = {}
+    tmp = _sibling(store, "tmp")
+    try:
+        with _quiet():
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+        swap_in(tmp, store)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return store
+
+
+def swap_in(new: str | Path, store: str | Path) -> None:
+    """Put the complete store folder ``new`` at ``store`` and remove the store that was there.
+
+    On Linux the two are exchanged in one step (``renameat2`` with ``RENAME_EXCHANGE``), so
+    ``store`` exists at every instant; then the old store, now at ``new``, is removed (a run killed
+    before that leaves it under the temporary name, which :func:`recover` removes). Elsewhere, or
+    where the kernel or file system cannot exchange, the old store is renamed to ``<name>.old-*``
+    and ``new`` renamed into place: a run killed between the two renames leaves no store until
+    :func:`recover` puts the old one back.
+    """
+    new, store = Path(new), Path(store)
+    if not store.exists():
+        os.rename(new, store)
+    elif _exchange(new, store):
+        shutil.rmtree(new, ignore_errors=True)
+    else:
+        old = _sibling(store, "old")
+        os.rename(store, old)
+        try:
+            os.rename(new, store)
+        except BaseException:
+            os.rename(old, store)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Exchange the paths ``a`` and ``b`` atomically; False where this system cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        log.debug("renameat2(RENAME_EXCHANGE) unavailable here (%s): swapping %s by two renames", errno.errorcode.get(code, code), b)
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+@cache
+def _renameat2():
+    """libc's ``renameat2`` (Linux, glibc >= 2.28), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _sibling(store: Path, kind: Literal["tmp", "old"]) -> Path:
+    return store.with_name(f"{store.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+# --- recovery ---
+
+
+def recover(store: str | Path) -> None:
+    """Undo what a run killed while replacing ``store`` left behind (call under the exclusive lock).
+
+    ``<name>.tmp-*`` folders (a store being written, or the old store after an exchange) are
+    removed; an ``<name>.old-*`` store is put back when ``store`` is missing (killed between the
+    two renames of the fallback swap) and removed otherwise. The names older segpipe versions used
+    for volume stores (``.<name>.tmp-*``, ``.<name>.old``, ``.<name>.lock``) are handled alike.
+    """
+    store = Path(store)
+    remove_stale_temporaries(store)
+    remove_stale_temporaries(store.with_name(f".{store.name}"))
+    store.with_name(f".{store.name}.lock").unlink(missing_ok=True)
+    olds = list(store.parent.glob(f"{glob_escape(store.name)}.old-*")) + list(store.parent.glob(f".{glob_escape(store.name)}.old"))
+    for old in sorted(olds, key=lambda p: p.stat().st_mtime, reverse=True):
+        if not store.exists():
+            log.warning("restoring %s from %s, left by an interrupted run", store, old)
+            os.rename(old, store)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# --- strings ---
+
+
+def fixed_width_strings(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every string coordinate and variable as fixed-width unicode ``<U{n}`` (n: the longest).
+
+    Converts numpy ``object`` arrays of ``str``, numpy ``StringDType`` and wider ``<U`` arrays;
+    other variables (and object arrays holding anything but strings) are left as they are.
+    Attributes are kept; a converted variable's encoding is dropped (one read from a store names the
+    old type and its codec: ``ds.to_zarr`` would write variable-length strings again).
+    """
+    coords, data_vars = {}, {}
+    for name, variable in ds.variables.items():
+        if variable.dtype.kind not in "OTU":
+            continue
+        values = _fixed_width(variable.values)
+        if values is None or values.dtype == variable.dtype:
+            continue
+        converted = variable.copy(data=values)
+        converted.encoding = {}
+        (coords if name in ds.coords else data_vars)[name] = converted
+    return ds.assign_coords(coords).assign(data_vars)
+
+
+def _fixed_width(values: np.ndarray) -> np.ndarray | None:
+    items = values.ravel().tolist()
+    if not all(isinstance(v, str) for v in items):
+        return None
+    width = max((len(v) for v in items), default=0) or 1
+    return np.array(items, dtype=f"<U{width}").reshape(values.shape)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The known warnings, and zarr's warning that ``fixed_length_utf32`` has no v3 spec yet, silenced."""
+    import warnings
+
+    with known_warnings_ignored():
+        with contextlib.suppress(ImportError):  # an older zarr: no such warning
+            from zarr.errors import UnstableSpecificationWarning
+
+            warnings.filterwarnings("ignore", category=UnstableSpecificationWarning)
+        yield
