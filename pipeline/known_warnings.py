@@ -3,6 +3,9 @@
 - zarr: "Consolidated metadata is currently not part in the Zarr format 3 specification"; the
   statistics and work stores are written consolidated on purpose (``xr.open_zarr`` opens them
   without listing every array), and read back by segpipe and xarray alike.
+- zarr ``UnstableSpecificationWarning``: the statistics stores keep strings as fixed-width
+  unicode (``<U``; :mod:`pipeline.stats_store` says why), a zarr-python type without a v3
+  specification yet.
 - rasterio ``NodataShadowWarning``: a 4-band image may tag its last band alpha next to a nodata
   value; GDAL (rightly) takes the masks from nodata and rasterio warns on every read.
 - rasterio ``NotGeoreferencedWarning``: a raster without georeferencing is refused with segpipe's
@@ -27,6 +30,10 @@ _CONSOLIDATED = ".*[Cc]onsolidated metadata.*"
 
 def _install() -> None:
     warnings.filterwarnings("ignore", message=_CONSOLIDATED, category=UserWarning)
+    with contextlib.suppress(ImportError):  # an older zarr: no such warning
+        from zarr.errors import UnstableSpecificationWarning
+
+        warnings.filterwarnings("ignore", category=UnstableSpecificationWarning)
     try:
         from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning
     except ImportError:  # a volume-only installation: no raster warnings to silence

@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.errors import InputError
-from pipeline.known_warnings import known_warnings_ignored
+from pipeline.stats_store import open_stats
 
 ClassTable = Sequence[tuple[int, str]]  # (id, name) in store or model order
 
@@ -96,9 +96,7 @@ def check_store_accepts(
     store = Path(store)
     if not (store / "zarr.json").is_file():
         return
-    with known_warnings_ignored():
-        ds = xr.open_zarr(store)
-    with ds:
+    with open_stats(store) as ds:  # a snapshot under the store's shared lock: another run may be appending
         check_class_table(class_table(ds), classes, store)
         if source is not None and "source" in ds.variables and time in ds["time"].values and scene in ds["scene"].values:
             check_replacement(ds[["source"]].load(), store, time=time, scene=scene, source=source, force=force)
@@ -112,9 +110,7 @@ def entry_done(store: str | Path, *, time: np.datetime64, scene: str, provenance
     store = Path(store)
     if not (store / "zarr.json").is_file():
         return False
-    with known_warnings_ignored():
-        ds = xr.open_zarr(store)
-    with ds:
+    with open_stats(store) as ds:  # a snapshot under the store's shared lock: another run may be appending
         names = [n for n in provenance.as_dict() if n != "segpipe_version"]
         if any(n not in ds.variables for n in names) or time not in ds["time"].values or scene not in ds["scene"].values:
             return False

@@ -46,6 +46,7 @@ from pipeline.raster.provenance import Provenance, provenance_of
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
+from pipeline.stats_store import open_stats
 from pipeline.timing import Stopwatch
 from pipeline.work_lock import discard_unreadable_store, work_lock
 from pipeline.zarr_write import fast_writes
@@ -236,8 +237,7 @@ def _done_already(out_dir: Path, stem: str, run_time: np.datetime64, provenance:
     labels, quicklook, store = out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.quicklook.png", out_dir / STATS_STORE
     if not (labels.is_file() and quicklook.is_file() and entry_done(store, time=run_time, scene=stem, provenance=provenance)):
         return None
-    with known_warnings_ignored(), xr.open_zarr(store) as ds:
-        stats = ds.sel(time=run_time, scene=stem).load()
+    stats = open_stats(store).sel(time=run_time, scene=stem)
     log.info("%s: done already for %s (same input, model and regions); skipped (force redoes it)", stem, np.datetime_as_string(run_time, unit="s"))
     return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
 

@@ -69,6 +69,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, make_geotiff):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()  # else an "unclosed file" ResourceWarning lands in whichever test collects it
     done_at_kill = _done_blocks(work)
     assert 9 <= done_at_kill < 16
     assert not (out / "scene.labels.tif").exists()  # nothing that looks complete
