@@ -44,6 +44,7 @@ from flows._runtime import (
     output_root,
     retry_on_io_error,
     submit_bounded,
+    with_library_logs,
 )
 from flows.catalog import check_bands, expand, load_scene_catalog, model_ref
 from pipeline.errors import InputError
@@ -99,6 +100,7 @@ class LandcoverReport:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
+@with_library_logs
 def segment_scene(
     name: str,
     scene: str,
@@ -121,6 +123,7 @@ def segment_scene(
         scene, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device,
         time=time, bands=bands, model=cached_model(spec, device),
     )
+    _log_scene(result)
     return SceneOutput(
         scene=scene,
         name=result.scene,
@@ -128,6 +131,16 @@ def segment_scene(
         stats=str(result.stats_path),
         quicklook=str(result.quicklook_path),
         seconds=float(result.seconds),
+    )
+
+
+def _log_scene(result) -> None:
+    """One line per scene in the run's logs: input, outputs, seconds, blocks run and skipped."""
+    engine = result.engine
+    blocks = f"{engine.blocks_run} block(s) run, {engine.blocks_skipped} skipped" if engine is not None else "no blocks run"
+    get_run_logger().info(
+        "scene %s: %s -> %s (stats %s) in %.1f s; %s", result.scene, result.info.path, result.labels_path,
+        result.stats_path if result.stats.sizes.get("region") else "none: no region meets the scene", result.seconds, blocks,
     )
 
 
