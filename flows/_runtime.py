@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -93,10 +94,31 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def failure_of(item: str, exc: BaseException | None, state_message: str | None = None) -> Failure:
-    """A :class:`Failure` record from a task run's exception (or its state message when there is none)."""
+    """A :class:`Failure` record from a task run's exception (or its state message when there is none);
+    the message names flow parameters where the library's names command-line options (:func:`flow_wording`)."""
     if exc is None:
-        return Failure(item=item, error="Failed", message=state_message or "task run failed without an exception")
-    return Failure(item=item, error=type(exc).__name__, message=str(exc) or repr(exc))
+        return Failure(item=item, error="Failed", message=flow_wording(state_message or "task run failed without an exception"))
+    return Failure(item=item, error=type(exc).__name__, message=flow_wording(str(exc) or repr(exc)))
+
+
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (\d[\w.,:]*|FILE|DIR|N|UID)\b)?")
+_PLACEHOLDERS = ("FILE", "DIR", "N", "UID")
+
+
+def flow_wording(message: str) -> str:
+    """``message`` with the command-line options the library names turned into the flows' parameters
+    (same names, ``_`` for ``-``): ``--regions`` -> ``regions=``, ``--bands 4,3,2`` -> ``bands=[4,3,2]``,
+    ``--force`` -> ``force=True``, ``--volume-index 1`` -> ``volume_index=1``."""
+
+    def parameter(match: re.Match) -> str:
+        name, value = match.group(1).replace("-", "_"), match.group(2)
+        if value is None:
+            return "force=True" if name == "force" else f"{name}="
+        if value in _PLACEHOLDERS:
+            return f"{name}=<{value.lower()}>"
+        return f"{name}=[{value}]" if name == "bands" else f"{name}={value}"
+
+    return _FLAG.sub(parameter, message)
 
 
 def failures_table(failures: Sequence[Failure]) -> list[dict[str, str]]:
@@ -262,3 +284,14 @@ def with_library_logs(function: Callable[..., Any]) -> Callable[..., Any]:
             return function(*args, **kwargs)
 
     return wrapper
+
+
+def run_logger(name: str) -> Any:
+    """The Prefect run logger inside a flow or task run (its records reach the run's logs), else ``logging.getLogger(name)``."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() or TaskRunContext.get():
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    return logging.getLogger(name)
