@@ -295,3 +295,15 @@ def run_logger(name: str) -> Any:
 
         return get_run_logger()
     return logging.getLogger(name)
+
+
+def require_checkpoint(spec_path: str) -> None:
+    """Refuse a model whose checkpoint file is missing once, before any scene or study runs.
+
+    Raises:
+        CheckpointError: the spec at ``spec_path`` names a checkpoint that is not there.
+    """
+    from models.checkpoint import require_checkpoint as require
+    from models.spec import load_spec
+
+    require(load_spec(spec_path))

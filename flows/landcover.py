@@ -42,6 +42,7 @@ from flows._runtime import (
     in_flight,
     outcome,
     output_root,
+    require_checkpoint,
     retry_on_io_error,
     run_logger,
     submit_bounded,
@@ -287,9 +288,11 @@ def plan_scenes(
     field = region_field or (cat.region_field if cat else None)
     _check_regions(region_file, field, "the regions= parameter" if regions else f"regions: in {cat.source}" if cat else "regions=")
     todo, failures = distinct_names(items, scene_stem)
+    spec_path = _spec_path(model_name, base if not model else Path.cwd())
+    require_checkpoint(spec_path)
     return ScenePlan(
         out_dir=out_dir,
-        model=_spec_path(model_name, base if not model else Path.cwd()),
+        model=spec_path,
         todo=tuple(todo),
         failures=tuple(failures),
         regions=region_file,

@@ -38,6 +38,7 @@ from flows._runtime import (
     in_flight,
     outcome,
     output_root,
+    require_checkpoint,
     retry_on_io_error,
     submit_bounded,
     with_library_logs,
@@ -239,7 +240,9 @@ def plan_studies(studies: str | list[str] | None, model: str | None, out: str | 
         raise InputError(str(cat.source) if cat else "model", "no model given", "pass model=<name or spec.yaml> or set model: in the catalog")
     base = cat.source.parent if (cat is not None and not model) else Path.cwd()
     todo, failures = distinct_names(items, output_stem)
-    return StudyPlan(out_dir=out_dir, model=_spec_path(model_name, base), todo=tuple(todo), failures=tuple(failures))
+    spec_path = _spec_path(model_name, base)
+    require_checkpoint(spec_path)
+    return StudyPlan(out_dir=out_dir, model=spec_path, todo=tuple(todo), failures=tuple(failures))
 
 
 def _spec_path(model: str, base: Path) -> str:

@@ -96,6 +96,10 @@ def segment_volumes(
         ModelSpecError, CheckpointError: the model itself is unusable (every study would fail).
     """
     check_volume_spec(spec)
+    if model is None:
+        from models.checkpoint import require_checkpoint
+
+        require_checkpoint(spec)  # once, not once per study (on Dask each task would load it)
     created = not Path(out_dir).exists()
     out_dir = prepare_output_dir(out_dir)
     try:
