@@ -97,7 +97,8 @@ def test_k8s_work_pool_requests_one_gpu(k8s):
     pod = rendered["job_manifest"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert pod["containers"][0]["image"] == defaults["image"] == "segpipe:0.1.0"
+    assert pod["containers"][0]["image"] == defaults["image"] == "registry.example.com/segpipe:0.1.0"  # says: push to your registry
+    assert pod["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}  # the image's user writes /data
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "segpipe-data"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert rendered["env"]["SEGPIPE_OUT"].startswith("/data/")
