@@ -140,7 +140,7 @@ def _log_scene(result) -> None:
     """One line per scene in the run's logs: input, outputs, seconds, blocks run and skipped."""
     engine = result.engine
     blocks = f"{engine.blocks_run} block(s) run, {engine.blocks_skipped} skipped" if engine is not None else "no blocks run"
-    get_run_logger().info(
+    run_logger(__name__).info(
         "scene %s: %s -> %s (stats %s) in %.1f s; %s", result.scene, result.info.path, result.labels_path,
         result.stats_path if result.stats.sizes.get("region") else "none: no region meets the scene", result.seconds, blocks,
     )

@@ -40,6 +40,7 @@ from flows._runtime import (
     output_root,
     require_checkpoint,
     retry_on_io_error,
+    run_logger,
     submit_bounded,
     with_library_logs,
 )
@@ -136,7 +137,7 @@ def _log_study(result) -> None:
         engine = result.engine
         skipped = f", {engine.blocks_skipped} skipped (resumed)" if engine is not None and engine.blocks_skipped else ""
         what = f"{result.blocks_run} block(s) run{skipped}" + (f"; redone: {result.redone}" if result.redone else "")
-    get_run_logger().info(
+    run_logger(__name__).info(
         "study %s: %s -> %s (stats %s) in %.1f s; %s", result.study, result.source, result.outputs.labels, result.outputs.stats, result.seconds, what
     )
 
