@@ -42,10 +42,13 @@ from flows._runtime import (
     in_flight,
     outcome,
     output_root,
+    require_checkpoint,
     retry_on_io_error,
+    run_logger,
     submit_bounded,
+    with_library_logs,
 )
-from flows.catalog import check_bands, expand, load_scene_catalog, model_ref
+from flows.catalog import check_bands, expand, is_remote, load_scene_catalog, model_ref
 from pipeline.errors import InputError
 from pipeline.known_warnings import ignore_known_warnings, known_warnings_ignored
 from pipeline.memory import limit_malloc_arenas
@@ -99,6 +102,7 @@ class LandcoverReport:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
+@with_library_logs
 def segment_scene(
     name: str,
     scene: str,
@@ -123,6 +127,7 @@ def segment_scene(
         scene, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device,
         time=time, bands=bands, model=cached_model(spec, device), force=force,
     )
+    _log_scene(result)
     return SceneOutput(
         scene=scene,
         name=result.scene,
@@ -130,6 +135,16 @@ def segment_scene(
         stats=str(result.stats_path),
         quicklook=str(result.quicklook_path),
         seconds=float(result.seconds),
+    )
+
+
+def _log_scene(result) -> None:
+    """One line per scene in the run's logs: input, outputs, seconds, blocks run and skipped."""
+    engine = result.engine
+    blocks = f"{engine.blocks_run} block(s) run, {engine.blocks_skipped} skipped" if engine is not None else "no blocks run"
+    run_logger(__name__).info(
+        "scene %s: %s -> %s (stats %s) in %.1f s; %s", result.scene, result.info.path, result.labels_path,
+        result.stats_path if result.stats.sizes.get("region") else "none: no region meets the scene", result.seconds, blocks,
     )
 
 
@@ -156,7 +171,9 @@ def landcover(
 
     Args:
         catalog: a scene catalog YAML (see :mod:`flows.catalog`); default: the demo catalog unless ``scenes`` is given.
-        scenes: scene paths or URLs; replace the catalog's.
+        scenes: scene paths or URLs; they replace the whole catalog (its model, regions, bands and
+            output are not used either, with a warning when ``catalog`` is given too, as it is on the
+            ``landcover/nightly`` deployment): pass ``model`` (and ``regions`` ...) with them.
         model: model name (``segpipe models``) or spec YAML path; replaces the catalog's.
         regions: vector file of region polygons (any CRS); replaces the catalog's.
         region_field: attribute naming the regions; replaces the catalog's.
@@ -238,15 +255,24 @@ def plan_scenes(
 ) -> ScenePlan:
     """Merge the catalog with explicit parameters (which win), resolve paths, generate missing demo inputs.
 
-    Catalog paths are relative to the catalog file, explicit ones to the working directory. A scene
-    whose output name repeats an earlier one becomes a failure (its outputs would overwrite the first).
+    Explicit ``scenes`` replace the whole catalog: it is not read (a warning says so when ``catalog``
+    is given too), so a deployment's default catalog never lends its regions or model to scenes
+    given at run time. Catalog paths are relative to the catalog file, explicit ones to the working
+    directory. A scene whose output name repeats an earlier one becomes a failure (its outputs would
+    overwrite the first). The regions file is checked here, once, before any scene.
 
     Raises:
-        InputError: no scenes, no model, bad ``bands``, or a catalog that cannot be read.
+        InputError: no scenes, no model, bad ``bands``, a missing regions file, ``region_field``
+            without regions, or a catalog that cannot be read.
     """
     from pipeline.raster.ingest import scene_stem
 
-    cat = load_scene_catalog(catalog or DEFAULT_CATALOG) if (catalog or scenes is None) else None
+    if scenes is not None and catalog:
+        run_logger(__name__).warning(
+            "scenes= given, so catalog=%s is not used (scenes replace the whole catalog); "
+            "pass model=, regions=, region_field=, bands= and out= with them as needed", catalog,
+        )
+    cat = load_scene_catalog(catalog or DEFAULT_CATALOG) if scenes is None else None
     out_dir = output_root(out, cat.output if cat else None, FLOW_NAME)
     base = cat.source.parent if cat else Path.cwd()
     if scenes is not None:
@@ -264,16 +290,36 @@ def plan_scenes(
         from flows._demo import ensure_demo_scenes
 
         ensure_demo_scenes(cat.demo, items, region_file if not regions else None)
+    field = region_field or (cat.region_field if cat else None)
+    _check_regions(region_file, field, "the regions= parameter" if regions else f"regions: in {cat.source}" if cat else "regions=")
     todo, failures = distinct_names(items, scene_stem)
+    spec_path = _spec_path(model_name, base if not model else Path.cwd())
+    require_checkpoint(spec_path)
     return ScenePlan(
         out_dir=out_dir,
-        model=_spec_path(model_name, base if not model else Path.cwd()),
+        model=spec_path,
         todo=tuple(todo),
         failures=tuple(failures),
         regions=region_file,
-        region_field=region_field or (cat.region_field if cat else None),
+        region_field=field,
         bands=check_bands(bands, "bands") if bands is not None else (cat.bands if cat else None),
     )
+
+
+def _check_regions(region_file: str | None, region_field: str | None, given_by: str) -> None:
+    """Refuse, before any scene runs, a local regions file that is not there and a ``region_field`` without regions.
+
+    Raises:
+        InputError: naming the flow parameter (or catalog key) that gave the value.
+    """
+    if region_file is None:
+        if region_field:
+            fix = "pass regions=<vector file> too, or leave region_field out"
+            raise InputError("region_field", f"region_field={region_field!r} given without regions", fix)
+        return
+    if not is_remote(region_file) and not Path(region_file).is_file():
+        fix = f"check {given_by} (relative paths: to the working directory, or to the catalog for a catalog's regions)"
+        raise InputError(region_file, "regions file not found", fix)
 
 
 def _spec_path(model: str, base: Path) -> str:

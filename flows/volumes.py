@@ -38,8 +38,11 @@ from flows._runtime import (
     in_flight,
     outcome,
     output_root,
+    require_checkpoint,
     retry_on_io_error,
+    run_logger,
     submit_bounded,
+    with_library_logs,
 )
 from flows.catalog import expand, list_studies, load_study_catalog, model_ref
 from pipeline.errors import InputError
@@ -96,6 +99,7 @@ class StudyPlan:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
+@with_library_logs
 def segment_study(
     name: str, study: str, model: str, out_dir: str, device: str = "auto", force: bool = False,
     series_uid: str | None = None, volume_index: int | None = None,
@@ -114,6 +118,7 @@ def segment_study(
     done = not force and study_done(study, spec, out_dir, series_uid=series_uid, volume_index=volume_index)
     network = None if done else cached_model(spec, device)
     result = segment_volume(study, spec, out_dir, options, model=network)
+    _log_study(result)
     return StudyOutput(
         study=study,
         name=result.study,
@@ -121,6 +126,19 @@ def segment_study(
         stats=str(result.outputs.stats),
         skipped=result.skipped,
         seconds=float(result.seconds),
+    )
+
+
+def _log_study(result) -> None:
+    """One line per study in the run's logs: input, outputs, seconds, blocks run (or why it was skipped)."""
+    if result.skipped:
+        what = "outputs complete, skipped"
+    else:
+        engine = result.engine
+        skipped = f", {engine.blocks_skipped} skipped (resumed)" if engine is not None and engine.blocks_skipped else ""
+        what = f"{result.blocks_run} block(s) run{skipped}" + (f"; redone: {result.redone}" if result.redone else "")
+    run_logger(__name__).info(
+        "study %s: %s -> %s (stats %s) in %.1f s; %s", result.study, result.source, result.outputs.labels, result.outputs.stats, result.seconds, what
     )
 
 
@@ -223,7 +241,9 @@ def plan_studies(studies: str | list[str] | None, model: str | None, out: str | 
         raise InputError(str(cat.source) if cat else "model", "no model given", "pass model=<name or spec.yaml> or set model: in the catalog")
     base = cat.source.parent if (cat is not None and not model) else Path.cwd()
     todo, failures = distinct_names(items, output_stem)
-    return StudyPlan(out_dir=out_dir, model=_spec_path(model_name, base), todo=tuple(todo), failures=tuple(failures))
+    spec_path = _spec_path(model_name, base)
+    require_checkpoint(spec_path)
+    return StudyPlan(out_dir=out_dir, model=spec_path, todo=tuple(todo), failures=tuple(failures))
 
 
 def _spec_path(model: str, base: Path) -> str:

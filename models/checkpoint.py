@@ -58,6 +58,20 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> torch.nn.
     return network
 
 
+def require_checkpoint(spec: ModelSpec) -> None:
+    """Raise now when ``spec`` names a checkpoint file that is not there: a batch checks this once,
+    before any item, instead of failing every scene or study with the same error.
+
+    Raises:
+        CheckpointError: ``spec.checkpoint`` is set and is not a file.
+    """
+    if spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
+        raise CheckpointError(spec.checkpoint, f"checkpoint file not found (model '{spec.name}')", _MISSING_FIX)
+
+
+_MISSING_FIX = "train one with `segpipe train` or fix `checkpoint:` in the model spec; `segpipe models` lists which models have weights"
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state_dict (name -> tensor) from ``.safetensors`` or a plain torch file, on the CPU.
 

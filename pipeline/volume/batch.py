@@ -96,6 +96,10 @@ def segment_volumes(
         ModelSpecError, CheckpointError: the model itself is unusable (every study would fail).
     """
     check_volume_spec(spec)
+    if model is None:
+        from models.checkpoint import require_checkpoint
+
+        require_checkpoint(spec)  # once, not once per study (on Dask each task would load it)
     created = not Path(out_dir).exists()
     out_dir = prepare_output_dir(out_dir)
     try:
@@ -151,7 +155,8 @@ def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
             failures.append(StudyFailure(str(path), str(exc)))
             continue
         if stem in seen:
-            failures.append(StudyFailure(str(path), f"{path}: same output name '{stem}' as {seen[stem]} (rename one of them or run them into different --out folders)"))
+            message = f"{path}: same output name '{stem}' as {seen[stem]} (rename one of them or run them into different --out folders)"
+            failures.append(StudyFailure(str(path), message))
             continue
         seen[stem] = path
         todo.append(path)
@@ -188,17 +193,23 @@ def _unexpected(path: Path, exc: Exception) -> StudyFailure:
 def _run_on_dask(
     address: str, todo: list[Path], spec: ModelSpec, out_dir: Path, options: VolumeOptions, model: Any, progress: BatchProgress | None
 ) -> list[VolumeResult | StudyFailure]:
-    """One Dask task per study on the scheduler at ``address``; outcomes in input order."""
+    """One Dask task per study on the scheduler at ``address``; outcomes in input order.
+
+    Workers get absolute paths (inputs and ``out_dir``, against this process's working directory):
+    a worker resolves a relative path against its own. Failures keep the input as given.
+    """
     from distributed import as_completed
 
     from pipeline.dask_client import dask_client
 
+    out_abs = Path(os.path.abspath(out_dir))
     with dask_client(address) as client:
         futures = {}
         for index, path in enumerate(todo):
             if progress is not None:
                 progress.study_started(output_stem(path), index, len(todo))
-            futures[client.submit(_segment_one, path, spec, out_dir, options, model, None, key=f"segpipe-volume-{output_stem(path)}-{os.getpid()}-{index}", pure=False)] = index
+            key = f"segpipe-volume-{output_stem(path)}-{os.getpid()}-{index}"
+            futures[client.submit(_segment_one, Path(os.path.abspath(path)), spec, out_abs, options, model, None, key=key, pure=False)] = index
         outcomes: list[Any] = [None] * len(todo)
         for future in as_completed(futures):
             index = futures[future]
@@ -206,6 +217,8 @@ def _run_on_dask(
                 outcome = future.result()
             except Exception as exc:  # noqa: BLE001 - a lost worker must not stop the batch
                 outcome = StudyFailure(str(todo[index]), f"{todo[index]}: worker failed: {type(exc).__name__}: {exc}")
+            if isinstance(outcome, StudyFailure):
+                outcome = StudyFailure(str(todo[index]), outcome.message)
             outcomes[index] = outcome
             if progress is not None:
                 progress.study_finished(outcome)

@@ -27,18 +27,21 @@ def deployments(project) -> dict[str, dict]:
 
 
 def _load_flow(entrypoint: str):
+    """The flow of a module entrypoint (``flows.landcover:landcover``), as a deployment loads it."""
     from prefect.flows import load_flow_from_entrypoint
 
-    path, name = entrypoint.split(":")
-    assert (REPO / path).is_file(), entrypoint
-    return load_flow_from_entrypoint(str(REPO / path) + ":" + name)
+    module, _name = entrypoint.split(":")
+    assert (REPO / (module.replace(".", "/") + ".py")).is_file(), entrypoint
+    return load_flow_from_entrypoint(entrypoint)
 
 
 def test_prefect_yaml_deployments_point_at_the_flows(deployments):
     assert set(deployments) == {"nightly", "batch"}
     nightly, batch = deployments["nightly"], deployments["batch"]
-    assert nightly["entrypoint"] == "flows/landcover.py:landcover"
-    assert batch["entrypoint"] == "flows/volumes.py:segment_volumes"
+    # module entrypoints: a file entrypoint would load the flow as a top-level module ('landcover')
+    # that Dask worker processes cannot import (tests/flows/test_ops_deployed_dask.py)
+    assert nightly["entrypoint"] == "flows.landcover:landcover"
+    assert batch["entrypoint"] == "flows.volumes:segment_volumes"
     assert _load_flow(nightly["entrypoint"]).name == "landcover"
     assert _load_flow(batch["entrypoint"]).name == "segment-volumes"
     for d in (nightly, batch):
@@ -94,7 +97,8 @@ def test_k8s_work_pool_requests_one_gpu(k8s):
     pod = rendered["job_manifest"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert pod["containers"][0]["image"] == defaults["image"] == "segpipe:0.1.0"
+    assert pod["containers"][0]["image"] == defaults["image"] == "registry.example.com/segpipe:0.1.0"  # says: push to your registry
+    assert pod["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}  # the image's user writes /data
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "segpipe-data"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert rendered["env"]["SEGPIPE_OUT"].startswith("/data/")

@@ -176,7 +176,7 @@ def test_deployments_run_on_a_real_server(tmp_path):
         assert len(schedules) == 1 and schedules[0]["active"] is True
         assert schedules[0]["schedule"]["cron"] == "0 2 * * *"
         assert schedules[0]["schedule"]["timezone"] == "Europe/Berlin"
-        assert nightly["work_pool_name"] == POOL and nightly["entrypoint"] == "flows/landcover.py:landcover"
+        assert nightly["work_pool_name"] == POOL and nightly["entrypoint"] == "flows.landcover:landcover"
         batch = _get(f"{api}/deployments/name/segment-volumes/batch")
         assert batch["work_pool_name"] == POOL and batch["schedules"] == []
 

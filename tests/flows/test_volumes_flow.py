@@ -135,7 +135,7 @@ def test_skip_checks_what_was_segmented(batch, tmp_path):
     assert skipped.skipped == ("ct-b",) and [f.error for f in skipped.failures] == ["InputError"]
     assert skipped.failures[0].message == (
         f"{out}/ct-a.*: was made from {(studies / 'ct-a.nii.gz').resolve()}, not {(elsewhere / 'ct-a.nii.gz').resolve()} "
-        "(use another --out, rename the input, or --force to replace it)"
+        "(use another out=, rename the input, or force=True to replace it)"  # flow parameters, not CLI options
     )
     np.testing.assert_array_equal(np.asarray(nib.load(str(out / "ct-a.labels.nii.gz")).dataobj).transpose(2, 1, 0), expected)
 
