@@ -50,7 +50,7 @@ from flows._runtime import (
 )
 from flows.catalog import check_bands, expand, is_remote, load_scene_catalog, model_ref
 from pipeline.errors import InputError
-from pipeline.known_warnings import ignore_known_warnings, known_warnings_ignored
+from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
 
 FLOW_NAME = "landcover"
@@ -79,6 +79,7 @@ class SceneOutput:
     stats: str
     quicklook: str
     seconds: float
+    skipped: bool = False  # done already for this time (a retried run): nothing redone
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def segment_scene(
         stats=str(result.stats_path),
         quicklook=str(result.quicklook_path),
         seconds=float(result.seconds),
+        skipped=result.skipped,
     )
 
 
@@ -142,6 +144,8 @@ def _log_scene(result) -> None:
     """One line per scene in the run's logs: input, outputs, seconds, blocks run and skipped."""
     engine = result.engine
     blocks = f"{engine.blocks_run} block(s) run, {engine.blocks_skipped} skipped" if engine is not None else "no blocks run"
+    if result.skipped:
+        blocks = "skipped: done already for this time (same input, model and regions; force=True redoes it)"
     run_logger(__name__).info(
         "scene %s: %s -> %s (stats %s) in %.1f s; %s", result.scene, result.info.path, result.labels_path,
         result.stats_path if result.stats.sizes.get("region") else "none: no region meets the scene", result.seconds, blocks,
@@ -353,15 +357,13 @@ def _run_time(given: str | None) -> str:
 def area_rows(store: str | Path, time: str, scenes: list[str]) -> list[dict]:
     """Rows ``scene, region, class, area_ha, area_m2, share`` of ``scenes`` at ``time`` in a ``stats.zarr``."""
     import numpy as np
-    import xarray as xr
 
     from pipeline.raster.stats import to_datetime64
+    from pipeline.stats_store import open_stats
 
     if not scenes or not (Path(store) / "zarr.json").is_file():
         return []
-    with known_warnings_ignored():
-        ds = xr.open_zarr(store)
-    with ds:
+    with open_stats(store) as ds:  # a snapshot under the store's shared lock
         t = to_datetime64(time)
         if t not in ds.time.values:
             return []

@@ -237,3 +237,26 @@ def test_scenes_in_flight_grow_on_a_gpu_machine_only(monkeypatch):
     assert local_scenes_in_flight("cpu") == 2
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert local_scenes_in_flight("auto") == 2
+
+
+def test_a_retried_night_skips_the_scenes_it_finished(scenes, tmp_path):
+    """A run that crashed after its first scene is retried with the same time: the finished scene
+    is skipped (its label COG not rewritten), the other segmented, the statistics complete."""
+    folder, spec, labels, cells = scenes
+    out = tmp_path / "out"
+    night = "2024-06-01T01:00:00"
+    common = {"model": str(spec), "regions": str(folder / "districts.gpkg"), "region_field": "district", "out": str(out),
+              "device": "cpu", "block": 32, "time": night}
+    first = landcover(scenes=[str(folder / "west.tif")], **common)
+    assert [o.skipped for o in first.outputs] == [False]
+    stamp = (out / "west.labels.tif").stat().st_mtime_ns
+
+    retry = landcover(scenes=[str(folder / "west.tif"), str(folder / "east.tif")], **common)
+    assert [(o.name, o.skipped) for o in retry.outputs] == [("west", True), ("east", False)]
+    assert (out / "west.labels.tif").stat().st_mtime_ns == stamp
+    for name, expected in labels.items():
+        with rasterio.open(out / f"{name}.labels.tif") as src:
+            np.testing.assert_array_equal(src.read(1), expected)
+    with xr.open_zarr(out / "stats.zarr") as ds:
+        assert ds.sizes["time"] == 1 and sorted(ds.scene.values.tolist()) == ["east", "west"]
+        assert not bool(ds.area_m2.sel(scene="west").isnull().all())
