@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         TimeElapsedColumn,
     )
 
+    from models.checkpoint import require_checkpoint
     from models.spec import load_spec
     from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
     from pipeline.raster.ingest import scene_stem
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.model)
     if spec.task != "raster":
         raise InputError(args.model, f"model task is '{spec.task}'", "use a raster model with `segpipe raster`")
+    require_checkpoint(spec)  # once, before any scene (with --dask-address each worker would load it)
     when = to_datetime64(args.time)
     if not args.dask_address:  # with Dask the device is the workers'
         check_device(args.device)

@@ -49,3 +49,24 @@ def test_flows_fail_once_before_any_item(studies, tmp_path):
     assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
     state = landcover(scenes=[str(tmp_path / "x.tif")], model="landcover-unet", out=str(tmp_path / "l"), device="cpu", return_state=True)
     assert state.is_failed() and "checkpoint file not found (model 'landcover-unet')" in state.message
+
+
+def test_raster_cli_refuses_a_model_without_weights_once(tmp_path, capsys):
+    """`segpipe raster` too: exit 2 before any scene, even with --dask-address (the workers would each fail)."""
+    import rasterio
+    from affine import Affine
+
+    from pipeline.cli import main
+
+    scenes = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.tif"
+        profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 4, "dtype": "uint8", "crs": "EPSG:32633", "transform": Affine(10, 0, 500_000, 0, -10, 6e6)}
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.zeros((4, 8, 8), np.uint8))
+        scenes.append(str(path))
+    code = main(["raster", *scenes, "--model", "landcover-unet", "--out", str(tmp_path / "out"), "--device", "cpu", "--dask-address", "tcp://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("checkpoint file not found") == 1 and "model 'landcover-unet'" in err
+    assert not (tmp_path / "out").exists()
