@@ -94,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.model)
     if spec.task != "raster":
         raise InputError(args.model, f"model task is '{spec.task}'", "use a raster model with `segpipe raster`")
-    require_checkpoint(spec)  # once, before any scene (with --dask-address each worker would load it)
     when = to_datetime64(args.time)
     if not args.dask_address:  # with Dask the device is the workers'
         check_device(args.device)
@@ -114,17 +113,19 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[red]error[/red] {escape(str(problem))}", soft_wrap=True)
     failed = [image for image in args.images if image in rejected]
     todo = [image for image in args.images if image not in rejected]
-    client = _dask_client(args.dask_address) if args.dask_address and todo else None
-    model = None
-    if client is None and todo:
-        from models.checkpoint import load_model
+    model, client = None, None
+    try:  # an unusable model, checkpoint or --dask-address (exit 2) leaves no empty --out behind
+        if todo:
+            require_checkpoint(spec)  # once, before any scene (with --dask-address each worker would fail on it)
+            client = _dask_client(args.dask_address) if args.dask_address else None
+        if client is None and todo:
+            from models.checkpoint import load_model
 
-        try:
             model = load_model(spec, args.device)
-        except BaseException:  # an unusable model or checkpoint (exit 2) leaves no empty --out behind
-            for folder in reversed(created):
-                remove_if_empty(folder)
-            raise
+    except BaseException:
+        for folder in reversed(created):
+            remove_if_empty(folder)
+        raise
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=False) as bar:
