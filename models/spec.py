@@ -170,6 +170,8 @@ def spec_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> ModelS
     _check_normalize(normalize, in_channels, where)
     name = raw.get("name")
     orientation = raw.get("orientation")
+    if orientation is not None and task != "volume":  # a raster is read on its own grid: nothing would reorient it
+        raise ModelSpecError(where, f"orientation {orientation!r} is set on a {task} model", "remove orientation: (it applies to volume models), or null")
     return ModelSpec(
         name=(source.stem if source else "model") if name is None else text(name, "name", where, "write name: my-model"),
         task=task,

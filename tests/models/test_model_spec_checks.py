@@ -159,3 +159,9 @@ def test_scale_factor_zero_names_the_spec_file(tmp_path):
 def test_duplicate_class_names_are_refused(tmp_path):
     classes = [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}, {"id": 2, "name": "b"}]
     refused(write(tmp_path, classes=classes), "class names are not unique: ['b']", "give every class its own name")
+
+
+def test_orientation_on_a_raster_spec_is_refused(tmp_path):
+    """It would be silently ignored: rasters are segmented on their own grid."""
+    refused(write(tmp_path, orientation="RAS"), "orientation 'RAS' is set on a raster model", "applies to volume models")
+    assert load_spec(write(tmp_path, orientation=None)).orientation is None
