@@ -53,6 +53,23 @@ class Failure:
     message: str
 
 
+PARTIAL_STATE_NAME = "Completed with failures"
+
+
+def finished(report: Any, *, done: int, failed: int, what: str, artifact: str) -> Any:
+    """What a batch flow returns: ``report`` itself when nothing failed; else a COMPLETED state named
+    :data:`PARTIAL_STATE_NAME` carrying ``report``. The type stays COMPLETED (the other items are
+    done, and callers still get the report), but the name shows in the UI and in the run's events
+    (``prefect.flow-run.Completed with failures``), so an automation can alert on a night that lost
+    items. (All items failed: the flows raise :class:`AllItemsFailedError` instead.)"""
+    if not failed:
+        return report
+    from prefect.states import Completed
+
+    message = f"{failed} of {done + failed} {what} failed; see the {artifact} artifact"
+    return Completed(name=PARTIAL_STATE_NAME, message=message, data=report)
+
+
 def output_root(out: str | os.PathLike | None, catalog_output: Path | None, flow: str) -> Path:
     """The folder a flow run writes to.
 

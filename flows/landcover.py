@@ -39,6 +39,7 @@ from flows._runtime import (
     distinct_names,
     failure_of,
     failures_table,
+    finished,
     in_flight,
     outcome,
     output_root,
@@ -198,7 +199,9 @@ def landcover(
             file of the same name, as ``segpipe raster --force``; default: such a scene fails.
 
     Returns:
-        The report; failures are listed there and in the ``landcover-failures`` artifact.
+        The report; failures are listed there and in the ``landcover-failures`` artifact. When some
+        (not all) scenes failed the run ends COMPLETED under the name ``Completed with failures``
+        (:func:`flows._runtime.finished`), something to alert on.
 
     Raises:
         InputError: no scenes or no model given.
@@ -232,7 +235,7 @@ def landcover(
     _publish(report)
     if not outputs:
         raise AllItemsFailedError(f"landcover: all {len(failures)} scene(s) failed; see the landcover-failures artifact")
-    return report
+    return finished(report, done=len(outputs), failed=len(failures), what="scene(s)", artifact="landcover-failures")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from flows._runtime import (
     distinct_names,
     failure_of,
     failures_table,
+    finished,
     in_flight,
     outcome,
     output_root,
@@ -176,7 +177,8 @@ def segment_volumes(
             to every study; a 3D file or a DICOM folder given with it fails).
 
     Returns:
-        The report; failures are listed there and in the ``segment-volumes-failures`` artifact.
+        The report; failures are listed there and in the ``segment-volumes-failures`` artifact. When
+        some (not all) studies failed the run ends COMPLETED under the name ``Completed with failures``.
 
     Raises:
         InputError: no studies or no model given.
@@ -208,7 +210,7 @@ def segment_volumes(
     _publish(report)
     if not outputs:
         raise AllItemsFailedError(f"segment-volumes: all {len(failures)} study(ies) failed; see the segment-volumes-failures artifact")
-    return report
+    return finished(report, done=len(outputs), failed=len(failures), what="study(ies)", artifact="segment-volumes-failures")
 
 
 def plan_studies(studies: str | list[str] | None, model: str | None, out: str | None) -> StudyPlan:

@@ -99,6 +99,7 @@ def test_catalog_run_writes_georeferenced_labels_areas_and_artifacts(scenes, tmp
     state = landcover(catalog=str(catalog), device="cpu", block=32, return_state=True)
 
     assert state.is_completed(), state.message
+    assert state.name == "Completed with failures" and state.message == "1 of 3 scene(s) failed; see the landcover-failures artifact"
     report = state.result()
     out = tmp_path / "out"
     assert Path(report.out_dir) == out.resolve()
