@@ -67,8 +67,9 @@ def _labels(path: Path) -> np.ndarray:
         return src.read(1)
 
 
-def _wait_for(condition, seconds: float = 30.0) -> bool:
-    """Poll ``condition`` until true (the engine writes blocks on a thread of its own) or ``seconds`` pass."""
+def wait_for(condition, seconds: float = 30.0) -> bool:
+    """Poll ``condition`` until true (the engine writes blocks on a thread of its own) or ``seconds`` pass.
+    Also used by tests/volume/test_volume_work_lock.py."""
     end = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > end:
@@ -104,7 +105,7 @@ def test_second_run_fails_at_once_and_leaves_the_first_alone(scene, tmp_path):
         assert in_segment.wait(60), results
         work = out / ".work"
         assert (work / "scene.lock").read_text() == f"{os.getpid()}\n"
-        assert _wait_for(lambda: any((out / ".work/scene.zarr/labels/c/").rglob("*")))  # mid-segment: a block written
+        assert wait_for(lambda: any((out / ".work/scene.zarr/labels/c/").rglob("*")))  # mid-segment: a block written
         before = _snapshot(out)
         with pytest.raises(InputError) as caught:
             _run(scene, out)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ from pipeline.volume.batch import segment_volumes
 from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import WORK_DIR, segment_volume
 from pipeline.work_lock import work_lock
+from tests.raster.test_work_lock import wait_for
 
 OPTIONS = VolumeOptions(device="cpu", block=(4, 16, 16))
 LOCKED = "another segpipe run is segmenting this study into this folder"
@@ -25,16 +25,6 @@ LOCKED = "another segpipe run is segmenting this study into this folder"
 
 def _labels(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj).T
-
-
-def _wait_for(condition, seconds: float = 30.0) -> bool:
-    """Poll ``condition`` until true (the engine writes blocks on a thread of its own) or ``seconds`` pass."""
-    end = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -68,7 +58,7 @@ def test_second_run_fails_at_once_and_the_first_gets_the_solo_labels(vh, tmp_pat
     try:
         assert in_engine.wait(60), results
         assert (out / WORK_DIR / "ct.lock").read_text() == f"{os.getpid()}\n"
-        assert _wait_for(lambda: any((out / f"{WORK_DIR}/ct/out.zarr/c/").rglob("*")))  # mid-segment: a block written
+        assert wait_for(lambda: any((out / f"{WORK_DIR}/ct/out.zarr/c/").rglob("*")))  # mid-segment: a block written
         before = _snapshot(out)
         with pytest.raises(InputError) as caught:
             segment_volume(study, spec, out, OPTIONS, model=vh.per_voxel_model())
