@@ -102,19 +102,16 @@ def check_store_accepts(
             check_replacement(ds[["source"]].load(), store, time=time, scene=scene, source=source, force=force)
 
 
-def entry_done(store: str | Path, *, time: np.datetime64, scene: str, provenance) -> bool:
-    """Whether ``store`` already holds the entry ``(time, scene)`` made exactly as this run would
-    make it: same source, model, checkpoint, regions and inputs (:mod:`pipeline.raster.provenance`;
-    the segpipe version may differ). A retried nightly run (same scheduled time) then skips the scene.
-    Entries without a recorded provenance (older segpipe) are never taken as done."""
-    store = Path(store)
-    if not (store / "zarr.json").is_file():
+def entry_done(ds: xr.Dataset, *, time: np.datetime64, scene: str, provenance) -> bool:
+    """Whether the statistics ``ds`` (a snapshot: :func:`pipeline.stats_store.open_stats`) already
+    hold the entry ``(time, scene)`` made exactly as this run would make it: same source, model,
+    checkpoint, regions and inputs (:mod:`pipeline.raster.provenance`; the segpipe version may
+    differ). A retried nightly run (same scheduled time) then skips the scene. Entries without a
+    recorded provenance (older segpipe) are never taken as done."""
+    names = [n for n in provenance.as_dict() if n != "segpipe_version"]
+    if any(n not in ds.variables for n in names) or time not in ds["time"].values or scene not in ds["scene"].values:
         return False
-    with open_stats(store) as ds:  # a snapshot under the store's shared lock: another run may be appending
-        names = [n for n in provenance.as_dict() if n != "segpipe_version"]
-        if any(n not in ds.variables for n in names) or time not in ds["time"].values or scene not in ds["scene"].values:
-            return False
-        recorded = ds[names].sel(time=time, scene=scene).load()
+    recorded = ds[names].sel(time=time, scene=scene)
     wanted = provenance.as_dict()
     return bool(wanted["inputs_sha256"]) and all(str(recorded[n].values.item()) == wanted[n] for n in names)
 

@@ -235,9 +235,12 @@ def _done_already(out_dir: Path, stem: str, run_time: np.datetime64, provenance:
     from pipeline.engine import EngineReport
 
     labels, quicklook, store = out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.quicklook.png", out_dir / STATS_STORE
-    if not (labels.is_file() and quicklook.is_file() and entry_done(store, time=run_time, scene=stem, provenance=provenance)):
+    if not (labels.is_file() and quicklook.is_file() and (store / "zarr.json").is_file()):
         return None
-    stats = open_stats(store).sel(time=run_time, scene=stem)
+    ds = open_stats(store)  # one snapshot for the check and the stored entry
+    if not entry_done(ds, time=run_time, scene=stem, provenance=provenance):
+        return None
+    stats = ds.sel(time=run_time, scene=stem)
     log.info("%s: done already for %s (same input, model and regions); skipped (force redoes it)", stem, np.datetime_as_string(run_time, unit="s"))
     return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
 
