@@ -6,6 +6,7 @@ flow run starts.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -253,6 +254,32 @@ def _in_run_context(record: logging.LogRecord) -> bool:
     return bool(getattr(record, "flow_run_id", None) or TaskRunContext.get() or FlowRunContext.get())
 
 
+def _flow_wording_handler_class() -> type:
+    from prefect.logging.handlers import APILogHandler
+
+    class FlowWordingHandler(APILogHandler):
+        """Prefect's API log handler sending the library's records in the flows' words
+        (:func:`flow_wording`: ``--regions`` -> ``regions=``); other handlers keep the record as it is."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            reworded = copy.copy(record)
+            reworded.msg, reworded.args = flow_wording(record.getMessage()), None
+            super().emit(reworded)
+
+    return FlowWordingHandler
+
+
+def _flow_wording_handler() -> logging.Handler:
+    """A new :class:`FlowWordingHandler` (the class is made on first use: Prefect is imported lazily)."""
+    global _HANDLER_CLASS
+    if _HANDLER_CLASS is None:
+        _HANDLER_CLASS = _flow_wording_handler_class()
+    return _HANDLER_CLASS()
+
+
+_HANDLER_CLASS: type | None = None
+
+
 @contextmanager
 def library_logs_to_run(level: int = logging.INFO) -> Iterator[None]:
     """Send the library's log records (:data:`LIBRARY_LOGGERS`, ``level`` and above) to the current
@@ -272,7 +299,7 @@ def library_logs_to_run(level: int = logging.INFO) -> Iterator[None]:
                 logger = logging.getLogger(name)
                 handler = None
                 if not any(isinstance(h, APILogHandler) for h in logger.handlers):
-                    handler = APILogHandler()
+                    handler = _flow_wording_handler()
                     handler.addFilter(_in_run_context)
                     logger.addHandler(handler)
                 _LOGS_SAVED.append((logger, logger.level, handler))

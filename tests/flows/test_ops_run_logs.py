@@ -74,3 +74,27 @@ def test_each_study_task_logs_a_summary_line(tmp_path, pointwise_spec):
     (summary,) = [e for e in _run_logs(state.state_details.flow_run_id) if e["message"].startswith("study ct:")]
     assert str(study) in summary["message"] and "ct.labels.nii.gz" in summary["message"] and "block(s) run" in summary["message"]
     assert summary["task_run_id"] is not None
+
+
+def test_library_records_in_the_run_logs_name_flow_parameters_not_cli_options(tmp_path, pointwise_spec):
+    """The library words its advice for the command line (``--region-field``); a flow's user reads
+    ``region_field=`` in the run logs, while the library's own record is left unchanged."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from flows.landcover import landcover
+
+    scene = tmp_path / "tile.tif"
+    profile = {"driver": "GTiff", "width": 16, "height": 16, "count": 4, "dtype": "uint16", "crs": CRS, "transform": Affine(10, 0, 500_000, 0, -10, 5_350_000)}
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(np.full((4, 16, 16), 1800, np.uint16))
+    regions = tmp_path / "unnamed.gpkg"  # no 'name' attribute: regions are named by feature number, with a warning
+    gpd.GeoDataFrame({"code": [7]}, geometry=[box(500_000, 5_349_840, 500_160, 5_350_000)], crs=CRS).to_file(regions, driver="GPKG")
+    spec = pointwise_spec(tmp_path / "model", task="raster", weight=np.array([[0.0, 0, 0, 0], [0, 0, 0, 1]]), bias=np.array([0.0, -1500.0]),
+                          classes=[(0, "water"), (1, "forest")], window=[8, 8])
+
+    state = landcover(scenes=[str(scene)], model=str(spec), regions=str(regions), out=str(tmp_path / "out"), device="cpu", return_state=True)
+    assert state.is_completed(), state.message
+
+    (warning,) = [e["message"] for e in _run_logs(state.state_details.flow_run_id) if "feature number" in e["message"]]
+    assert "region_field=" in warning and "--region-field" not in warning, warning
