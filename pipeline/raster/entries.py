@@ -85,21 +85,30 @@ def check_replacement(old: xr.Dataset, store: str | Path, *, time: np.datetime64
 
 
 def check_store_accepts(
-    store: str | Path, *, time: np.datetime64 | None, scene: str, source: str | None, classes: ClassTable, force: bool = False
+    store: str | Path,
+    *,
+    time: np.datetime64 | None,
+    scene: str,
+    source: str | None,
+    classes: ClassTable,
+    force: bool = False,
+    snapshot: xr.Dataset | None = None,
 ) -> None:
     """Both rules against the store as it is now (absent: nothing to check); call before any work.
-    ``source`` None checks the class table only.
+    ``source`` None checks the class table only. ``snapshot``: the store already opened with
+    :func:`pipeline.stats_store.open_stats` (the caller reuses it), else the store is opened here.
 
     Raises:
         InputError: see :func:`check_replacement` and :func:`check_class_table`.
     """
     store = Path(store)
-    if not (store / "zarr.json").is_file():
-        return
-    with open_stats(store) as ds:  # a snapshot under the store's shared lock: another run may be appending
-        check_class_table(class_table(ds), classes, store)
-        if source is not None and "source" in ds.variables and time in ds["time"].values and scene in ds["scene"].values:
-            check_replacement(ds[["source"]].load(), store, time=time, scene=scene, source=source, force=force)
+    if snapshot is None:
+        if not (store / "zarr.json").is_file():
+            return
+        snapshot = open_stats(store)  # a snapshot under the store's shared lock: another run may be appending
+    check_class_table(class_table(snapshot), classes, store)
+    if source is not None and "source" in snapshot.variables and time in snapshot["time"].values and scene in snapshot["scene"].values:
+        check_replacement(snapshot[["source"]], store, time=time, scene=scene, source=source, force=force)
 
 
 def entry_done(ds: xr.Dataset, *, time: np.datetime64, scene: str, provenance) -> bool:

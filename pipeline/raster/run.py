@@ -179,12 +179,14 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     # validate everything before writing anything
     check_stats_store(out_dir / STATS_STORE, "raster")
     provenance = provenance_of(image, spec, regions, region_field=region_field, bands=bands)
+    store = out_dir / STATS_STORE
+    snapshot = open_stats(store) if (store / "zarr.json").is_file() else None  # one read of the store for both checks
     check_store_accepts(
-        out_dir / STATS_STORE, time=run_time, scene=stem, source=provenance.source, classes=[(c.id, c.name) for c in spec.classes], force=force
+        store, time=run_time, scene=stem, source=provenance.source, classes=[(c.id, c.name) for c in spec.classes], force=force, snapshot=snapshot
     )
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
-    if not force:
-        done = _done_already(out_dir, stem, run_time, provenance, info, started)
+    if not force and snapshot is not None:
+        done = _done_already(out_dir, stem, snapshot, run_time, provenance, info, started)
         if done is not None:
             return done
     region_set = _regions_for(regions, info, region_field, stem)
@@ -230,17 +232,19 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     return RasterResult(stem, labels_path, stats_path, quicklook_path, info, stats, report, _time.perf_counter() - started, watch.seconds)
 
 
-def _done_already(out_dir: Path, stem: str, run_time: np.datetime64, provenance: Provenance, info: RasterInfo, started: float) -> RasterResult | None:
-    """The skipped scene's :class:`RasterResult` when its work is done already, else None."""
+def _done_already(
+    out_dir: Path, stem: str, snapshot: xr.Dataset, run_time: np.datetime64, provenance: Provenance, info: RasterInfo, started: float
+) -> RasterResult | None:
+    """The skipped scene's :class:`RasterResult` when its work is done already (its entry in the
+    statistics ``snapshot`` and its files), else None."""
     from pipeline.engine import EngineReport
 
     labels, quicklook, store = out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.quicklook.png", out_dir / STATS_STORE
-    if not (labels.is_file() and quicklook.is_file() and (store / "zarr.json").is_file()):
+    if not (labels.is_file() and quicklook.is_file()):
         return None
-    ds = open_stats(store)  # one snapshot for the check and the stored entry
-    if not entry_done(ds, time=run_time, scene=stem, provenance=provenance):
+    if not entry_done(snapshot, time=run_time, scene=stem, provenance=provenance):
         return None
-    stats = ds.sel(time=run_time, scene=stem)
+    stats = snapshot.sel(time=run_time, scene=stem)
     log.info("%s: done already for %s (same input, model and regions); skipped (force redoes it)", stem, np.datetime_as_string(run_time, unit="s"))
     return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
 
