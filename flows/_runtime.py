@@ -206,6 +206,21 @@ def outcome(future: Any) -> tuple[Any, BaseException | None, str | None]:
     return None, exc if isinstance(exc, BaseException) else None, state.message
 
 
+def collect(todo: Sequence[tuple[str, str]], futures: Sequence[Any], noun: str, logger: Any) -> tuple[list[Any], list[Failure]]:
+    """The results of the finished ``futures`` (one per ``(name, item)`` of ``todo``) and a
+    :class:`Failure` for each that failed, logged as ``"<noun> <name> failed: ..."``."""
+    outputs: list[Any] = []
+    failures: list[Failure] = []
+    for (name, item), future in zip(todo, futures):
+        result, exc, message = outcome(future)
+        if result is not None:
+            outputs.append(result)
+        else:
+            failures.append(failure_of(item, exc, message))
+            logger.warning("%s %s failed: %s", noun, name, failures[-1].message)
+    return outputs, failures
+
+
 def dask_runner(address: str | None) -> Any:
     """A ``DaskTaskRunner`` on the scheduler at ``address`` (a context manager), or a no-op context when None."""
     if not address:

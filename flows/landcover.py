@@ -35,13 +35,12 @@ from flows._runtime import (
     AllItemsFailedError,
     Failure,
     cached_model,
+    collect,
     dask_runner,
     distinct_names,
-    failure_of,
     failures_table,
     finished,
     in_flight,
-    outcome,
     output_root,
     require_checkpoint,
     retry_on_io_error,
@@ -223,14 +222,8 @@ def landcover(
     with dask_runner(dask_address) as runner:
         limit = in_flight(max_parallel, dask_address, local_scenes_in_flight(device))
         futures = submit_bounded(segment_scene, calls, limit=limit, runner=runner)
-        outputs = []
-        for (name, scene), future in zip(plan.todo, futures):
-            result, exc, message = outcome(future)
-            if result is not None:
-                outputs.append(result)
-            else:
-                failures.append(failure_of(scene, exc, message))
-                logger.warning("scene %s failed: %s", name, failures[-1].message)
+        outputs, failed = collect(plan.todo, futures, "scene", logger)
+    failures += failed
     report = LandcoverReport(out_dir=str(plan.out_dir), time=stamp, outputs=tuple(outputs), failures=tuple(failures))
     _publish(report)
     if not outputs:

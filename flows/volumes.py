@@ -31,13 +31,12 @@ from flows._runtime import (
     AllItemsFailedError,
     Failure,
     cached_model,
+    collect,
     dask_runner,
     distinct_names,
-    failure_of,
     failures_table,
     finished,
     in_flight,
-    outcome,
     output_root,
     require_checkpoint,
     retry_on_io_error,
@@ -196,16 +195,11 @@ def segment_volumes(
     ]
     with dask_runner(dask_address) as runner:
         futures = submit_bounded(segment_study, calls, limit=in_flight(max_parallel, dask_address, 1), runner=runner)
-        outputs = []
-        for (name, study), future in zip(plan.todo, futures):
-            result, exc, message = outcome(future)
-            if result is not None:
-                outputs.append(result)
-                if result.skipped:
-                    logger.info("study %s: outputs complete, skipped (force=True redoes it)", name)
-            else:
-                failures.append(failure_of(study, exc, message))
-                logger.warning("study %s failed: %s", name, failures[-1].message)
+        outputs, failed = collect(plan.todo, futures, "study", logger)
+    failures += failed
+    for output in outputs:
+        if output.skipped:
+            logger.info("study %s: outputs complete, skipped (force=True redoes it)", output.name)
     report = VolumesReport(out_dir=str(plan.out_dir), outputs=tuple(outputs), failures=tuple(failures))
     _publish(report)
     if not outputs:
