@@ -78,6 +78,25 @@ def normalizer(spec_normalize: Normalize, stats: NormStats | None = None) -> Nor
     raise ModelSpecError("normalize", f"unknown kind {n.kind!r}", "use none, meanstd, window, zscore or scale")
 
 
+def neutral_values(spec_normalize: Normalize, channels: int, stats: NormStats | None = None) -> tuple[float, ...]:
+    """Per channel, the raw value that the normalisation maps to 0: what the model is given in place
+    of an invalid (nodata, NaN, transparent) value, so that a hole feeds the convolutions around it
+    the normalised data's neutral value instead of its raw fill (NaN, -9999, 0).
+
+    By kind: ``none`` and ``scale``: 0; ``meanstd``: ``mean[c]``; ``zscore``: the image's band mean
+    (``stats.mean[c]``); ``window``: ``min``. The normaliser maps each of them to exactly 0.0 in float32.
+
+    Args:
+        spec_normalize: the spec's ``normalize:`` entry.
+        channels: C, the number of channels of the image.
+        stats: the image statistics ``zscore`` needs (as for :func:`normalizer`).
+
+    Raises:
+        ModelSpecError: as :func:`normalizer`, or a number of mean/std values that fits neither 1 nor ``channels``.
+    """
+    return normalizer(spec_normalize, stats).neutral(channels)
+
+
 @dataclass(frozen=True)
 class _Affine:
     """``(clip(x, lo, hi) - shift[c]) / divisor[c]`` per channel; one value applies to every channel."""
@@ -98,6 +117,11 @@ class _Affine:
         if np.all(shift == 0) and np.all(divisor == 1):
             return x.copy() if x is image else x
         return ((x - shift) / divisor).astype(np.float32, copy=False)
+
+    def neutral(self, channels: int) -> tuple[float, ...]:
+        """Per channel, the raw value mapped to 0: ``shift[c]`` (inside ``[lo, hi]``: ``lo`` is the shift when clipping)."""
+        self._check_channels(channels)
+        return tuple(float(self.shift[c if len(self.shift) > 1 else 0]) for c in range(channels))
 
     def into(self, raw: np.ndarray, out: np.ndarray) -> None:
         """Normalise ``raw`` ``(C, *spatial)`` (any numeric dtype) into float32 ``out`` of the same shape

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -59,6 +59,14 @@ class ZarrRef:
         return array if mode == "r" else fast_writes(array)
 
 
+class SourceRef(Protocol):
+    """A picklable reference to the engine's source that every worker opens: ``open()`` returns the
+    ``(C, *spatial)`` array (a :class:`ZarrRef`, or a view of one such as
+    :class:`pipeline.raster.fill.FilledRef`, the image with nodata read as neutral values)."""
+
+    def open(self) -> Any: ...
+
+
 _MODELS: dict[str, torch.nn.Module] = {}
 
 
@@ -91,7 +99,7 @@ def _plan(source_shape: tuple[int, ...], config: EngineConfig) -> BlockPlan:
 
 
 def _compute_task(
-    source: ZarrRef, config: EngineConfig, key: str, factory: ModelFactory, preprocess: Preprocess | None,
+    source: SourceRef, config: EngineConfig, key: str, factory: ModelFactory, preprocess: Preprocess | None,
     b: Block, wanted: frozenset[Block],
 ) -> list[Piece]:
     array = source.open()
@@ -115,7 +123,7 @@ def _finalize_task(
 
 def run_engine_dask(
     client: Any,
-    source: ZarrRef,
+    source: SourceRef,
     model_key: str,
     model_factory: ModelFactory,
     config: EngineConfig,
@@ -129,7 +137,7 @@ def run_engine_dask(
 
     Args:
         client: a ``distributed.Client``.
-        source: zarr array ``(C, *spatial)`` readable from every worker.
+        source: reference to the ``(C, *spatial)`` source every worker reads (a :class:`ZarrRef` or another :class:`SourceRef`).
         model_key: names the model in the per-worker cache (e.g. the spec path and device).
         model_factory: picklable callable building the model on a worker.
         out, done: zarr arrays as for the local engine, writable from every worker.

@@ -2,14 +2,23 @@
 
 The store is an xarray/rioxarray-compatible group::
 
-    image        (band, y, x)  source dtype, chunks (C, block, block), _FillValue = nodata
-    mask         (y, x)        bool, True where the pixel is valid, chunks (block, block)
+    image        (band, y, x)  source dtype (raw values, nodata included), chunks (C, block, block), _FillValue = nodata
+    band_mask    (band, y, x)  bool, True where that band's value is valid, chunks (C, block, block)
+    mask         (y, x)        bool, True where the pixel is valid (any band valid), chunks (block, block)
     band         (band)        band names (descriptions, or "band_<i>")
     y, x         pixel-centre coordinates in CRS units (axis-aligned transforms only)
     spatial_ref  scalar with ``crs_wkt`` and ``GeoTransform`` (CF / GDAL conventions)
 
 so ``xr.open_zarr(store, decode_coords="all").rio.crs`` and ``.rio.transform()`` give the input's
-CRS and transform back. Memory is bounded by one ``(C, block, block)`` tile: the raster is never
+CRS and transform back.
+
+What is invalid (:func:`_read_tile`): a band's value is invalid where GDAL's mask for that band says
+so (its nodata value, an internal mask band), where it is NaN or +/-inf (float data, whatever the
+declared nodata), and, in every band, where an alpha band that is not fed to the model is 0
+(transparent). Bands whose colour interpretation is alpha are not data bands unless ``bands`` names
+them. A pixel is nodata only when all its bands are invalid (GDAL's convention: a dark RGB pixel with
+one zero band keeps its label); the model never sees an invalid band value (see
+:mod:`pipeline.raster.fill`). Memory is bounded by one ``(C, block, block)`` tile: the raster is never
 read whole. The store is written under a temporary name and renamed when complete, so an existing
 store at ``store_path`` is always complete; it is reused when its source signature matches.
 """
@@ -42,6 +51,9 @@ from pipeline.zarr_write import fast_writes
 log = logging.getLogger(__name__)
 
 STORE_ATTR = "segpipe_ingest"
+# what the store holds, in its signature: a store of another layout is ingested again, never reused
+# (2: band_mask, NaN/inf invalid, alpha bands not data bands by default and their transparency nodata)
+STORE_LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -158,28 +170,25 @@ def probe_raster(
 
 
 def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> RasterInfo:
-    if src.crs is None and _disguised(src, path):
-        raise InputError(path, f"a {src.driver} image with a GeoTIFF name and no CRS (not a GeoTIFF)", "give the real GeoTIFF/COG; re-export or re-download this one")
-    if src.crs is None:
-        raise InputError(path, "no CRS: the raster is not georeferenced", "assign one, e.g. `gdal_edit.py -a_srs EPSG:32618 FILE`, or export it as a GeoTIFF with its CRS")
-    if src.transform == Affine.identity() and not src.gcps[0] and not src.rpcs:
-        raise InputError(path, "no geotransform: the raster is not georeferenced", "assign one, e.g. `gdal_edit.py -a_ullr ULX ULY LRX LRY FILE`, or export it as a GeoTIFF with its georeferencing")
-    selected = tuple(int(b) for b in bands) if bands else tuple(range(1, src.count + 1))
+    _check_georeferenced(src, path)
+    alpha = alpha_bands(src)
+    data_bands = tuple(b for b in range(1, src.count + 1) if b not in alpha)
+    if not bands and not data_bands:
+        raise InputError(path, "every band is an alpha (transparency) band: no image data", "give the image's data bands with --bands, or another file")
+    selected = tuple(int(b) for b in bands) if bands else data_bands
     bad = [b for b in selected if not 1 <= b <= src.count]
     if bad:
         raise InputError(path, f"band(s) {bad} requested but the file has {src.count} band(s)", f"pick bands between 1 and {src.count} with --bands")
+    _check_real(src, path, selected)
     if in_channels is not None and len(selected) != in_channels:
         model = f"model '{model_name}'" if model_name else "the model"
-        what = f"{len(selected)} selected bands" if bands else f"{len(selected)} bands"
-        if src.count >= in_channels:
-            fix = f"pick bands with --bands {','.join(str(i) for i in range(1, in_channels + 1))}"
+        if bands:
+            what = f"{len(selected)} selected bands"
+        elif alpha:
+            what = f"{len(data_bands)} data band(s) plus {_alpha_words(alpha)}"
         else:
-            repeated = [*range(1, src.count + 1)] + [src.count] * (in_channels - src.count)
-            fix = (
-                f"give an image with {in_channels} bands, repeat bands to make {in_channels} with --bands "
-                f"(e.g. --bands {','.join(map(str, repeated))}), or use a model for {src.count}"
-            )
-        raise InputError(path, f"{what}, {model} needs {in_channels}", fix)
+            what = f"{len(selected)} bands"
+        raise InputError(path, f"{what}, {model} needs {in_channels}", _band_count_fix(src.count, data_bands, alpha, in_channels))
     dtype = np.result_type(*[np.dtype(src.dtypes[b - 1]) for b in selected])
     names = [src.descriptions[b - 1] or f"band_{b}" for b in selected]
     if len(set(names)) != len(names):
@@ -197,6 +206,96 @@ def _info_from_dataset(src, path: str, bands, in_channels, model_name) -> Raster
         band_names=tuple(names),
         bands=selected,
     )
+
+
+def _check_georeferenced(src, path: str) -> None:
+    """Refuse a raster without a regular georeferenced grid, naming what it has instead and the fix."""
+    if src.transform == Affine.identity():  # GDAL's default: no geotransform
+        gcps = src.gcps[0]
+        if gcps:
+            raise InputError(
+                path,
+                f"georeferenced by {len(gcps)} ground control points (GCPs), not by a geotransform: its pixels are not on a regular grid",
+                "warp it to a regular grid first, e.g. `gdalwarp -r near FILE gridded.tif` (nearest neighbour keeps the pixel values; "
+                "-t_srs EPSG:... picks the CRS), and segment gridded.tif",
+            )
+        if src.rpcs:
+            raise InputError(
+                path,
+                "georeferenced by rational polynomial coefficients (RPCs), not by a geotransform: its pixels are not on a regular grid",
+                "orthorectify it to a regular grid first, e.g. `gdalwarp -rpc -r near FILE gridded.tif` (add `-to RPC_DEM=dem.tif` "
+                "for terrain), and segment gridded.tif",
+            )
+    if src.crs is None and _disguised(src, path):
+        raise InputError(
+            path, f"a {src.driver} image with a GeoTIFF name and no CRS (not a GeoTIFF)", "give the real GeoTIFF/COG; re-export or re-download this one"
+        )
+    if src.crs is None:
+        raise InputError(
+            path, "no CRS: the raster is not georeferenced", "assign one, e.g. `gdal_edit.py -a_srs EPSG:32618 FILE`, or export it as a GeoTIFF with its CRS"
+        )
+    if src.transform == Affine.identity():
+        raise InputError(
+            path,
+            "no geotransform: the raster is not georeferenced",
+            "assign one, e.g. `gdal_edit.py -a_ullr ULX ULY LRX LRY FILE`, or export it as a GeoTIFF with its georeferencing",
+        )
+
+
+def _check_real(src, path: str, selected: Sequence[int]) -> None:
+    """Refuse complex (or other non-real) bands before any work: the models take real values, and
+    numpy would drop the imaginary part (or fail) deep inside the run."""
+    for b in selected:
+        name = src.dtypes[b - 1]
+        try:
+            kind = np.dtype(name).kind
+        except TypeError:  # rasterio's complex_int16 has no numpy dtype
+            kind = "c" if name.startswith("complex") else "?"
+        if kind == "c":
+            raise InputError(
+                path,
+                f"band {b} holds complex values ({name}, e.g. SAR SLC): the models take real values",
+                'convert it first, e.g. to the magnitude with `gdal_calc.py -A FILE --allBands=A --calc="abs(A)" --type=Float32 --outfile=amplitude.tif` '
+                "(or a VRT band with the 'mod' pixel function), and segment that",
+            )
+        if kind not in "biuf":
+            raise InputError(
+                path,
+                f"band {b} has data type {name}, which segpipe cannot read as numbers",
+                "convert it to an integer or float type, e.g. with `gdal_translate -ot Float32`",
+            )
+
+
+def alpha_bands(src) -> tuple[int, ...]:
+    """1-based indexes of the bands whose colour interpretation is alpha (transparency)."""
+    from rasterio.enums import ColorInterp
+
+    return tuple(b for b, interp in enumerate(src.colorinterp, start=1) if interp == ColorInterp.alpha)
+
+
+def _alpha_words(alpha: Sequence[int]) -> str:
+    if len(alpha) == 1:
+        return f"an alpha band (band {alpha[0]})"
+    return f"{len(alpha)} alpha bands (bands {', '.join(map(str, alpha))})"
+
+
+def _band_count_fix(count: int, data_bands: Sequence[int], alpha: Sequence[int], in_channels: int) -> str:
+    n = len(data_bands)
+    if n >= in_channels:
+        fix = f"pick bands with --bands {','.join(str(b) for b in data_bands[:in_channels])}"
+    else:
+        repeated = [*data_bands] + [data_bands[-1]] * (in_channels - n)
+        fix = (
+            f"give an image with {in_channels} bands, repeat bands to make {in_channels} with --bands "
+            f"(e.g. --bands {','.join(map(str, repeated))}), or use a model for {n}"
+        )
+    if alpha and n < in_channels <= count:  # e.g. an RGBN file whose near-infrared band is tagged alpha
+        everything = ",".join(str(b) for b in range(1, in_channels + 1))
+        fix += (
+            f"; if the alpha band holds image data (e.g. near-infrared: GDAL tags the 4th band of a 4-band 8-bit GeoTIFF alpha unless told "
+            f"otherwise), feed it with --bands {everything}"
+        )
+    return fix
 
 
 def _disguised(src, path: str) -> bool:
@@ -249,6 +348,9 @@ def ingest_raster(
     # reads 2.6-3.5 -> 1.5 s on 2 cores, and the ingest is the largest stage outside the engine
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), open_raster(path_or_url) as src:
         info = _info_from_dataset(src, str(path_or_url), bands, in_channels, model_name)
+        fed_alpha = [b for b in alpha_bands(src) if b in info.bands]
+        if fed_alpha:
+            log.info("%s: band(s) %s tagged alpha are fed to the model as data (--bands): they mark no pixel transparent", path_or_url, fed_alpha)
         signature = _signature(path_or_url, info, block)
         if _existing_signature(store_path) == signature:
             log.info("%s: reusing complete ingest %s", path_or_url, store_path)
@@ -279,10 +381,11 @@ def band_stats(store_path: str | Path) -> dict[str, list[float]]:
 
 
 def every_pixel_valid(store_path: str | Path) -> bool:
-    """True when the ingest found no invalid pixel (no nodata, mask or alpha): the mask is all True."""
+    """True when the ingest found no invalid value in any band (no nodata, mask, transparency, NaN):
+    ``band_mask`` and ``mask`` are all True."""
     attrs = _store_attrs(Path(store_path))
     counts, info = attrs["band_stats"]["count"], RasterInfo.from_json(attrs["info"])
-    return bool(counts) and int(counts[0]) == info.height * info.width
+    return bool(counts) and all(int(c) == info.height * info.width for c in counts)
 
 
 def _store_attrs(store_path: Path) -> dict[str, Any]:
@@ -298,7 +401,7 @@ def _store_attrs(store_path: Path) -> dict[str, Any]:
 
 
 def _signature(path_or_url, info: RasterInfo, block: int) -> dict[str, Any]:
-    sig: dict[str, Any] = {"path": str(path_or_url), "bands": list(info.bands), "block": block}
+    sig: dict[str, Any] = {"path": str(path_or_url), "bands": list(info.bands), "block": block, "layout": STORE_LAYOUT}
     path = Path(str(path_or_url))
     if path.exists():
         stat = path.stat()
@@ -336,25 +439,29 @@ def _create_store(path: Path, info: RasterInfo, block: int) -> dict[str, Any]:
     codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
     c, (h, w) = info.count, info.shape
     image = da.zeros((c, h, w), dtype=info.dtype, chunks=(c, block, block))
+    band_mask = da.zeros((c, h, w), dtype=bool, chunks=(c, block, block))
     mask = da.zeros((h, w), dtype=bool, chunks=(block, block))
     coords: dict[str, Any] = {"band": np.array(info.band_names, dtype=object)}
     t = info.transform
     if t.b == 0 and t.d == 0:
         coords["x"] = t.c + t.a * (np.arange(w) + 0.5)
         coords["y"] = t.f + t.e * (np.arange(h) + 0.5)
-    ds = xr.Dataset({"image": (("band", "y", "x"), image), "mask": (("y", "x"), mask)}, coords=coords)
+    variables = {"image": (("band", "y", "x"), image), "band_mask": (("band", "y", "x"), band_mask), "mask": (("y", "x"), mask)}
+    ds = xr.Dataset(variables, coords=coords)
     ds = ds.rio.write_crs(info.crs.to_wkt()).rio.write_transform(info.transform)
-    ds["mask"].attrs.update(description="True where the pixel is valid (from the raster's nodata/masks)")
+    ds["band_mask"].attrs.update(description="True where the band's value is valid (not nodata, masked, transparent, NaN or inf)")
+    ds["mask"].attrs.update(description="True where the pixel is valid: any band valid (from the raster's nodata, masks, alpha, NaN)")
     if info.nodata is not None:
         ds["image"] = ds["image"].rio.write_nodata(_typed_nodata(info.nodata, info.dtype), encoded=True)
     else:
         ds["image"].encoding["_FillValue"] = None
     ds["image"].attrs["source_bands"] = list(info.bands)
     ds["image"].encoding["compressors"] = [codec]  # added to the nodata encoding above, not replacing it
+    ds["band_mask"].encoding["compressors"] = [codec]
     with known_warnings_ignored():
         ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=True)
     group = zarr.open_group(path, mode="r+")
-    return {"image": fast_writes(group["image"]), "mask": fast_writes(group["mask"]), "group": group}
+    return {"image": fast_writes(group["image"]), "band_mask": fast_writes(group["band_mask"]), "mask": fast_writes(group["mask"]), "group": group}
 
 
 def _typed_nodata(nodata: float, dtype: str):
@@ -379,23 +486,24 @@ class _BandMoments:
         self.m2 = np.zeros(count)
 
     def add(self, data: np.ndarray, valid: np.ndarray | None) -> None:
-        """``data`` (C, Y, X); ``valid`` (Y, X) bool or None when every pixel is valid."""
+        """``data`` (C, Y, X); ``valid`` (C, Y, X) bool per band, or None when every value is valid."""
         if self.hist is not None:
             for b in range(data.shape[0]):
-                values = data[b] if valid is None else data[b][valid]
+                values = data[b] if valid is None else data[b][valid[b]]
                 self.hist[b] += _histogram(np.ascontiguousarray(values).ravel(), self.hist_size)
             return
-        vals = (data.reshape(data.shape[0], -1) if valid is None else data[:, valid]).astype(np.float64)
-        k = vals.shape[1]
-        if not k:
-            return
-        t_mean = vals.mean(axis=1)
-        t_m2 = ((vals - t_mean[:, None]) ** 2).sum(axis=1)
-        delta = t_mean - self.mean
-        total = self.n + k
-        self.mean = self.mean + delta * k / total
-        self.m2 = self.m2 + t_m2 + delta**2 * self.n * k / total
-        self.n = total
+        for b in range(data.shape[0]):
+            vals = (data[b] if valid is None else data[b][valid[b]]).astype(np.float64).ravel()
+            k = vals.size
+            if not k:
+                continue
+            t_mean = vals.mean()
+            t_m2 = ((vals - t_mean) ** 2).sum()
+            delta = t_mean - self.mean[b]
+            total = self.n[b] + k
+            self.mean[b] += delta * k / total
+            self.m2[b] += t_m2 + delta**2 * self.n[b] * k / total
+            self.n[b] = total
 
     def result(self) -> dict[str, list[float]]:
         if self.hist is not None:
@@ -420,26 +528,56 @@ def _histogram(values: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(values, minlength=size)
 
 
-def _all_valid(src, bands: Sequence[int]) -> bool:
-    """True when GDAL says every pixel of these bands is valid (no nodata, no mask, no alpha)."""
-    return all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands)
+@dataclass(frozen=True)
+class _Masking:
+    """Where a tile's validity comes from, for the selected bands.
+
+    Attributes:
+        gdal: positions (0-based, in image order) of the bands whose GDAL mask is read (their nodata
+            value or an internal mask band). Masks GDAL derives from an alpha band are not used:
+            transparency comes from ``alpha``, and an alpha band fed as data masks nothing.
+        alpha: 1-based alpha bands not fed to the model; where one is 0 the pixel is transparent.
+        finite: float data: NaN and +/-inf are invalid, whatever the declared nodata.
+    """
+
+    gdal: tuple[int, ...]
+    alpha: tuple[int, ...]
+    finite: bool
+
+    @classmethod
+    def of(cls, src, info: RasterInfo) -> _Masking:
+        gdal = tuple(
+            i for i, b in enumerate(info.bands) if src.mask_flag_enums[b - 1] != [MaskFlags.all_valid] and MaskFlags.alpha not in src.mask_flag_enums[b - 1]
+        )
+        alpha = tuple(b for b in alpha_bands(src) if b not in info.bands)
+        return cls(gdal, alpha, np.dtype(info.dtype).kind == "f")
 
 
-def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, all_valid: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, masking: _Masking) -> tuple[np.ndarray, np.ndarray | None]:
+    """One tile: ``(C, y, x)`` raw values and ``(C, y, x)`` per-band validity, or None when every value is valid."""
     window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
     try:
         data = src.read(indexes=list(info.bands), window=window, out_dtype=info.dtype)
-        if all_valid:
-            return data, None
-        with known_warnings_ignored():  # alpha flag next to nodata: nodata decides; the model reads all bands
-            masks = src.read_masks(indexes=list(info.bands), window=window)
+        valid = None
+        if masking.gdal:
+            with known_warnings_ignored():  # alpha flag next to nodata: nodata decides; transparency is read below
+                masks = src.read_masks(indexes=[info.bands[i] for i in masking.gdal], window=window)
+            valid = np.ones(data.shape, dtype=bool)
+            valid[list(masking.gdal)] = masks > 0
+        if masking.alpha:
+            opaque = (src.read(indexes=list(masking.alpha), window=window) > 0).all(axis=0)
+            valid = np.broadcast_to(opaque, data.shape).copy() if valid is None else valid & opaque
     except RasterioError as exc:
         raise InputError(
             info.path,
             f"read failed at rows {rows.start}..{rows.stop}, cols {cols.start}..{cols.stop}: the file is truncated or corrupt ({_gdal_reason(exc)})",
             "re-download or re-export the file",
         ) from exc
-    return data, (masks > 0).any(axis=0)
+    if masking.finite:
+        finite = np.isfinite(data)
+        if not finite.all():
+            valid = finite if valid is None else valid & finite
+    return data, None if valid is None or valid.all() else valid
 
 
 def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress, preview_size: int) -> dict[str, list[float]]:
@@ -450,17 +588,19 @@ def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress, preview_siz
     safe for concurrent reads.
     """
     grid = list(tiles(info.height, info.width, block))
-    all_valid = _all_valid(src, info.bands)
+    masking = _Masking.of(src, info)
     moments = _BandMoments(info.count, info.dtype)
     preview = _Preview(info, preview_size)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-ingest") as reader:
-        pending = reader.submit(_read_tile, src, info, *grid[0], all_valid) if grid else None
+        pending = reader.submit(_read_tile, src, info, *grid[0], masking) if grid else None
         for i, (rows, cols) in enumerate(grid):
             data, valid = pending.result()
             if i + 1 < len(grid):
-                pending = reader.submit(_read_tile, src, info, *grid[i + 1], all_valid)
+                pending = reader.submit(_read_tile, src, info, *grid[i + 1], masking)
             arrays["image"][:, rows, cols] = data
-            arrays["mask"][rows, cols] = np.ones(data.shape[1:], dtype=bool) if valid is None else valid
+            arrays["band_mask"][:, rows, cols] = np.ones(data.shape, dtype=bool) if valid is None else valid
+            # GDAL's convention: a pixel is nodata only when every band is (a dark RGB pixel with one 0 band is not)
+            arrays["mask"][rows, cols] = np.ones(data.shape[1:], dtype=bool) if valid is None else valid.any(axis=0)
             moments.add(data, valid)
             preview.add(rows, cols, data, valid)
             if progress is not None:
@@ -470,7 +610,7 @@ def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress, preview_siz
 
 
 class _Preview:
-    """Every ``stride``-th pixel of the image and mask, gathered while tiles stream past.
+    """Every ``stride``-th pixel of the image and its per-band mask, gathered while tiles stream past.
 
     The quicklook is drawn from it, so it needs no second pass over a gigapixel input (a decimated
     GDAL read of a file without overviews decodes every block again).
@@ -480,7 +620,7 @@ class _Preview:
         self.stride = max(1, -(-max(info.height, info.width) // size))
         shape = (-(-info.height // self.stride), -(-info.width // self.stride))
         self.image = np.zeros((info.count, *shape), dtype=info.dtype)
-        self.mask = np.zeros(shape, dtype=bool)
+        self.mask = np.zeros((info.count, *shape), dtype=bool)
 
     def add(self, rows: slice, cols: slice, data: np.ndarray, valid: np.ndarray | None) -> None:
         r0, c0 = (-rows.start) % self.stride, (-cols.start) % self.stride
@@ -490,16 +630,16 @@ class _Preview:
         pr, pc = (rows.start + r0) // self.stride, (cols.start + c0) // self.stride
         target = (slice(pr, pr + sub.shape[1]), slice(pc, pc + sub.shape[2]))
         self.image[(slice(None), *target)] = sub
-        self.mask[target] = True if valid is None else valid[r0 :: self.stride, c0 :: self.stride]
+        self.mask[(slice(None), *target)] = True if valid is None else valid[:, r0 :: self.stride, c0 :: self.stride]
 
     def save(self, group) -> None:
         dims = ("preview_y", "preview_x")
         group.create_array("preview", data=self.image, attributes={"stride": self.stride}, dimension_names=("band", *dims), overwrite=True)
-        group.create_array("preview_mask", data=self.mask, dimension_names=dims, overwrite=True)
+        group.create_array("preview_mask", data=self.mask, dimension_names=("band", *dims), overwrite=True)
 
 
 def read_preview(store_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The ingest preview: ``(C, y, x)`` image and ``(y, x)`` valid mask, every ``stride``-th pixel."""
+    """The ingest preview: ``(C, y, x)`` image and ``(C, y, x)`` per-band valid mask, every ``stride``-th pixel."""
     import zarr
 
     group = zarr.open_group(store_path, mode="r", use_consolidated=False)

@@ -37,8 +37,9 @@ def write_quicklook(
     """Render ``image`` (bands ``rgb``, 1-based; default the first three, or the first as grey)
     with ``labels_tif`` overlaid in the class colours, and a legend. Written atomically.
 
-    ``preview``: a decimated ``(C, y, x)`` image and ``(y, x)`` valid mask already in memory (from
-    ingest); ``rgb`` then indexes its channels (1-based) and ``image`` is only used for the title.
+    ``preview``: a decimated ``(C, y, x)`` image and its valid mask, ``(C, y, x)`` per band or ``(y, x)``
+    per pixel, already in memory (from ingest); ``rgb`` then indexes its channels (1-based) and
+    ``image`` is only used for the title. Invalid values (and NaN/inf) are black in their channel.
 
     Returns:
         ``out_png``.
@@ -53,15 +54,15 @@ def write_quicklook(
     out_png = Path(out_png)
     with rasterio.open(labels_tif) as lab_src:
         if preview is not None:
-            shape = preview[1].shape
+            shape = preview[1].shape[-2:]
         else:
             scale = min(1.0, max_size / max(lab_src.width, lab_src.height))
             shape = (max(1, round(lab_src.height * scale)), max(1, round(lab_src.width * scale)))
         labels = lab_src.read(1, out_shape=shape, resampling=Resampling.nearest)
     if preview is not None:
         bands = [b - 1 for b in (rgb or ([1, 2, 3] if preview[0].shape[0] >= 3 else [1]))]
-        mask = ~preview[1]
-        base = _stretch(np.ma.array([preview[0][b] for b in bands], mask=[mask] * len(bands)), shape)
+        valid = preview[1] if preview[1].ndim == 3 else np.broadcast_to(preview[1], preview[0].shape)
+        base = _stretch(np.ma.array([preview[0][b] for b in bands], mask=[~valid[b] for b in bands]), shape)
     else:
         base = _composite(image, rgb, shape)
     ids = np.array([c.id for c in classes])
@@ -102,9 +103,10 @@ def _composite(image: str | Path, rgb: Sequence[int] | None, shape: tuple[int, i
 
 
 def _stretch(data: np.ma.MaskedArray, shape: tuple[int, int]) -> np.ndarray:
-    """``(B, Y, X)`` masked bands -> ``(Y, X, 3)`` float in [0, 1], percentile-stretched; masked is black."""
+    """``(B, Y, X)`` masked bands -> ``(Y, X, 3)`` float in [0, 1], percentile-stretched; masked (and NaN/inf) is black."""
     out = np.zeros((*shape, len(data)))
     for i, band in enumerate(data):
+        band = np.ma.masked_invalid(band) if band.dtype.kind == "f" else band  # undeclared NaN is no value either
         values = band.compressed()
         if values.size == 0:
             continue
@@ -118,7 +120,8 @@ def rgb_bands(image: str | Path, bands: Sequence[int]) -> list[int]:
     """1-based positions within ``bands`` to show as red, green, blue.
 
     Uses the bands' colour interpretation when the file declares red, green and blue (a B,G,R,NIR
-    scene is shown in true colour); otherwise the first three bands, or the first as grey.
+    scene is shown in true colour); otherwise the first three bands, or the first as grey, leaving
+    out bands tagged alpha (fed as data with ``--bands``) while enough others remain.
     """
     from rasterio.enums import ColorInterp
 
@@ -127,4 +130,5 @@ def rgb_bands(image: str | Path, bands: Sequence[int]) -> list[int]:
     wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
     if all(c in interp for c in wanted):
         return [interp.index(c) + 1 for c in wanted]
-    return [1, 2, 3] if len(bands) >= 3 else [1]
+    colour = [i for i, c in enumerate(interp, start=1) if c != ColorInterp.alpha] or list(range(1, len(bands) + 1))
+    return colour[:3] if len(colour) >= 3 else colour[:1]

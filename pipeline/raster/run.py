@@ -18,8 +18,10 @@ import json
 import logging
 import shutil
 import time as _time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
 from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
-from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty
+from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty, remove_stale_temporaries
 from pipeline.raster.cog import write_label_cog
 from pipeline.raster.entries import check_store_accepts, entry_done
 from pipeline.raster.ingest import (
@@ -276,8 +278,9 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] 
     return functools.partial(progress, stage)
 
 
-def _fingerprint(spec: ModelSpec, info: RasterInfo, block: int, label_dtype: str) -> dict[str, Any]:
-    """What the labels in the work store depend on; a mismatch discards them."""
+def _fingerprint(spec: ModelSpec, info: RasterInfo, block: int, label_dtype: str, fill: tuple[float, ...]) -> dict[str, Any]:
+    """What the labels in the work store depend on; a mismatch discards them. (The ingested pixels
+    and masks are the work store's own: a changed input or ingest layout re-ingests it, labels included.)"""
     ckpt = spec.checkpoint
     stat = ckpt.stat() if ckpt is not None and Path(ckpt).is_file() else None
     return {
@@ -294,6 +297,7 @@ def _fingerprint(spec: ModelSpec, info: RasterInfo, block: int, label_dtype: str
         "bands": list(info.bands),
         "block": block,
         "dtype": label_dtype,
+        "nodata_fill": list(fill),  # what the model saw at invalid values (pipeline.raster.fill)
     }
 
 
@@ -312,14 +316,15 @@ def _label_arrays(work: Path, fingerprint: dict[str, Any], shape: tuple[int, int
     return fast_writes(labels), fast_writes(done)
 
 
-def _preprocess(spec: ModelSpec, work: Path):
-    from models.normalize import NormStats, normalizer
+def _preprocess(spec: ModelSpec, work: Path, channels: int):
+    """The spec's normaliser and, per band, the raw value it maps to 0: what invalid values are read as."""
+    from models.normalize import NormStats, neutral_values, normalizer
 
     stats = None
-    if spec.normalize.kind == "zscore":
+    if spec.normalize.kind == "zscore":  # over each band's valid values (band_mask)
         raw = band_stats(work)
         stats = NormStats(tuple(raw["mean"]), tuple(s if s > 0 else 1.0 for s in raw["std"]))
-    return normalizer(spec.normalize, stats)
+    return normalizer(spec.normalize, stats), neutral_values(spec.normalize, channels, stats)
 
 
 def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, device: str, label_dtype: str, model: Any, dask_client: Any, progress):
@@ -333,15 +338,18 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
     )
     image = zarr.open_group(work, mode="r", use_consolidated=False)["image"]
     grid = plan_for(tuple(image.shape), config).shape
-    labels, done = _label_arrays(work, _fingerprint(spec, info, block, label_dtype), info.shape, block, grid, label_dtype)
+    preprocess, fill = _preprocess(spec, work, info.count)
+    labels, done = _label_arrays(work, _fingerprint(spec, info, block, label_dtype, fill), info.shape, block, grid, label_dtype)
     skipped = mark_empty_blocks(work, done, block)
     if skipped:
         log.info("%s: %d of %d blocks hold no valid pixel; the model skips them", info.path, skipped, done.size)
-    preprocess = _preprocess(spec, work)
+    filled = not every_pixel_valid(work)  # the model sees the neutral value, not the raw nodata (pipeline.raster.fill)
     if dask_client is not None:
         from pipeline.distributed import ZarrRef, run_engine_dask
+        from pipeline.raster.fill import FilledRef
 
         store = str(work.resolve())
+        source = FilledRef(store, fill) if filled else ZarrRef(store, "image")
         if model is not None:
             factory = functools.partial(_given_model, model)
         else:
@@ -350,11 +358,15 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
             factory = functools.partial(load_model, spec, device)
         key = f"{spec.name}-{device}-{id(model) if model is not None else spec.checkpoint}"
         return run_engine_dask(
-            dask_client, ZarrRef(store, "image"), key, factory, config, ZarrRef(store, "labels"),
+            dask_client, source, key, factory, config, ZarrRef(store, "labels"),
             done=ZarrRef(store, "labels_done"), preprocess=preprocess, progress=progress,
         )
     if hasattr(model, "to") and hasattr(model, "eval"):
         model = model.to(auto_device(device)).eval()
+    if filled:
+        from pipeline.raster.fill import open_filled
+
+        image = open_filled(work, fill)
     return run_engine(image, model, config, labels, done=done, preprocess=preprocess, progress=progress)
 
 
@@ -400,21 +412,62 @@ class Entry:
 def _write_outputs(
     work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions | None, out_dir: Path, *, entry: Entry, block: int, progress, watch: Stopwatch
 ):
+    """Write the label COG and the quicklook under temporary names, rename them into place, and only
+    then append the statistics: a scene that fails on the way leaves no output that looks complete
+    (no label COG, quicklook or ``stats.zarr`` entry of this run; a crash between the renames and
+    the append leaves files without an entry, which the next run redoes)."""
     import zarr
 
     stem = entry.scene
     group = zarr.open_group(work, mode="r", use_consolidated=False)
     # an all-valid mask changes nothing: skip reading it (twice) when the ingest saw no invalid pixel
     labels, mask = group["labels"], None if every_pixel_valid(work) else group["mask"]
-    with watch.stage("cog"):
-        labels_path = write_label_cog(labels, mask, info, spec.classes, out_dir / f"{stem}.labels.tif", nodata=spec.nodata, model=spec.name)
-    stats, stats_path = xr.Dataset(), out_dir / STATS_STORE
-    if regions is not None:  # None: no region meets the scene, nothing to add to the store
-        with watch.stage("stats"):
-            stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
-            stats_path = append_stats(stats, stats_path, time=entry.time, scene=stem, provenance=entry.provenance, force=entry.force)
-    with watch.stage("quicklook"):
-        rgb = rgb_bands(image, info.bands)
-        quicklook_path = write_quicklook(image, labels_path, spec.classes, out_dir / f"{stem}.quicklook.png", rgb=rgb, preview=read_preview(work))
+    labels_path, quicklook_path = out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.quicklook.png"
+    staged = {path: _staged_name(path) for path in (labels_path, quicklook_path)}
+    for path in staged:
+        _remove_stale_staging(path)
+    published: list[Path] = []
+    try:
+        with watch.stage("cog"):
+            write_label_cog(labels, mask, info, spec.classes, staged[labels_path], nodata=spec.nodata, model=spec.name)
+        stats, stats_path = xr.Dataset(), out_dir / STATS_STORE
+        if regions is not None:  # None: no region meets the scene, nothing to add to the store
+            with watch.stage("stats"):
+                stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
+        with watch.stage("quicklook"):
+            rgb = rgb_bands(image, info.bands)
+            write_quicklook(image, staged[labels_path], spec.classes, staged[quicklook_path], rgb=rgb, preview=read_preview(work))
+        moves = [(_aux(staged[labels_path]), _aux(labels_path)), (staged[labels_path], labels_path), (staged[quicklook_path], quicklook_path)]
+        for source, final in moves:  # the sidecar first: a COG in place has its class names
+            source.replace(final)
+            published.append(final)
+        if regions is not None:
+            with watch.stage("stats"):
+                stats_path = append_stats(stats, stats_path, time=entry.time, scene=stem, provenance=entry.provenance, force=entry.force)
+    except BaseException:
+        for path in published:  # this run's files, without their statistics entry: not left looking complete
+            path.unlink(missing_ok=True)
+        for path in staged.values():
+            for leftover in (path, _aux(path)):
+                leftover.unlink(missing_ok=True)
+        raise
     return labels_path, stats_path, quicklook_path, stats
 
+
+def _staged_name(final: Path) -> Path:
+    """Where ``final`` is written before it is renamed into place: ``<name>.tmp-<token><suffix>``."""
+    return final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
+
+
+def _aux(path: Path) -> Path:
+    return path.with_name(path.name + ".aux.xml")
+
+
+def _remove_stale_staging(final: Path) -> None:
+    """Remove what a killed run was writing for ``final``: staged files (``<name>.tmp-*``) and the
+    writers' hidden temporaries (``.<name>.*``). Called under the scene's work lock: no live run of
+    this scene writes them."""
+    remove_stale_temporaries(final)
+    for stale in final.parent.glob(f".{glob_escape(final.name)}.*"):
+        log.info("removing %s, left by an interrupted run", stale)
+        stale.unlink(missing_ok=True)

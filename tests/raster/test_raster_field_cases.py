@@ -46,7 +46,7 @@ def test_blocks_without_valid_pixels_are_not_segmented(tmp_path, make_geotiff):
     rng = np.random.default_rng(3)
     data = np.zeros((4, 256, 768), dtype=np.uint8)  # 1 x 3 blocks of 256; only the first holds data
     data[:, :, :256] = rng.integers(1, 255, (4, 256, 256), dtype=np.uint8)
-    tif = make_geotiff(tmp_path / "swath.tif", data, nodata=0)
+    tif = make_geotiff(tmp_path / "swath.tif", data, nodata=0, photometric="MINISBLACK")  # 4 data bands, not RGB + alpha (GDAL's default)
     result = segment_raster(tif, spec(), tmp_path / "out", block=256, device="cpu", model=per_pixel_model(), time="2024-06-01")
     assert result.engine.blocks_run == 1
     assert result.engine.blocks_skipped == 2
@@ -67,7 +67,7 @@ def test_skipping_empty_blocks_changes_no_valid_label(tmp_path, make_geotiff, mo
     data = rng.integers(1, 255, (4, 300, 300), dtype=np.uint8)
     data[:, :, 140:] = 0  # blocks of 64: columns 192.. hold no valid pixel
     data[:, 200:, :] = 0
-    tif = make_geotiff(tmp_path / "sparse.tif", data, nodata=0)
+    tif = make_geotiff(tmp_path / "sparse.tif", data, nodata=0, photometric="MINISBLACK")  # 4 data bands, not RGB + alpha
     torch.manual_seed(0)
     cnn = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 5, padding=2)).eval()
     skipping = segment_raster(tif, spec(window=(48, 48)), tmp_path / "skip", block=64, device="cpu", model=cnn, time="2024-06-01")
@@ -130,7 +130,8 @@ def test_bad_catalog_bands_are_refused_with_the_catalog_named(tmp_path, bands):
 
 def _two_scenes(tmp_path, make_geotiff) -> list[str]:
     rng = np.random.default_rng(6)
-    return [str(make_geotiff(tmp_path / f"s{i}.tif", rng.integers(1, 255, (4, 40, 56), dtype=np.uint8))) for i in range(2)]
+    # 4 data bands (GDAL's default for 4-band 8-bit GeoTIFFs is RGB + alpha)
+    return [str(make_geotiff(tmp_path / f"s{i}.tif", rng.integers(1, 255, (4, 40, 56), dtype=np.uint8), photometric="MINISBLACK")) for i in range(2)]
 
 
 def test_cli_block_below_the_minimum_is_refused(tmp_path, make_geotiff, capsys):
@@ -190,7 +191,7 @@ def test_next_run_removes_what_a_killed_run_was_writing(tmp_path, make_geotiff):
     COG write ``.<stem>.labels.tif.<token>.tmp.tif``, a killed stats swap ``stats.zarr.tmp-*``:
     the next run of the scene removes them, and its own outputs are complete."""
     rng = np.random.default_rng(7)
-    tif = make_geotiff(tmp_path / "scene.tif", rng.integers(1, 255, (4, 40, 56), dtype=np.uint8))
+    tif = make_geotiff(tmp_path / "scene.tif", rng.integers(1, 255, (4, 40, 56), dtype=np.uint8), photometric="MINISBLACK")  # 4 data bands
     out = tmp_path / "out"
     stale = [
         out / ".work" / "scene.zarr.tmp-0123abcd",

@@ -370,7 +370,9 @@ def test_four_band_scene_runs_without_warnings(naip, tmp_path, make_geotiff, cap
         dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green, rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
     with caplog.at_level("WARNING", logger="rasterio"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        segment_raster(tif, spec_for(4), tmp_path / "out", block=512, device="cpu", model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0]))
+        segment_raster(
+            tif, spec_for(4), tmp_path / "out", block=512, device="cpu", bands=(1, 2, 3, 4), model=per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0])
+        )  # band 4 is tagged alpha: data only when --bands names it
     assert [str(w.message) for w in caught] == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")] == []  # GDAL's CPL warnings come through rasterio's loggers
 
