@@ -150,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
                 except SegpipeError as exc:
                     fail(str(exc))
                 except Exception as exc:  # one broken scene must not stop the others
-                    log.debug("scene %s failed", image, exc_info=True)
-                    fail(f"{image}: unexpected {type(exc).__name__}: {exc} (run with -v for details)")
+                    # INFO, the level -v shows (DEBUG never reached the user): the traceback for the report
+                    log.info("scene %s failed", image, exc_info=True)
+                    fail(f"{image}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)")
                 else:
                     state = "skipped (done already; --force redoes it)" if result.skipped else f"done ({result.seconds:.1f} s)"
                     bar.update(task, description=escape(f"{stem}: {state}"))
