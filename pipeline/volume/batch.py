@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +36,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StudyFailure:
-    """A study that could not be segmented: the input and the message (naming the problem and fix)."""
+    """A study that could not be segmented: the input and the message (naming the problem and fix).
+
+    ``traceback``: an unexpected error's traceback, so that a batch run on Dask workers can log it
+    where the batch was started (``-v`` shows it there); empty for input errors.
+    """
 
     source: str
     message: str
+    traceback: str = ""
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,9 @@ def _segment_one(
 def _unexpected(path: Path, exc: Exception) -> StudyFailure:
     log.info("%s: unexpected failure", path, exc_info=exc)
     return StudyFailure(
-        str(path), f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)"
+        str(path),
+        f"{path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; please report it with the input's description)",
+        "".join(traceback.format_exception(exc)),
     )
 
 
@@ -216,9 +224,12 @@ def _run_on_dask(
             try:
                 outcome = future.result()
             except Exception as exc:  # noqa: BLE001 - a lost worker must not stop the batch
+                log.info("%s: worker failed", todo[index], exc_info=exc)
                 outcome = StudyFailure(str(todo[index]), f"{todo[index]}: worker failed: {type(exc).__name__}: {exc}")
             if isinstance(outcome, StudyFailure):
-                outcome = StudyFailure(str(todo[index]), outcome.message)
+                if outcome.traceback:  # logged on the worker, out of the user's sight: -v shows it here
+                    log.info("%s: unexpected failure on a Dask worker:\n%s", todo[index], outcome.traceback.rstrip())
+                outcome = StudyFailure(str(todo[index]), outcome.message, outcome.traceback)
             outcomes[index] = outcome
             if progress is not None:
                 progress.study_finished(outcome)

@@ -52,7 +52,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, make_geotiff):
     yy, xx = np.mgrid[0:1024, 0:1024]
     base = 100 + 80 * np.sin(yy / 60.0) * np.cos(xx / 45.0)
     image = np.stack([base + rng.normal(0, 10, base.shape) * (b + 1) for b in range(4)]).clip(0, 255).astype(np.uint8)
-    scene = make_geotiff(tmp_path / "scene.tif", image)
+    scene = make_geotiff(tmp_path / "scene.tif", image, photometric="MINISBLACK")  # 4 data bands, not GDAL's default RGB + alpha
     spec = _unet_spec(tmp_path)
 
     reference = segment_raster(scene, spec, tmp_path / "ref", block=256, device="cpu")
