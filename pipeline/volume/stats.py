@@ -237,6 +237,9 @@ def _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes, nodata: i
         per_x += np.bincount((lab + col_index).ravel(), minlength=per_x.size)
     hist = hist.reshape(bins, levels)
     per_axis = (per_z.T, per_y.reshape(rows, bins).T, per_x.reshape(cols, bins).T)
+    if nodata is not None and nodata >= n_labels and labels.dtype.kind == "u" and nodata == np.iinfo(labels.dtype).max:
+        # nodata 65535 in uint16 labels: cc3d's labels + 1 would need int64 (8 bytes a voxel); its bin fits
+        labels = np.where(labels == nodata, labels.dtype.type(n_labels), labels)
     components = _components_per_label(labels, n_labels)
     out = []
     for label_id, name in classes:

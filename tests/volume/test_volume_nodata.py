@@ -299,6 +299,9 @@ def test_label_statistics_skip_the_nodata_value(monkeypatch, nodata, path):
         assert (stat.intensity_min, stat.intensity_max) == (values.min(), values.max())
         assert stat.intensity_mean == pytest.approx(values.mean(), rel=1e-12)
         assert stat.intensity_p5 == pytest.approx(np.percentile(values, 5), rel=1e-6)
+        assert stat.n_components == stats_module.count_components(voxels)
+        where = np.argwhere(voxels)
+        assert (stat.bbox_min, stat.bbox_max) == (tuple(where.min(axis=0)), tuple(where.max(axis=0)))
 
 
 def test_older_store_without_nodata_still_merges(tmp_path):
