@@ -9,6 +9,7 @@ A scene catalog::
       - https://example.org/cogs/tile-17.tif
     regions: districts.geojson       # optional polygons: area per region and class
     region_field: name               # optional attribute naming the regions
+    region_layer: districts          # the regions file's layer (needed when it has several)
     bands: [4, 3, 2, 8]              # optional 1-based bands fed to the model, in order (default: all)
     output: /data/landcover          # optional output root (relative to this file)
     demo: {size: [512, 512], seed: 1}  # optional: generate missing inputs with pipeline.demo
@@ -55,6 +56,7 @@ class SceneCatalog:
     output: Path | None = None
     demo: DemoRecipe | None = None
     bands: tuple[int, ...] | None = None
+    region_layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ def load_scene_catalog(path: str | Path) -> SceneCatalog:
         scenes=scenes,
         regions=_optional_str(raw, "regions", source),
         region_field=_optional_str(raw, "region_field", source),
+        region_layer=_optional_str(raw, "region_layer", source),
         output=_output(raw, source),
         demo=_demo(raw, source, dims=2),
         bands=check_bands(raw.get("bands"), source),

@@ -17,6 +17,7 @@ def test_scene_catalog_resolves_relative_paths_urls_and_output_token(tmp_path):
         "model: specs/m.yaml\n"
         "scenes: [a.tif, /abs/b.tif, 'https://example.org/c.tif', '/vsis3/bucket/d.tif', '{output}/e.tif']\n"
         "regions: ../districts.gpkg\n"
+        "region_layer: districts\n"
         "output: ../out\n"
     )
     c = load_scene_catalog(cat)
@@ -25,7 +26,7 @@ def test_scene_catalog_resolves_relative_paths_urls_and_output_token(tmp_path):
         str(cat.parent / "a.tif"), "/abs/b.tif", "https://example.org/c.tif", "/vsis3/bucket/d.tif", str(out / "e.tif"),
     ]
     assert expand(c.regions, base=c.source.parent, output=out) == str(tmp_path / "districts.gpkg")
-    assert c.output == tmp_path / "out" and c.demo is None and c.name == "nightly"
+    assert c.output == tmp_path / "out" and c.demo is None and c.name == "nightly" and c.region_layer == "districts"
     assert model_ref(c.model, c.source.parent) == str(cat.parent / "specs" / "m.yaml")
     assert model_ref("demo-landcover", c.source.parent) == "demo-landcover"
 
@@ -35,6 +36,7 @@ def test_scene_catalog_resolves_relative_paths_urls_and_output_token(tmp_path):
     [
         ("scenes: []\n", "'scenes' must be a non-empty list"),
         ("scenes: [a.tif]\nmodel: 3\n", "'model' must be a string"),
+        ("scenes: [a.tif]\nregion_layer: [a, b]\n", "'region_layer' must be a string"),
         ("scenes: [a.tif]\ndemo: {size: [10]}\n", "demo must be a mapping with size"),
         ("- just\n- a list\n", "a catalog must be a YAML mapping"),
         ("scenes: [a.tif\n", "not valid YAML"),
