@@ -365,6 +365,8 @@ def _labels_on_native_grid(
         device=options.device, output="logits" if grid.resampled else "labels", class_ids=spec.class_ids, label_dtype=dtype,
     )
     blk = config.block_for(grid.model_shape)
+    if options.block is not None:  # a block beyond the image is one block: zarr would allocate all of it (--block 4000: 59.6 GiB)
+        blk = tuple(min(b, s) for b, s in zip(blk, grid.model_shape))
     config = dataclasses.replace(config, block=blk)
     plan = BlockPlan.build(WindowGrid(grid.model_shape, config.window, config.overlap), blk)
     work.mkdir(parents=True, exist_ok=True)

@@ -266,3 +266,13 @@ def test_series_uid_with_a_nifti_and_volume_index_with_a_dicom_folder_are_refuse
         "(drop --volume-index (volume_index= from Python) for DICOM inputs, or segment them in a run of their own)"
     )
     assert not list(out.glob("ct.*"))
+
+
+def test_a_block_larger_than_the_image_is_one_block_of_the_image(vh, tmp_path, pv_model):
+    """``--block 4000`` on a 30-slice study asked zarr for a (4000, 4000, 4000) chunk: 59.6 GiB."""
+    hu = vh.ct_crop((12, 40, 48))
+    path = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("RAS"), qcode=1, scode=1)
+    spec = vh.per_voxel_spec(tmp_path, window=[8, 16, 16])
+    result = segment_volume(path, spec, tmp_path / "out", VolumeOptions(device="cpu", block=(4000, 4000, 4000)), model=pv_model)
+    assert result.blocks_run == 1
+    assert np.array_equal(np.asarray(nib.load(result.outputs.labels).dataobj).T, vh.per_voxel_answer(hu))
