@@ -88,6 +88,7 @@ from pipeline.volume.writers import (
     label_dtype,
     sidecar_json,
     slicer_color_table,
+    stale_temporaries,
     write_dicom_seg,
     write_labels_nifti,
     write_text_atomic,
@@ -231,6 +232,7 @@ def _segment_study(
     """:func:`segment_volume` once the study's lock is held: skip it, or segment it and write its outputs."""
     outputs = StudyOutputs.for_input(input_path, out_dir)
     stem = output_stem(input_path)
+    _remove_stale_temporaries(outputs)
     asked = input_record(input_path, series_uid=options.series_uid, volume_index=options.volume_index, out_dir=out_dir)
     redone = ""
     if not options.force and outputs.complete():
@@ -320,6 +322,15 @@ def _previous_outputs(outputs: StudyOutputs, spec: ModelSpec, asked: InputRecord
         check_same_source(previous.made_with, asked, outputs.pattern())
     reason = why_redo(previous.made_with, made_with(spec, source=asked), old_model=previous.model)
     return (previous, "") if reason is None else (None, reason)
+
+
+def _remove_stale_temporaries(outputs: StudyOutputs) -> None:
+    """Remove the half-written output files a run killed while writing them left (``.tmp-<pid>-S.*``;
+    a CT's labels are tens of MB): nothing renames them into place. Under the study's lock."""
+    for path in outputs.files():
+        for stale in stale_temporaries(path):
+            log.info("removing %s, left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
 
 
 def _remove_work(outputs: StudyOutputs) -> None:

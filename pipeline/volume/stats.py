@@ -41,6 +41,7 @@ import numpy as np
 
 from pipeline import stats_store
 from pipeline.volume.volume import index_to_world
+from pipeline.volume.writers import temporary_for
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +401,7 @@ def study_statistics(
 def write_stats_json(stats: StudyStats, path: str | Path) -> Path:
     """Write ``stats`` as JSON (NaN written as null), atomically (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_for(path)
     tmp.write_text(json.dumps(_nan_to_none(stats.to_dict()), indent=1))
     os.replace(tmp, path)
     return path

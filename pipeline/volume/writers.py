@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,18 @@ def label_dtype(class_ids: Sequence[int], nodata: int | None = None) -> str:
     return "uint8" if max(*class_ids, -1 if nodata is None else nodata) <= 255 else "uint16"
 
 
-def _tmp(path: Path) -> Path:
-    # keep the real suffixes at the end so format-sniffing writers (nibabel, pydicom) behave
+def temporary_for(path: Path) -> Path:
+    """The hidden name ``.tmp-<pid>-<name>`` a study's output file is written under, then renamed.
+    The real suffixes stay at the end so format-sniffing writers (nibabel, pydicom) behave."""
     return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """The :func:`temporary_for` names of ``path`` left in its folder by runs killed while writing it: exactly
+    ``.tmp-<digits>-<name>``, so another study's files (``case01.x`` beside ``case01``) never match.
+    Call under the study's work lock (no live run is writing them)."""
+    pattern = re.compile(rf"\.tmp-\d+-{re.escape(path.name)}")
+    return sorted(p for p in path.parent.glob(f".tmp-*-{glob_escape(path.name)}") if pattern.fullmatch(p.name))
 
 
 def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path) -> Path:
@@ -48,7 +59,7 @@ def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path)
     hdr["scl_slope"] = 1.0
     hdr["scl_inter"] = 0.0
     hdr["descrip"] = b"segpipe labels"
-    tmp = _tmp(path)
+    tmp = temporary_for(path)
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)
@@ -59,7 +70,7 @@ def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path)
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
     path = Path(path)
-    tmp = _tmp(path)
+    tmp = temporary_for(path)
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
@@ -183,7 +194,7 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=f"segpipe {model_name}"[:64],
     )
-    tmp = _tmp(path)
+    tmp = temporary_for(path)
     try:
         seg.save_as(tmp)
         os.replace(tmp, path)

@@ -276,3 +276,21 @@ def test_a_block_larger_than_the_image_is_one_block_of_the_image(vh, tmp_path, p
     result = segment_volume(path, spec, tmp_path / "out", VolumeOptions(device="cpu", block=(4000, 4000, 4000)), model=pv_model)
     assert result.blocks_run == 1
     assert np.array_equal(np.asarray(nib.load(result.outputs.labels).dataobj).T, vh.per_voxel_answer(hu))
+
+
+def test_half_written_outputs_of_a_killed_run_are_removed_by_the_next_run(vh, tmp_path, pv_model):
+    """A run killed while writing left ``.tmp-<pid>-ct.labels.nii.gz`` (and the stats JSON's temporary)
+    for ever; the next run of that study removes them, and leaves another study's alone."""
+    hu = vh.ct_crop((12, 40, 48))
+    path = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("RAS"), qcode=1, scode=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    left = [out / ".tmp-4242-ct.labels.nii.gz", out / ".tmp-4242-ct.stats.json", out / ".tmp-77-ct.seg.dcm"]
+    others = [out / ".tmp-4242-ct.x.labels.nii.gz", out / ".tmp-mine-ct.labels.nii.gz", out / "notes.tmp-1-ct.stats.json"]
+    for f in left + others:
+        f.write_bytes(b"\x1f\x8b partial")
+    spec = vh.per_voxel_spec(tmp_path, window=[8, 16, 16])
+    segment_volume(path, spec, out, CPU, model=pv_model)
+    assert not any(f.exists() for f in left)
+    assert all(f.exists() for f in others)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-")) == [".tmp-4242-ct.x.labels.nii.gz", ".tmp-mine-ct.labels.nii.gz"]
