@@ -37,6 +37,13 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # relative tolerance on slice spacing: beyond it the series counts as unevenly spaced
 SPACING_RTOL = 0.01
 SPACING_ATOL_MM = 0.01
+# How far (in-plane, mm) a slice's ImagePositionPatient may lie from the line through the series'
+# positions. DICOM stores positions as decimal strings (DS, at most 16 characters) that writers round,
+# often to 2-3 decimals: up to 0.005 mm per coordinate at 2 decimals, ~0.01 mm in-plane. A slice off by
+# a tenth of a pixel is below what the labels or volumes can resolve, while a stray slice (a localizer,
+# a shifted re-scan) is off by millimetres. So: the larger of 0.02 mm and 0.1 x the finer pixel spacing.
+COLLINEAR_ATOL_MM = 0.02
+COLLINEAR_PIXEL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,7 @@ def _order(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     slices = [slices[i] for i in order]
     pos = pos[order]
     _check_spacing(folder, slices, pos)
+    _check_collinear(folder, slices, pos, iop, spacing)
     return slices
 
 
@@ -239,6 +247,37 @@ def _check_spacing(folder: Path, slices: list[_Slice], pos: np.ndarray) -> None:
         folder,
         f"uneven slice spacing {where}: {gaps[i]:.2f} mm where the median spacing is {step:.2f} mm",
         "resample the series to a regular grid first (e.g. dcm2niix then a resampler) or re-export it",
+    )
+
+
+def _check_collinear(folder: Path, slices: list[_Slice], pos: np.ndarray, iop: np.ndarray, spacing: np.ndarray) -> None:
+    """Refuse slices whose ImagePositionPatient lies off the line of the series' positions.
+
+    The affine places slice ``z`` at ``IPP_0 + z * step``, so every position must lie on one straight
+    line: parallel to the normal for an ordinary series, leaning for a gantry-tilted one. Only the
+    in-plane part (along the row and column cosines, mm) is checked here, as a linear function of the
+    position ``pos`` along the normal (sorted, mm; :func:`_check_spacing` checks that part). The line is
+    fitted with medians (slope of consecutive positions, then offset), so one stray slice, the first or
+    the last included, is the one named, not its neighbours.
+    """
+    if len(slices) < 3:
+        return  # two positions always lie on a line
+    ipp = np.array([_vector(s, "ImagePositionPatient", 3) for s in slices])
+    inplane = ipp @ np.stack([iop[:3], iop[3:]], axis=1)  # (n, 2): mm along the row, column cosines
+    slope = np.median(np.diff(inplane, axis=0) / np.diff(pos)[:, None], axis=0)
+    intercept = np.median(inplane - pos[:, None] * slope, axis=0)
+    offset = np.linalg.norm(inplane - intercept - pos[:, None] * slope, axis=1)
+    tol = max(COLLINEAR_ATOL_MM, COLLINEAR_PIXEL_FRACTION * float(min(spacing)))
+    bad = np.flatnonzero(offset > tol)
+    if not bad.size:
+        return
+    named = ", ".join(f"{slices[i].path.name} (slice {i}) by {offset[i]:.2f} mm" for i in bad[:5])
+    more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+    raise InputError(
+        folder,
+        f"slice positions not collinear: {bad.size} of {len(slices)} slices {'lies' if bad.size == 1 else 'lie'} off the line "
+        f"through the others' ImagePositionPatient, in-plane: {named}{more} (tolerance {tol:.2f} mm)",
+        "remove the stray slice(s) from the folder or re-export the series; a localizer or another acquisition may be mixed in",
     )
 
 
