@@ -2,7 +2,10 @@
 
 * Files are grouped by SeriesInstanceUID; several series need ``series_uid`` (the error lists them).
   Only image objects with pixel data count: SEG, RTSTRUCT, SR, PR and KO objects (a SEG written by
-  segpipe into the series folder, say) and files that are not DICOM are ignored.
+  segpipe into the series folder, say) and files that are not DICOM are ignored. Files without the
+  128-byte preamble and ``DICM`` prefix (bare datasets, as some PACS exports write) are read when
+  they start like a dataset and hold an image (SOPClassUID, Rows, Columns, pixel data); see
+  :func:`read_slice`.
 * Slices are ordered along the slice normal ``n = row_cosines x column_cosines`` by ``n . ImagePositionPatient``;
   missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position.
 * RescaleSlope/RescaleIntercept are applied per slice (Hounsfield units for CT).
@@ -20,6 +23,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,11 +107,47 @@ NOT_IMAGES = frozenset({"SEG", "RTSTRUCT", "SR", "PR", "KO"})
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
+# First two bytes of a bare dataset (no preamble): its first tag's group, (0002,xxxx) file meta or
+# (0008,xxxx) (every image has SOPClassUID (0008,0016), and elements are stored in ascending order),
+# little endian, or big endian for group 8.
+BARE_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+# what pydicom may raise on a file that only starts like a dataset
+_PARSE_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, NotImplementedError, OverflowError, struct.error)
+
+
+def read_slice(path: str | Path, *, stop_before_pixels: bool = False, defer_size: int | None = None):
+    """The dataset of one DICOM file, with or without the Part 10 preamble and ``DICM`` prefix.
+
+    A bare dataset (no preamble, no file meta) is read as pydicom guesses its encoding (implicit or
+    explicit VR, byte order) and gets the matching uncompressed TransferSyntaxUID in ``file_meta``,
+    so its pixel data can be decoded.
+
+    Raises:
+        pydicom.errors.InvalidDicomError: the file starts neither like a Part 10 file nor like a dataset.
+        OSError, ValueError, ...: (:data:`_PARSE_ERRORS`) the file could not be parsed.
+    """
+    pydicom = _pydicom()
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
+    except pydicom.errors.InvalidDicomError:
+        with open(path, "rb") as f:
+            if f.read(2) not in BARE_DATASET_STARTS:
+                raise
+    ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return ds
+
+
 def _scan(folder: Path) -> dict[str, list[_Slice]]:
     """Headers of every DICOM image object under ``folder``, grouped by SeriesInstanceUID.
 
     Image objects are those with pixel data whose Modality is none of :data:`NOT_IMAGES`; the others
-    (and files that are not DICOM) are logged at debug level and ignored. Pixel data is not read
+    (and files that are not DICOM) are logged at debug level and ignored. A file without the Part 10
+    preamble counts only when it holds an image (:func:`_not_an_image`). Pixel data is not read
     (``defer_size``), only noted as present.
     """
     pydicom = _pydicom()
@@ -116,9 +156,12 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
     nifti = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, defer_size=1024)
-        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
-            log.debug("%s: not a DICOM file, skipped", path)
+            ds = read_slice(path, defer_size=1024)
+            why = _not_an_image(ds) if ds.preamble is None else ""
+        except (pydicom.errors.InvalidDicomError, *_PARSE_ERRORS):
+            ds, why = None, "not a DICOM file"
+        if ds is None or why:
+            log.debug("%s: %s, skipped", path, why)
             if is_nifti_name(path):
                 nifti.append(path)
             continue
@@ -148,6 +191,19 @@ def _not_a_slice(ds) -> str:
         return "no series or instance UID (DICOMDIR or another non-image object)"
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
         return f"{modality or 'DICOM'} object without pixel data"
+    return ""
+
+
+def _not_an_image(ds) -> str:
+    """Why a file read without the Part 10 preamble is not taken as a DICOM image (empty when it is one):
+    random bytes can parse as a few elements, an image has its SOP class, size and pixel data."""
+    if not all(keyword in ds for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns")):
+        return "no DICOM preamble and no image attributes: not a DICOM file"
+    if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
+        return "no DICOM preamble and no pixel data: not a DICOM image"
+    uid = str(ds.SOPClassUID)
+    if not (uid[:1].isdigit() and set(uid) <= set("0123456789.") and len(uid) <= 64):
+        return f"no DICOM preamble and SOPClassUID {uid[:20]!r} is not a UID: not a DICOM file"
     return ""
 
 
@@ -283,11 +339,10 @@ def _check_collinear(folder: Path, slices: list[_Slice], pos: np.ndarray, iop: n
 
 def _pixels(folder: Path, slices: list[_Slice]) -> np.ndarray:
     """Decode every slice and apply RescaleSlope/Intercept: float32 ``(Z, rows, columns)``."""
-    pydicom = _pydicom()
     first = slices[0].ds
     data = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
     for z, slc in enumerate(slices):
-        ds = pydicom.dcmread(slc.path)
+        ds = read_slice(slc.path)
         if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
             raise InputError(slc.path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
         pixels = _decode(slc.path, ds)
