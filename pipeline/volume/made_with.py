@@ -32,6 +32,7 @@ from typing import Any
 
 from models.spec import ModelSpec
 from pipeline.errors import InputError
+from pipeline.volume.sniff import is_pair_name, pair_files
 
 INPUT_KEY = "input"
 
@@ -71,6 +72,8 @@ def input_record(
     """The :class:`InputRecord` of the study at ``path`` as asked for (reads file metadata only);
     ``out_dir``: the run's output folder, left out of a DICOM folder's fingerprint when inside it."""
     source = Path(path).resolve()
+    if is_pair_name(source) and pair_files(source)[0].is_file():
+        source = pair_files(source)[0]  # a NIfTI pair given by its .img is the same input as by its .hdr
     exclude = Path(out_dir).resolve() if out_dir is not None else None
     return InputRecord(str(source), series_uid or "", -1 if volume_index is None else int(volume_index), input_fingerprint(source, exclude=exclude))
 
@@ -78,7 +81,8 @@ def input_record(
 def input_fingerprint(path: Path, *, exclude: Path | None = None) -> str:
     """A cheap fingerprint of a study, from file metadata only (no pixel is read).
 
-    A file: its size (bytes) and modification time (ns). A DICOM folder: the number of files under
+    A file: its size (bytes) and modification time (ns); a NIfTI ``.hdr``/``.img`` pair: those of both
+    files. A DICOM folder: the number of files under
     it (recursively, the files the reader scans) and the SHA-256 of their sorted
     ``(relative name, size, mtime_ns)``: adding, removing, renaming or rewriting a file changes it.
     The folder ``exclude`` (the run's own outputs, when ``--out`` is inside the series folder) is
@@ -88,9 +92,15 @@ def input_fingerprint(path: Path, *, exclude: Path | None = None) -> str:
     try:
         if path.is_dir():
             return _folder_fingerprint(path, exclude)
-        stat = path.stat()
+        if is_pair_name(path) and all(p.is_file() for p in pair_files(path)):
+            return "; ".join(f"{p.suffix.lower()[1:]} {_file_fingerprint(p)}" for p in pair_files(path))
+        return _file_fingerprint(path)
     except OSError:
         return "missing"
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
     return f"{stat.st_size} bytes, mtime_ns {stat.st_mtime_ns}"
 
 
