@@ -258,7 +258,7 @@ def _order(folder: Path, slices: list[_Slice]) -> list[_Slice]:
         if (int(slc.ds.Rows), int(slc.ds.Columns)) != shape or not np.allclose(_vector(slc, "PixelSpacing", 2), spacing, atol=1e-4):
             raise InputError(slc.path, "slice size or PixelSpacing differs from the other slices", "the series must be one regular 3D grid; re-export it")
     if len(slices) < 2:
-        raise InputError(folder, "2D image: the series holds a single slice", "give a 3D series with at least 2 slices; use `segpipe raster` for 2D images")
+        raise InputError(folder, "2D image: the series holds a single slice", "segpipe segments 3D series only: give a series of at least 2 slices")
     normal = np.cross(iop[:3], iop[3:])
     if np.linalg.norm(normal) < 0.5 or min(spacing) <= 0:
         raise InputError(

@@ -255,7 +255,7 @@ def _check_shape(path: Path, shape: tuple[int, ...], volume_index: int | None) -
     if 0 in shape:
         raise InputError(path, f"zero-size dimension in shape {shape}: the image holds no voxels", "re-export the volume; every dimension must be >= 1")
     if len(shape) < 3 or min(shape[:3]) == 1:
-        raise InputError(path, f"2D image (shape {shape}), a 3D volume is needed", "give a 3D volume with at least 2 voxels along each axis; use `segpipe raster` for 2D images")
+        raise InputError(path, f"2D image (shape {shape}), a 3D volume is needed", "segpipe segments 3D volumes only: give one with at least 2 voxels along each axis")
     extra = shape[3:]
     if not extra or int(np.prod(extra)) == 1:
         if volume_index not in (None, 0):

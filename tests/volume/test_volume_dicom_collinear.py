@@ -1,5 +1,6 @@
 """A slice whose ImagePositionPatient lies off the series line is refused (the affine, from the first and
-last positions, would misplace it); gantry tilt and the rounding of DICOM decimal strings are accepted."""
+last positions, would misplace it); gantry tilt and the rounding of DICOM decimal strings are accepted.
+Also: a 2D input is told segpipe segments 3D only."""
 
 from __future__ import annotations
 
@@ -74,3 +75,15 @@ def test_gantry_tilt_is_collinear_even_rounded_and_a_stray_slice_in_it_is_not(vh
     _move(folder / "IM0005.dcm", (-2.0, 0.0, 0.0))
     with pytest.raises(InputError, match=r"1 of 8 slices lies off .*: IM0005.dcm \(slice 5\) by 2.00 mm"):
         read_volume(folder)
+
+
+def test_2d_inputs_say_3d_only_not_the_raster_command(vh, tmp_path):
+    """`segpipe raster` is the land-cover command, no place for a 2D CT/MR slice."""
+    folder = _series(vh, tmp_path, n=1)
+    with pytest.raises(InputError) as caught:
+        read_volume(folder)
+    assert caught.value.fix == "segpipe segments 3D series only: give a series of at least 2 slices"
+    flat = vh.write_nifti(tmp_path / "flat.nii.gz", np.zeros((1, 8, 9), np.int16), np.eye(4))
+    with pytest.raises(InputError, match="2D image") as caught:
+        read_volume(flat)
+    assert caught.value.fix == "segpipe segments 3D volumes only: give one with at least 2 voxels along each axis"
