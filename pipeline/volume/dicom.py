@@ -7,7 +7,8 @@
   they start like a dataset and hold an image (SOPClassUID, Rows, Columns, pixel data); see
   :func:`read_slice`.
 * Slices are ordered along the slice normal ``n = row_cosines x column_cosines`` by ``n . ImagePositionPatient``;
-  missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position.
+  missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position,
+  and so do positions off the series line (not collinear in-plane, see :func:`_check_collinear`).
 * RescaleSlope/RescaleIntercept are applied per slice (Hounsfield units for CT).
 * Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000 incl. lossless, RLE) are decoded by pydicom's
   pixel handlers (pylibjpeg + pylibjpeg-openjpeg / -libjpeg).
