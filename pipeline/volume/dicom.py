@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.volume.sniff import is_nifti_name
-from pipeline.volume.volume import DicomSource, HeaderInfo, Volume, affine_problem
+from pipeline.volume.volume import DicomSource, HeaderInfo, Volume, affine_problem, fill_nodata
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
 
     Returns:
         The volume: ``data`` float32 ``(Z, Y, X)`` (slices ordered along the normal, rows, columns) in
-        rescaled units (HU for CT), ``affine`` ``(x, y, z, 1)`` -> RAS mm, ``dicom`` with the UIDs in z order.
+        rescaled units (HU for CT), ``affine`` ``(x, y, z, 1)`` -> RAS mm, ``dicom`` with the UIDs in z order,
+        ``nodata`` the pixel padding (see :func:`_padding`; None without PixelPaddingValue), where
+        ``data`` holds the smallest value of the other voxels (:func:`~pipeline.volume.volume.fill_nodata`).
     """
     folder = Path(folder)
     series = _scan(folder)
@@ -80,7 +82,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     problem = affine_problem(affine, "the voxel-to-world matrix of PixelSpacing, ImageOrientationPatient and ImagePositionPatient")
     if problem is not None:
         raise InputError(folder, problem, "fix the series' geometry tags or re-export it")
-    data = _pixels(folder, slices)
+    data, padding = _pixels(folder, slices)
     first = slices[0].ds
     modality = str(getattr(first, "Modality", "")).upper()
     source = DicomSource(
@@ -99,6 +101,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
         source=folder,
         header=HeaderInfo.from_affine(affine, code=1),
         dicom=source,
+        nodata=fill_nodata(data, padding),
     )
 
 
@@ -338,19 +341,63 @@ def _check_collinear(folder: Path, slices: list[_Slice], pos: np.ndarray, iop: n
     )
 
 
-def _pixels(folder: Path, slices: list[_Slice]) -> np.ndarray:
-    """Decode every slice and apply RescaleSlope/Intercept: float32 ``(Z, rows, columns)``."""
+def _pixels(folder: Path, slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every slice and apply RescaleSlope/Intercept: float32 ``(Z, rows, columns)``, and the
+    pixel padding mask (bool, same shape; :func:`_padding`, taken on the stored values of each slice).
+
+    Raises:
+        InputError: a colour slice, an undecodable one, or a series that is padding only.
+    """
     first = slices[0].ds
     data = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
+    padding = np.zeros(data.shape, dtype=bool)
     for z, slc in enumerate(slices):
         ds = read_slice(slc.path)
         if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
             raise InputError(slc.path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
         pixels = _decode(slc.path, ds)
+        _padding(ds, pixels, out=padding[z])
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
         intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
         data[z] = pixels.astype(np.float64) * slope + intercept
-    return data
+    if padding.all():
+        raise InputError(
+            folder, f"every voxel is pixel padding (PixelPaddingValue {first.get('PixelPaddingValue')}): the series holds no image data",
+            "check the export; give the series with its image data",
+        )
+    return data, padding
+
+
+def _padding(ds, pixels: np.ndarray, *, out: np.ndarray) -> None:
+    """Set ``out`` True where the stored (not rescaled) ``pixels`` of ``ds`` are pixel padding.
+
+    DICOM PS3.3 C.7.5.1.1.2: a pixel is padding when its stored value equals PixelPaddingValue, or,
+    when PixelPaddingRangeLimit is present, lies between the two values inclusive (in either order).
+    Without PixelPaddingValue nothing is padding. The tags have the VR of the pixels (US or SS after
+    PixelRepresentation); a value written with the other one (-2000 on unsigned pixels, or 63536 on
+    signed ones, which some exporters do) is read as the same bit pattern of BitsAllocated bits.
+    """
+    if "PixelPaddingValue" not in ds or ds.PixelPaddingValue is None:
+        return
+    bits = int(getattr(ds, "BitsAllocated", 16) or 16)
+    signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
+
+    def stored(value) -> int:
+        value = int(value)
+        if not signed and value < 0:
+            return value + (1 << bits)
+        if signed and value >= 1 << (bits - 1):
+            return value - (1 << bits)
+        return value
+
+    lo = hi = stored(ds.PixelPaddingValue)
+    if "PixelPaddingRangeLimit" in ds and ds.PixelPaddingRangeLimit is not None:
+        lo, hi = sorted((lo, stored(ds.PixelPaddingRangeLimit)))
+    values = np.asarray(pixels)
+    if lo == hi:
+        np.equal(values, lo, out=out)
+    else:
+        np.logical_and(values >= lo, values <= hi, out=out)
 
 
 def _decode(path: Path, ds) -> np.ndarray:

@@ -132,6 +132,7 @@ def made_with(spec: ModelSpec, *, source: InputRecord | None = None) -> dict[str
         "normalize": repr(spec.normalize),
         "orientation": spec.orientation or "",
         "spacing": [float(s) for s in spec.spacing or ()],
+        "nodata": int(spec.nodata),  # the label written where the input has no data
     }
     if source is not None:
         record[INPUT_KEY] = source.to_dict()

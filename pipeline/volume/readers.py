@@ -25,7 +25,7 @@ from pipeline.volume.sniff import (
     pair_files,
     sniff,
 )
-from pipeline.volume.volume import HeaderInfo, Volume, _as_rows, affine_problem
+from pipeline.volume.volume import HeaderInfo, Volume, _as_rows, affine_problem, fill_nodata
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index
         The volume, ``data`` float32 ``(Z, Y, X)``, ``affine`` ``(x, y, z, 1)`` -> RAS mm.
 
     Raises:
-        InputError: the path is missing, of an unknown kind, truncated, not 3D, empty, holds NaN/inf,
+        InputError: the path is missing, of an unknown kind, truncated, not 3D, empty, holds inf or only NaN,
             or (DICOM) holds several series, misses slices or is unevenly spaced.
     """
     path = Path(path)
@@ -155,6 +155,9 @@ def _check_nifti_name(path: Path) -> FileKind:
 def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
     """Read a NIfTI-1/2 file (see :func:`read_volume`). Scaling (scl_slope/scl_inter) is applied.
 
+    NaN voxels are nodata (``Volume.nodata``; ``data`` holds the smallest finite value there, see
+    :func:`~pipeline.volume.volume.fill_nodata`); +/-inf voxels, and a volume that is NaN only, are refused.
+
     The affine is converted to millimetres (``xyzt_units`` metres x1000, microns x0.001, unknown = mm,
     as ITK does); ``header`` keeps the file's own qform/sform and units for the label output.
     """
@@ -179,8 +182,11 @@ def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
     raw = raw.reshape(raw.shape[:3])
     data = raw.astype(np.float32, copy=False).T  # (X, Y, Z) -> (Z, Y, X); C-contiguous for NIfTI's Fortran order
     data = np.ascontiguousarray(data)
-    _check_finite(path, data)
-    return Volume(data=data, affine=affine, modality="unknown", source=path, header=info)
+    nan = _check_finite(path, data)
+    if nan is not None:
+        data = np.array(data)  # may be a read-only view of nibabel's array: fill a copy
+        nan = fill_nodata(data, nan)
+    return Volume(data=data, affine=affine, modality="unknown", source=path, header=info, nodata=nan)
 
 
 def _affine_mm(path: Path, affine: np.ndarray, units: str) -> np.ndarray:
@@ -271,14 +277,21 @@ def _check_shape(path: Path, shape: tuple[int, ...], volume_index: int | None) -
     return int(volume_index)
 
 
-def _check_finite(path: Path, data: np.ndarray) -> None:
-    bad = ~np.isfinite(data)
-    count = int(np.count_nonzero(bad))
+def _check_finite(path: Path, data: np.ndarray) -> np.ndarray | None:
+    """Refuse +/-inf voxels and an all-NaN volume; return the NaN voxels (bool ``(Z, Y, X)``), or None when there are none."""
+    inf = np.isinf(data)
+    count = int(np.count_nonzero(inf))
     if count:
-        zyx = np.argwhere(bad)[0]
+        zyx = np.argwhere(inf)[0]
         first = (int(zyx[2]), int(zyx[1]), int(zyx[0]))
         raise InputError(
             path,
-            f"{count} NaN/inf voxel(s), first at voxel (i, j, k) = {first}",
-            "replace them before segmenting, e.g. np.nan_to_num(img.get_fdata()) saved with nibabel",
+            f"{count} inf voxel(s), first at voxel (i, j, k) = {first}",
+            "replace them before segmenting: with NaN where the voxel has no data (segpipe labels NaN voxels nodata), else with a valid value",
         )
+    nan = np.isnan(data)
+    if not nan.any():
+        return None
+    if nan.all():
+        raise InputError(path, f"every voxel is NaN ({nan.size} voxels): the image holds no data", "check the export; give the volume with its image data")
+    return nan

@@ -5,8 +5,11 @@ Batches of studies (locally or on Dask) are :mod:`pipeline.volume.batch`.
 Outputs of a study with stem ``S`` (file name without ``.nii``/``.nii.gz``, or the DICOM folder name) in ``DIR``:
 
 * ``S.labels.nii.gz``: labels on exactly the input grid (shape, affine, qform/sform and codes), uint8
-  (uint16 when a class id exceeds 255);
-* ``S.labels.json`` (id -> name, colour), ``S.labels.txt`` (ITK-SNAP), ``S.labels.ctbl`` (3D Slicer);
+  (uint16 when a class id or the spec's ``nodata`` exceeds 255); voxels without image data in the input
+  (``Volume.nodata``: DICOM pixel padding, NaN in NIfTI) are ``spec.nodata``, set on the native grid
+  after the labels come back from the model grid, so exactly there;
+* ``S.labels.json`` (id -> name, colour; ``nodata``), ``S.labels.txt`` (ITK-SNAP), ``S.labels.ctbl``
+  (3D Slicer), both listing the nodata value as ``nodata``;
 * ``S.seg.dcm``: a DICOM SEG referencing the source series (DICOM input only);
 * ``S.stats.json`` and a row of ``DIR/stats.zarr`` (see :mod:`pipeline.volume.stats`).
 
@@ -257,7 +260,7 @@ def _segment_study(
         with watch.stage("stats"):
             stats = study_statistics(
                 stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
-                source=read.source, modality=volume.modality, model=spec.name, made_with=record,
+                source=read.source, modality=volume.modality, model=spec.name, made_with=record, nodata=spec.nodata,
             )
         with watch.stage("write"):
             dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
@@ -351,12 +354,13 @@ def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: S
 def _labels_on_native_grid(
     volume: Volume, spec: ModelSpec, work: Path, model: Any, options: VolumeOptions, *, progress: BlockProgress | None, record: dict[str, Any]
 ) -> tuple[np.ndarray, Any]:
-    """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``."""
+    """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``,
+    ``spec.nodata`` at the volume's nodata voxels."""
     from pipeline.engine import EngineConfig, run_engine
     from pipeline.grid import BlockPlan, WindowGrid
 
     grid = plan_grid(volume.shape, volume.affine, orientation=spec.orientation, spacing=spec.spacing)
-    dtype = label_dtype(spec.class_ids)
+    dtype = label_dtype(spec.class_ids, spec.nodata)
     config = EngineConfig(
         window=tuple(spec.window), overlap=spec.overlap, blend=spec.blend, block=options.block,
         device=options.device, output="logits" if grid.resampled else "labels", class_ids=spec.class_ids, label_dtype=dtype,
@@ -376,13 +380,17 @@ def _labels_on_native_grid(
             write_volume_store, image, work / "source.zarr", affine=grid.model_affine, block=blk,
             attrs={"source": str(volume.source), "modality": volume.modality},
         )
-        report = run_engine(image[None], model, config, out, done=done, preprocess=intensity_for(spec, volume.data), progress=progress)
+        preprocess = intensity_for(spec, volume.data, nodata=volume.nodata)
+        report = run_engine(image[None], model, config, out, done=done, preprocess=preprocess, progress=progress)
         stored.result()
     if grid.resampled:
         labels = logits_to_native(out, grid, spec.class_ids, dtype)
     else:
         labels = labels_to_native(out[...], grid)
-    return np.ascontiguousarray(labels), report
+    labels = np.require(labels, requirements=("C", "W"))
+    if volume.nodata is not None:
+        labels[volume.nodata] = spec.nodata  # on the native grid: exact whatever the model grid was
+    return labels, report
 
 
 def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any, record: dict[str, Any]) -> dict[str, Any]:
@@ -400,6 +408,7 @@ def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any
         "blend": config.blend,
         "block": list(config.block),
         "output": config.output,
+        "dtype": config.label_dtype,
         "model_shape": list(grid.model_shape),
         "model_affine": np.asarray(grid.model_affine).round(6).tolist(),
         "normalize": repr(spec.normalize),
@@ -434,9 +443,9 @@ def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMappin
 def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, outputs: StudyOutputs, *, source: str) -> bool:
     """Labels NIfTI, sidecar (naming the absolute ``source``), colour tables and (DICOM input) DICOM SEG. Returns whether a SEG was written."""
     write_labels_nifti(labels, volume.header, outputs.labels)
-    write_text_atomic(sidecar_json(spec.classes, source=source, model=spec.name), outputs.sidecar)
-    write_text_atomic(itksnap_label_table(spec.classes), outputs.itksnap)
-    write_text_atomic(slicer_color_table(spec.classes), outputs.slicer)
+    write_text_atomic(sidecar_json(spec.classes, source=source, model=spec.name, nodata=spec.nodata), outputs.sidecar)
+    write_text_atomic(itksnap_label_table(spec.classes, spec.nodata), outputs.itksnap)
+    write_text_atomic(slicer_color_table(spec.classes, spec.nodata), outputs.slicer)
     if volume.dicom is None:
         return False
     write_dicom_seg(labels, volume.dicom, spec.classes, outputs.seg, model_name=spec.name)

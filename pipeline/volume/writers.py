@@ -19,9 +19,9 @@ from pipeline.errors import InputError
 from pipeline.volume.volume import DicomSource, HeaderInfo
 
 
-def label_dtype(class_ids: Sequence[int]) -> str:
-    """``uint8`` when every id fits, else ``uint16``."""
-    return "uint8" if max(class_ids) <= 255 else "uint16"
+def label_dtype(class_ids: Sequence[int], nodata: int | None = None) -> str:
+    """``uint8`` when every id and ``nodata`` fit (``max(ids, nodata) <= 255``, as for rasters), else ``uint16``."""
+    return "uint8" if max(*class_ids, -1 if nodata is None else nodata) <= 255 else "uint16"
 
 
 def _tmp(path: Path) -> Path:
@@ -66,7 +66,8 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 
 
 def sidecar_json(classes: Sequence[ClassInfo], *, source: str, model: str, nodata: int | None = None) -> str:
-    """The ``<stem>.labels.json`` sidecar: label id -> name and colour, plus provenance."""
+    """The ``<stem>.labels.json`` sidecar: label id -> name and colour, plus provenance and the
+    ``nodata`` label value (voxels without image data; not a class, so not under ``labels``)."""
     doc = {
         "source": source,
         "model": model,
@@ -77,8 +78,9 @@ def sidecar_json(classes: Sequence[ClassInfo], *, source: str, model: str, nodat
     return json.dumps(doc, indent=1)
 
 
-def itksnap_label_table(classes: Sequence[ClassInfo]) -> str:
-    """ITK-SNAP label description file (``IDX R G B A VIS MSH "LABEL"``); id 0 is transparent."""
+def itksnap_label_table(classes: Sequence[ClassInfo], nodata: int | None = None) -> str:
+    """ITK-SNAP label description file (``IDX R G B A VIS MSH "LABEL"``); id 0 is transparent, and the
+    ``nodata`` value, when given, is listed as ``"nodata"``: black, transparent and hidden."""
     lines = [
         "################################################",
         "# ITK-SnAP Label Description File",
@@ -100,16 +102,21 @@ def itksnap_label_table(classes: Sequence[ClassInfo]) -> str:
         alpha, vis = ("0", 0) if c.id == 0 else ("1", 1)
         name = c.name.replace('"', "'")
         lines.append(f'{c.id:5d} {r:5d} {g:4d} {b:4d} {alpha:>8} {vis:2d} {vis:2d}    "{name}"')
+    if nodata is not None:
+        lines.append(f'{nodata:5d} {0:5d} {0:4d} {0:4d} {"0":>8} {0:2d} {0:2d}    "nodata"')
     return "\n".join(lines) + "\n"
 
 
-def slicer_color_table(classes: Sequence[ClassInfo]) -> str:
-    """3D Slicer colour table (``.ctbl``): ``id name R G B A`` per line, names without spaces."""
-    lines = ["# Color table file written by segpipe", f"# {len(classes)} values"]
+def slicer_color_table(classes: Sequence[ClassInfo], nodata: int | None = None) -> str:
+    """3D Slicer colour table (``.ctbl``): ``id name R G B A`` per line, names without spaces; the
+    ``nodata`` value, when given, last as ``nodata 0 0 0 0`` (transparent)."""
+    lines = ["# Color table file written by segpipe", f"# {len(classes) + (nodata is not None)} values"]
     for c in sorted(classes, key=lambda c: c.id):
         r, g, b = c.rgb
         alpha = 0 if c.id == 0 else 255
         lines.append(f"{c.id} {'_'.join(c.name.split()) or f'label_{c.id}'} {r} {g} {b} {alpha}")
+    if nodata is not None:
+        lines.append(f"{nodata} nodata 0 0 0 0")
     return "\n".join(lines) + "\n"
 
 
@@ -125,7 +132,8 @@ def write_dicom_seg(
     """A DICOM SEG (BINARY, one segment per non-zero class) referencing the source series.
 
     Args:
-        labels: ``(Z, Y, X)`` on the source grid, z in the order of ``source.files``.
+        labels: ``(Z, Y, X)`` on the source grid, z in the order of ``source.files``. A voxel whose
+            value is no non-zero class id (background 0, the nodata value) is in no segment.
         source: the series read (its files are re-read without pixel data for the references).
         classes: label classes; id 0 is background and gets no segment.
         path: output ``.dcm`` file.

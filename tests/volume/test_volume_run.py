@@ -139,7 +139,7 @@ def test_batch_reports_bad_studies_and_finishes_the_rest(vh, tmp_path, pv_model)
     good = vh.write_nifti(tmp_path / "good.nii.gz", hu, vh.axis_affine("LPS"))
     truncated = vh.write_nifti(tmp_path / "truncated.nii.gz", hu.astype(np.float32) + np.arange(hu.size).reshape(hu.shape), np.eye(4))
     truncated.write_bytes(gzip.compress(gzip.decompress(truncated.read_bytes()))[:-600])
-    nans = vh.write_nifti(tmp_path / "nans.nii.gz", np.where(hu > 0, np.nan, hu).astype(np.float32), np.eye(4))
+    infs = vh.write_nifti(tmp_path / "infs.nii.gz", np.where(hu > 0, np.inf, hu).astype(np.float32), np.eye(4))  # NaN is nodata, inf refused
     empty = tmp_path / "empty.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((0, 4, 4), np.float32), np.eye(4)), empty)
     flat = tmp_path / "flat.nii.gz"
@@ -150,18 +150,18 @@ def test_batch_reports_bad_studies_and_finishes_the_rest(vh, tmp_path, pv_model)
     two = tmp_path / "dicom_two"
     vh.write_dicom_series(two / "a", hu, affine, series_uid="1.2.826.0.1.1")
     vh.write_dicom_series(two / "b", hu[:4], affine, series_uid="1.2.826.0.1.2")
-    inputs = [truncated, good, nans, empty, gap, flat, dicom, two]
+    inputs = [truncated, good, infs, empty, gap, flat, dicom, two]
     spec = vh.per_voxel_spec(tmp_path)
     out = tmp_path / "out"
     report = segment_volumes(inputs, spec, out, CPU, model=pv_model)
     assert [r.study for r in report.results] == ["good", "dicom_ok"]
     failures = {f.source: f.message for f in report.failures}
-    assert set(failures) == {str(p) for p in (truncated, nans, empty, gap, flat, two)}
+    assert set(failures) == {str(p) for p in (truncated, infs, empty, gap, flat, two)}
     assert "truncated or corrupt" in failures[str(truncated)] or "cannot open" in failures[str(truncated)]
-    assert "NaN" in failures[str(nans)] and "zero-size" in failures[str(empty)] and "2D image" in failures[str(flat)]
+    assert "inf voxel" in failures[str(infs)] and "zero-size" in failures[str(empty)] and "2D image" in failures[str(flat)]
     assert "missing slice" in failures[str(gap)] and "2 series" in failures[str(two)]
     assert all(str(tmp_path) in m for m in failures.values())
-    for stem in ("truncated", "nans", "empty", "flat", "dicom_gap", "dicom_two"):
+    for stem in ("truncated", "infs", "empty", "flat", "dicom_gap", "dicom_two"):
         assert not list(out.glob(f"{stem}.*"))  # nothing half-written that looks complete
     # DICOM input: NIfTI labels on the series grid, and a DICOM SEG referencing the series
     dicom_result = report.results[1]
