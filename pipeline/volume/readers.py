@@ -15,9 +15,14 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.volume.sniff import (
     NIFTI_SUFFIXES,
+    PAIR_SUFFIXES,
     FileKind,
     describe,
+    is_analyze_header,
     is_nifti_name,
+    is_pair_header,
+    is_pair_name,
+    pair_files,
     sniff,
 )
 from pipeline.volume.volume import HeaderInfo, Volume, _as_rows, affine_problem, fill_nodata
@@ -30,24 +35,27 @@ MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
 
 
 def study_stem(path: str | Path) -> str:
-    """Output stem of a study: the file name without ``.nii``/``.nii.gz``, or the DICOM folder name."""
+    """Output stem of a study: the file name without ``.nii``/``.nii.gz`` (or, for a NIfTI pair, without
+    ``.hdr``/``.img``), or the DICOM folder name."""
     path = Path(path)
     name = path.name
-    for suffix in NIFTI_SUFFIXES:
+    for suffix in NIFTI_SUFFIXES + PAIR_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
 def is_nifti(path: str | Path) -> bool:
-    return is_nifti_name(path)
+    """Whether ``path`` is named like a NIfTI file: ``.nii``, ``.nii.gz``, or either file of a ``.hdr``/``.img`` pair."""
+    return is_nifti_name(path) or is_pair_name(path)
 
 
 def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index: int | None = None) -> Volume:
     """Read a 3D study.
 
     Args:
-        path: a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series (or several, see ``series_uid``).
+        path: a ``.nii``/``.nii.gz`` file, either file of a NIfTI pair (``NAME.hdr`` + ``NAME.img``), or a
+            folder holding one DICOM series (or several, see ``series_uid``).
         series_uid: DICOM only: the SeriesInstanceUID to read when the folder holds several series.
         volume_index: NIfTI only: which volume of a 4D image to read (0-based).
 
@@ -65,9 +73,38 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index
         from pipeline.volume.dicom import read_dicom_series
 
         return read_dicom_series(path, series_uid=series_uid)
-    if is_nifti(path):
+    if is_nifti_name(path):
         return read_nifti(path, volume_index=volume_index)
+    if is_pair_name(path):
+        return read_nifti(nifti_pair_header(path), volume_index=volume_index)
     raise _not_a_study(path)
+
+
+def nifti_pair_header(path: str | Path) -> Path:
+    """The header ``NAME.hdr`` of the NIfTI pair that ``path`` (``NAME.hdr`` or ``NAME.img``) belongs to.
+
+    Raises:
+        InputError: a part of the pair is missing, the header is an Analyze 7.5 one (no orientation)
+            or no header at all, or ``path`` is a single-file NIfTI named ``.hdr``/``.img``.
+    """
+    path = Path(path)
+    header, image = pair_files(path)
+    if header.is_file() and is_pair_header(header):
+        if not image.is_file():
+            raise InputError(header, f"NIfTI pair header without its image file {image.name}", f"put {image.name} (the voxel data) next to it")
+        return header
+    if path.is_file() and sniff(path)[0] in ("nifti1", "nifti2"):
+        raise _not_a_study(path)  # a single-file NIfTI named .hdr/.img: the rename hint
+    if not header.is_file():
+        raise InputError(path, f"image file of a NIfTI pair without its header {header.name}", f"put {header.name} next to it, or give a .nii/.nii.gz file")
+    if is_analyze_header(header):
+        raise InputError(
+            header, "an Analyze 7.5 header (no NIfTI magic): its left-right orientation is not defined",
+            "convert it to NIfTI (.nii.gz) in the software that wrote it, checking left and right",
+        )
+    raise InputError(
+        header, f"not a NIfTI pair header: {describe(*sniff(header))}", "give a NIfTI file (.nii, .nii.gz), a NIfTI .hdr/.img pair or a DICOM series folder"
+    )
 
 
 def _not_a_study(path: Path) -> InputError:
@@ -75,6 +112,8 @@ def _not_a_study(path: Path) -> InputError:
     kind, gzipped = sniff(path)
     if kind == "dicom" and not gzipped:
         return InputError(path, "a single DICOM file, not a series", f"pass the series folder instead: {path.parent}")
+    if kind in ("nifti1", "nifti2") and is_pair_header(path):
+        return _renamed_pair_header(path, gzipped)
     if kind in ("nifti1", "nifti2"):
         right = f"{path.name}.nii.gz" if gzipped else f"{path.name}.nii"
         return InputError(path, f"{describe(kind, gzipped)} without the {'.nii.gz' if gzipped else '.nii'} extension", f"rename it to {right}")
@@ -84,12 +123,26 @@ def _not_a_study(path: Path) -> InputError:
     )
 
 
+def _renamed_pair_header(path: Path, gzipped: bool) -> InputError:
+    """The error for the header of a NIfTI pair named otherwise than ``NAME.hdr`` (its voxels are in ``NAME.img``)."""
+    base = path.name
+    for suffix in NIFTI_SUFFIXES + (".gz",) + PAIR_SUFFIXES:
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+    return InputError(
+        path, f"the{' gzip-compressed' if gzipped else ''} header of a NIfTI .hdr/.img pair, not a single-file NIfTI: the voxels are in a separate .img file",
+        f"{'gunzip it, ' if gzipped else ''}rename it to {base}.hdr, keep its voxel file {base}.img next to it, and give {base}.hdr",
+    )
+
+
 def _check_nifti_name(path: Path) -> FileKind:
     """A ``.nii``/``.nii.gz`` name whose content disagrees: say so before nibabel fails on it. Returns the kind."""
     kind, gzipped = sniff(path)
     named_gz = path.name.lower().endswith(".nii.gz")
     if kind == "empty":
         raise InputError(path, "empty file (0 bytes)", "re-export or re-copy the file")
+    if kind in ("nifti1", "nifti2") and is_nifti_name(path) and is_pair_header(path):
+        raise _renamed_pair_header(path, gzipped)
     if kind in ("nifti1", "nifti2") and gzipped and not named_gz:
         raise InputError(path, "gzip-compressed, but named .nii", f"rename it to {path.name}.gz")
     if kind in ("nifti1", "nifti2") and not gzipped and named_gz:
@@ -208,7 +261,7 @@ def _check_shape(path: Path, shape: tuple[int, ...], volume_index: int | None) -
     if 0 in shape:
         raise InputError(path, f"zero-size dimension in shape {shape}: the image holds no voxels", "re-export the volume; every dimension must be >= 1")
     if len(shape) < 3 or min(shape[:3]) == 1:
-        raise InputError(path, f"2D image (shape {shape}), a 3D volume is needed", "give a 3D volume with at least 2 voxels along each axis; use `segpipe raster` for 2D images")
+        raise InputError(path, f"2D image (shape {shape}), a 3D volume is needed", "segpipe segments 3D volumes only: give one with at least 2 voxels along each axis")
     extra = shape[3:]
     if not extra or int(np.prod(extra)) == 1:
         if volume_index not in (None, 0):

@@ -17,11 +17,12 @@ Every file is written under a temporary name and renamed; ``S.stats.json`` is wr
 the study done. It records what made the labels and from what (:mod:`pipeline.volume.made_with`): the
 model spec, and the input's absolute path, DICOM series, 4D volume and file fingerprint. A later run
 skips the study only when that record matches its own (unless ``options.force``); a study done with
-another model or settings, or whose input changed (another series or volume, or the file or folder
-rewritten), is segmented again, its old ``S.stats.json`` removed before any of its files is replaced,
-so the study never looks done with a mix of old and new files. Outputs made from *another* input with
-the same stem (``a/case01.nii.gz`` then ``b/case01.nii.gz``) are an :class:`~pipeline.errors.InputError`
-(``force`` replaces them). When writing the outputs fails, the study's files are removed; when the
+another model or settings, or whose input changed (the file or folder rewritten), is segmented again,
+its old ``S.stats.json`` removed before any of its files is replaced, so the study never looks done
+with a mix of old and new files. Outputs made from *another* input with the same stem
+(``a/case01.nii.gz`` then ``b/case01.nii.gz``; another ``series_uid`` of the same folder; another
+``volume_index`` of the same 4D file) are an :class:`~pipeline.errors.InputError`, raised before any
+work (``force`` replaces them). When writing the outputs fails, the study's files are removed; when the
 output folder fills up or turns read-only, the study fails with an ``InputError`` naming the folder
 and the fix, and its work folder is removed. Intermediate zarr arrays live in
 ``DIR/.segpipe-work/S/`` and let a killed run resume without redoing finished engine blocks; they are

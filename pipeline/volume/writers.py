@@ -151,7 +151,6 @@ def write_dicom_seg(
     """
     try:
         import highdicom as hd
-        import pydicom
         from pydicom.sr.codedict import codes
     except ImportError as exc:  # pragma: no cover - declared dependencies
         raise InputError("highdicom", "DICOM SEG output needs highdicom", "pip install highdicom") from exc
@@ -165,7 +164,9 @@ def write_dicom_seg(
         lut[c.id] = number
     pixel_array = lut[np.asarray(labels)]
     pixel_array = pixel_array.astype(np.uint8 if len(segments) < 256 else np.uint16)
-    images = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.files]
+    from pipeline.volume.dicom import read_slice  # Part 10 files and bare datasets alike
+
+    images = [read_slice(f, stop_before_pixels=True) for f in source.files]
     algorithm = hd.AlgorithmIdentificationSequence(name=model_name[:64] or "segpipe", family=codes.cid7162.ArtificialIntelligence, version=software_version)
     descriptions = [
         hd.seg.SegmentDescription(
