@@ -179,7 +179,7 @@ def _is_study(path: Path) -> bool:
         return False
     if path.is_dir():
         return path.suffix != ".zarr" and any(p.is_file() and not p.name.startswith(".") for p in path.iterdir())
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
+    return path.name.lower().endswith((*NIFTI_SUFFIXES, ".hdr"))  # a NIfTI pair by its header (its .img is not a study of its own)
 
 
 def check_bands(value: Any, source: str | Path) -> tuple[int, ...] | None:

@@ -3,7 +3,7 @@
 The record (``made_with`` in ``S.stats.json``) has two parts:
 
 * the model spec (:func:`made_with`): name, architecture and parameters, checkpoint file, classes,
-  window, overlap, blend, normalisation, orientation, spacing. The checkpoint is identified by the
+  window, overlap, blend, normalisation, orientation, spacing, nodata. The checkpoint is identified by the
   SHA-256 of its bytes (computed once per process and file version: a rewritten identical checkpoint
   still matches, a retrained one does not; its path is not part of the record, so moving it changes
   nothing);

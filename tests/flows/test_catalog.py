@@ -60,7 +60,7 @@ def test_missing_catalog_and_bad_study_demo(tmp_path):
 
 
 def test_list_studies_folder_glob_and_file(tmp_path):
-    for name in ("b.nii.gz", "a.nii", "notes.txt", ".hidden.nii.gz"):
+    for name in ("b.nii.gz", "a.nii", "notes.txt", ".hidden.nii.gz", "pair.hdr", "pair.img"):
         (tmp_path / name).write_bytes(b"x")
     series = tmp_path / "dicom-series"
     series.mkdir()
@@ -68,7 +68,7 @@ def test_list_studies_folder_glob_and_file(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "stats.zarr").mkdir()
     (tmp_path / "stats.zarr" / "zarr.json").write_text("{}")
-    assert [Path(p).name for p in list_studies(tmp_path)] == ["a.nii", "b.nii.gz", "dicom-series"]
+    assert [Path(p).name for p in list_studies(tmp_path)] == ["a.nii", "b.nii.gz", "dicom-series", "pair.hdr"]  # a pair once, by its header
     assert [Path(p).name for p in list_studies(str(tmp_path / "*.nii*"))] == ["a.nii", "b.nii.gz"]
     assert list_studies(tmp_path / "a.nii") == [str(tmp_path / "a.nii")]
     with pytest.raises(InputError, match="no studies found"):
