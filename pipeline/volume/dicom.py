@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.volume.sniff import is_nifti_name
-from pipeline.volume.volume import DicomSource, HeaderInfo, Volume, affine_problem, fill_nodata
+from pipeline.volume.volume import DicomSource, HeaderInfo, Volume, affine_problem, check_memory, fill_nodata
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +349,7 @@ def _pixels(folder: Path, slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray]
         InputError: a colour slice, an undecodable one, or a series that is padding only.
     """
     first = slices[0].ds
+    check_memory(folder, (len(slices), int(first.Rows), int(first.Columns)), "the series (slices x Rows x Columns)")
     data = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
     padding = np.zeros(data.shape, dtype=bool)
     for z, slc in enumerate(slices):

@@ -25,7 +25,7 @@ from pipeline.volume.sniff import (
     pair_files,
     sniff,
 )
-from pipeline.volume.volume import HeaderInfo, Volume, _as_rows, affine_problem, fill_nodata
+from pipeline.volume.volume import HeaderInfo, Volume, _as_rows, affine_problem, check_memory, fill_nodata
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,7 @@ def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
         raise InputError(path, f"cannot open as NIfTI ({exc})", "check that the file is a complete NIfTI file; re-export or re-copy it") from exc
     shape = tuple(int(s) for s in img.shape)
     index = _check_shape(path, shape, volume_index)
+    check_memory(path, shape[:3], "the NIfTI header")  # before the voxel data is decompressed
     info = _header_info(path, img.header, np.asarray(img.affine, dtype=np.float64))
     affine = _affine_mm(path, img.affine, info.xyz_units)
     try:

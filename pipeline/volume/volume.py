@@ -158,6 +158,41 @@ def fill_nodata(data: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     return mask
 
 
+BYTES_PER_VOXEL = 16
+"""Peak memory of segmenting a study, per voxel, roughly: the stored values, float32 intensities, the
+model-grid copy, the nodata mask and the labels (a 512 x 512 x 300 CT: about 1.3 GB)."""
+
+
+def check_memory(path: str | Path, shape: tuple[int, ...], what: str) -> None:
+    """Refuse, from the header alone, a study that cannot fit in this machine's available memory.
+
+    A 9 MB ``.nii.gz`` declaring 2048 x 1024 x 1024 voxels was decompressed for 32 s and then failed
+    with an unexplained MemoryError; DICOM slices declaring Rows = Columns = 60000 asked for 40 GiB
+    before the pixel data was looked at.
+
+    Args:
+        path: the file or folder, for the message.
+        shape: the voxel counts the header declares.
+        what: how the message names the header (e.g. ``"the NIfTI header"``).
+
+    Raises:
+        InputError: ``prod(shape) * BYTES_PER_VOXEL`` exceeds the available memory (psutil).
+    """
+    import psutil
+
+    from pipeline.errors import InputError
+
+    need = float(np.prod(np.asarray(shape, dtype=np.float64))) * BYTES_PER_VOXEL
+    available = psutil.virtual_memory().available
+    if need > available:
+        dims = " x ".join(str(int(s)) for s in shape)
+        raise InputError(
+            path,
+            f"{what} declares {dims} voxels, which need about {need / 2**30:.1f} GiB of memory to segment; {available / 2**30:.1f} GiB is available",
+            "check the file (a header that declares far more voxels than the file holds is corrupt), or segment it on a machine with more memory",
+        )
+
+
 def spacing_zyx(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size ``(z, y, x)`` in mm: lengths of the affine's columns ``k, j, i``."""
     norms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
