@@ -119,14 +119,15 @@ def failure_of(item: str, exc: BaseException | None, state_message: str | None =
     return Failure(item=item, error=type(exc).__name__, message=flow_wording(str(exc) or repr(exc)))
 
 
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (\d[\w.,:]*|FILE|DIR|N|UID)\b)?")
-_PLACEHOLDERS = ("FILE", "DIR", "N", "UID")
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (\d[\w.,:]*|FILE|DIR|N|UID|NAME)\b)?")
+_PLACEHOLDERS = ("FILE", "DIR", "N", "UID", "NAME")
 
 
 def flow_wording(message: str) -> str:
     """``message`` with the command-line options the library names turned into the flows' parameters
     (same names, ``_`` for ``-``): ``--regions`` -> ``regions=``, ``--bands 4,3,2`` -> ``bands=[4,3,2]``,
-    ``--force`` -> ``force=True``, ``--volume-index 1`` -> ``volume_index=1``."""
+    ``--force`` -> ``force=True``, ``--volume-index 1`` -> ``volume_index=1``,
+    ``--region-layer NAME`` -> ``region_layer=<name>``."""
 
     def parameter(match: re.Match) -> str:
         name, value = match.group(1).replace("-", "_"), match.group(2)

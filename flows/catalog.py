@@ -9,6 +9,7 @@ A scene catalog::
       - https://example.org/cogs/tile-17.tif
     regions: districts.geojson       # optional polygons: area per region and class
     region_field: name               # optional attribute naming the regions
+    region_layer: districts          # the regions file's layer (needed when it has several)
     bands: [4, 3, 2, 8]              # optional 1-based bands fed to the model, in order (default: all)
     output: /data/landcover          # optional output root (relative to this file)
     demo: {size: [512, 512], seed: 1}  # optional: generate missing inputs with pipeline.demo
@@ -55,6 +56,7 @@ class SceneCatalog:
     output: Path | None = None
     demo: DemoRecipe | None = None
     bands: tuple[int, ...] | None = None
+    region_layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ def load_scene_catalog(path: str | Path) -> SceneCatalog:
         scenes=scenes,
         regions=_optional_str(raw, "regions", source),
         region_field=_optional_str(raw, "region_field", source),
+        region_layer=_optional_str(raw, "region_layer", source),
         output=_output(raw, source),
         demo=_demo(raw, source, dims=2),
         bands=check_bands(raw.get("bands"), source),
@@ -176,7 +179,7 @@ def _is_study(path: Path) -> bool:
         return False
     if path.is_dir():
         return path.suffix != ".zarr" and any(p.is_file() and not p.name.startswith(".") for p in path.iterdir())
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
+    return path.name.lower().endswith((*NIFTI_SUFFIXES, ".hdr"))  # a NIfTI pair by its header (its .img is not a study of its own)
 
 
 def check_bands(value: Any, source: str | Path) -> tuple[int, ...] | None:

@@ -40,6 +40,7 @@ from flows._runtime import (
     distinct_names,
     failures_table,
     finished,
+    flow_wording,
     in_flight,
     output_root,
     require_checkpoint,
@@ -56,6 +57,7 @@ from pipeline.memory import limit_malloc_arenas
 FLOW_NAME = "landcover"
 DEFAULT_CATALOG = "catalogs/scenes/demo.yaml"
 STATS_STORE = "stats.zarr"
+CATALOG_REGIONS = "regions: in "  # how messages name a catalog's regions key: "regions: in <catalog>"
 
 
 def local_scenes_in_flight(device: str) -> int:
@@ -116,16 +118,18 @@ def segment_scene(
     time: str | None = None,
     bands: list[int] | None = None,
     force: bool = False,
+    region_layer: str | None = None,
 ) -> SceneOutput:
     """Segment one scene (path or URL) with the model spec ``model`` (a name or a YAML path) into
     ``out_dir``; ``bands``: 1-based bands fed to the model, in order (None: all); ``force``: replace
-    the store's entry for this time and scene even when another input made it."""
+    the store's entry for this time and scene even when another input made it; ``region_layer``:
+    the layer of ``regions`` (None: its only layer)."""
     from models.spec import load_spec
     from pipeline.raster.run import segment_raster
 
     spec = load_spec(model)
     result = segment_raster(
-        scene, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device,
+        scene, spec, out_dir, regions=regions, region_field=region_field, region_layer=region_layer, block=block, device=device,
         time=time, bands=bands, model=cached_model(spec, device), force=force,
     )
     _log_scene(result)
@@ -167,6 +171,7 @@ def landcover(
     time: str | None = None,
     bands: list[int] | None = None,
     force: bool = False,
+    region_layer: str | None = None,
 ) -> LandcoverReport:
     """Segment scenes into ``<out>/<stem>.labels.tif`` and append area per region and class to ``<out>/stats.zarr``.
 
@@ -181,6 +186,10 @@ def landcover(
         model: model name (``segpipe models``) or spec YAML path; replaces the catalog's.
         regions: vector file of region polygons (any CRS); replaces the catalog's.
         region_field: attribute naming the regions; replaces the catalog's.
+        region_layer: the layer of the regions file holding the regions, as ``segpipe raster
+            --region-layer`` (needed when the file has several layers, e.g. a GeoPackage with
+            ``country`` and ``districts``; checked before any scene); replaces the catalog's
+            ``region_layer``, which applies only to the catalog's own regions file.
         out: output root; default: the catalog's ``output``, else ``$SEGPIPE_OUT/landcover``, else ``./segpipe-demo/landcover``.
         block: processing block edge in pixels (memory bound; results do not depend on it); default
             1024 on CPU, 2048 on a GPU.
@@ -209,14 +218,14 @@ def landcover(
     logger = get_run_logger()
     limit_malloc_arenas()
     ignore_known_warnings()  # before any threads: see pipeline/known_warnings.py
-    plan = plan_scenes(catalog, scenes, model, regions, region_field, out, bands)
+    plan = plan_scenes(catalog, scenes, model, regions, region_field, out, bands, region_layer=region_layer)
     stamp = _run_time(time)
     failures = list(plan.failures)
     logger.info("landcover: %d scene(s) -> %s (model %s, time %s)", len(plan.todo), plan.out_dir, plan.model, stamp)
     calls = [
         {"name": name, "scene": scene, "model": plan.model, "out_dir": str(plan.out_dir), "regions": plan.regions,
          "region_field": plan.region_field, "block": block, "device": device, "time": stamp,
-         "bands": None if plan.bands is None else list(plan.bands), "force": force}
+         "bands": None if plan.bands is None else list(plan.bands), "force": force, "region_layer": plan.region_layer}
         for name, scene in plan.todo
     ]
     with dask_runner(dask_address) as runner:
@@ -242,6 +251,7 @@ class ScenePlan:
     regions: str | None
     region_field: str | None
     bands: tuple[int, ...] | None = None
+    region_layer: str | None = None
 
 
 def plan_scenes(
@@ -252,6 +262,8 @@ def plan_scenes(
     region_field: str | None,
     out: str | None,
     bands: list[int] | None = None,
+    *,
+    region_layer: str | None = None,
 ) -> ScenePlan:
     """Merge the catalog with explicit parameters (which win), resolve paths, generate missing demo inputs.
 
@@ -259,18 +271,21 @@ def plan_scenes(
     is given too), so a deployment's default catalog never lends its regions or model to scenes
     given at run time. Catalog paths are relative to the catalog file, explicit ones to the working
     directory. A scene whose output name repeats an earlier one becomes a failure (its outputs would
-    overwrite the first). The regions file is checked here, once, before any scene.
+    overwrite the first). The regions file is checked here, once, before any scene: that it is
+    there and, for a local file, that its layer is clear (``region_layer`` names one of its layers,
+    or it has one layer). A catalog's ``region_layer`` goes with the catalog's regions file only.
 
     Raises:
         InputError: no scenes, no model, bad ``bands``, a missing regions file, ``region_field``
-            without regions, or a catalog that cannot be read.
+            or ``region_layer`` without regions, a regions file with several layers and none
+            named, a layer it does not have, or a catalog that cannot be read.
     """
     from pipeline.raster.ingest import scene_stem
 
     if scenes is not None and catalog:
         run_logger(__name__).warning(
             "scenes= given, so catalog=%s is not used (scenes replace the whole catalog); "
-            "pass model=, regions=, region_field=, bands= and out= with them as needed", catalog,
+            "pass model=, regions=, region_field=, region_layer=, bands= and out= with them as needed", catalog,
         )
     cat = load_scene_catalog(catalog or DEFAULT_CATALOG) if scenes is None else None
     out_dir = output_root(out, cat.output if cat else None, FLOW_NAME)
@@ -291,7 +306,8 @@ def plan_scenes(
 
         ensure_demo_scenes(cat.demo, items, region_file if not regions else None)
     field = region_field or (cat.region_field if cat else None)
-    _check_regions(region_file, field, "the regions= parameter" if regions else f"regions: in {cat.source}" if cat else "regions=")
+    layer = region_layer or (cat.region_layer if cat and not regions else None)
+    _check_regions(region_file, field, layer, "the regions= parameter" if regions else f"{CATALOG_REGIONS}{cat.source}" if cat else "regions=")
     todo, failures = distinct_names(items, scene_stem)
     spec_path = _spec_path(model_name, base if not model else Path.cwd())
     require_checkpoint(spec_path)
@@ -302,24 +318,38 @@ def plan_scenes(
         failures=tuple(failures),
         regions=region_file,
         region_field=field,
+        region_layer=layer,
         bands=check_bands(bands, "bands") if bands is not None else (cat.bands if cat else None),
     )
 
 
-def _check_regions(region_file: str | None, region_field: str | None, given_by: str) -> None:
-    """Refuse, before any scene runs, a local regions file that is not there and a ``region_field`` without regions.
+def _check_regions(region_file: str | None, region_field: str | None, region_layer: str | None, given_by: str) -> None:
+    """Refuse, before any scene runs, a local regions file that is not there or whose layer is not
+    clear (:func:`pipeline.raster.regions.choose_layer`), and a ``region_field`` or ``region_layer``
+    without regions.
 
     Raises:
         InputError: naming the flow parameter (or catalog key) that gave the value.
     """
     if region_file is None:
-        if region_field:
-            fix = "pass regions=<vector file> too, or leave region_field out"
-            raise InputError("region_field", f"region_field={region_field!r} given without regions", fix)
+        for name, value in (("region_field", region_field), ("region_layer", region_layer)):
+            if value:
+                raise InputError(name, f"{name}={value!r} given without regions", f"pass regions=<vector file> too, or leave {name} out")
         return
-    if not is_remote(region_file) and not Path(region_file).is_file():
+    if is_remote(region_file):
+        return
+    if not Path(region_file).is_file():
         fix = f"check {given_by} (relative paths: to the working directory, or to the catalog for a catalog's regions)"
         raise InputError(region_file, "regions file not found", fix)
+    from pipeline.raster.regions import choose_layer
+
+    try:
+        choose_layer(region_file, region_layer)
+    except InputError as exc:  # its fix names --region-layer: the flow's words, and the catalog key for a catalog's file
+        fix = flow_wording(exc.fix)
+        if given_by.startswith(CATALOG_REGIONS):
+            fix += f" or region_layer: in {given_by.removeprefix(CATALOG_REGIONS)}"
+        raise InputError(exc.path, exc.problem, fix) from exc
 
 
 def _spec_path(model: str, base: Path) -> str:

@@ -10,8 +10,9 @@ work pool. A task retries twice on I/O errors (``OSError``) and never on bad inp
 A study whose outputs are complete (labels and its ``.stats.json``, written last) and were made by the
 same model spec from the same input (absolute path and file fingerprint, see
 :mod:`pipeline.volume.made_with`) is skipped unless ``force=True``; one done with another model, or
-whose input changed since, is segmented again; outputs made from another input of the same name fail
-that study (:func:`pipeline.volume.run.study_done` and :func:`~pipeline.volume.run.segment_volume`
+whose input changed since, is segmented again; outputs made from another input of the same name
+(another file or folder, another ``series_uid`` of the same folder, another ``volume_index`` of the
+same 4D file) fail that study before any work (:func:`pipeline.volume.run.study_done` and :func:`~pipeline.volume.run.segment_volume`
 apply the rule, as for ``segpipe volume``). A bad study is reported (``segment-volumes-failures`` table artifact) and the others
 finish; as for ``landcover``, the run ends **Completed** when at least one study succeeded (or was
 already done) and **Failed** only when every study failed.

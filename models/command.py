@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli_types import device_name
+from pipeline.cli_types import device_name, fraction, positive_float, positive_int
 from pipeline.errors import InputError
 
 
@@ -27,12 +27,12 @@ def register(subparsers) -> None:
     t.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="training images")
     t.add_argument("--labels", nargs="+", required=True, metavar="LABEL", help="label files, one per image, same order")
     t.add_argument("--out", required=True, metavar="CHECKPOINT", help="output .safetensors file")
-    t.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
-    t.add_argument("--steps", type=int, default=None, help="steps per epoch (default: cover the training pixels about once)")
-    t.add_argument("--batch", type=int, default=4, help="windows per step (default 4)")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
+    t.add_argument("--steps", type=positive_int, default=None, help="steps per epoch (default: cover the training pixels about once)")
+    t.add_argument("--batch", type=positive_int, default=4, help="windows per step (default 4)")
+    t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="share of pairs held out for validation (default 0.2)")
+    t.add_argument("--val-fraction", type=fraction, default=0.2, help="share of pairs held out for validation (default 0.2)")
     t.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default: cuda when available)")
     t.set_defaults(func=run_train)
 

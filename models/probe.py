@@ -35,20 +35,34 @@ def probe_network(spec: ModelSpec, network: torch.nn.Module, device: torch.devic
         ModelSpecError: the forward pass fails, or its output is not a tensor of shape
             ``(1, n_classes, *window)`` (see :func:`check_logits`).
     """
-    x = torch.zeros((1, spec.in_channels, *spec.window), dtype=torch.float32, device=device)
+    shape = (1, spec.in_channels, *spec.window)
     start = time.perf_counter()
     try:
+        x = torch.zeros(shape, dtype=torch.float32, device=device)
         with torch.no_grad():
             output = network(x)
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        kind = "3D (Conv3d, spatial_dims=3)" if spec.task == "volume" else "2D (Conv2d, spatial_dims=2)"
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError and "can't allocate" are RuntimeErrors
+        if isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
+            raise _forward_failed(spec, shape, exc) from exc
         raise ModelSpecError(
             spec.source or spec.name,
-            f"architecture '{spec.architecture}' failed on a test window of shape {tuple(x.shape)}: {type(exc).__name__}: {_first_line(exc)}",
-            f"task '{spec.task}' needs a {kind} network taking in_channels={spec.in_channels}; check architecture, params, in_channels and window",
+            f"a test window of shape {shape} needs more memory than {device} has: {type(exc).__name__}: {_first_line(exc)}",
+            "use a smaller window: (the window the network was trained on)",
         ) from exc
+    except (ValueError, TypeError, IndexError, AssertionError) as exc:
+        raise _forward_failed(spec, shape, exc) from exc
     check_logits(spec, output, tuple(x.shape))
     log.debug("model '%s': probe forward on %s took %.3f s", spec.name, tuple(x.shape), time.perf_counter() - start)
+
+
+def _forward_failed(spec: ModelSpec, shape: tuple[int, ...], exc: Exception) -> ModelSpecError:
+    """The error for a forward pass that failed on the probe window (not for want of memory)."""
+    kind = "3D (Conv3d, spatial_dims=3)" if spec.task == "volume" else "2D (Conv2d, spatial_dims=2)"
+    return ModelSpecError(
+        spec.source or spec.name,
+        f"architecture '{spec.architecture}' failed on a test window of shape {shape}: {type(exc).__name__}: {_first_line(exc)}",
+        f"task '{spec.task}' needs a {kind} network taking in_channels={spec.in_channels}; check architecture, params, in_channels and window",
+    )
 
 
 def check_logits(spec: ModelSpec, output: Any, input_shape: Sequence[int]) -> None:

@@ -105,7 +105,32 @@ def import_callable(path: str, where: object, folder: Path | None = None) -> Cal
         raise ModelSpecError(where, f"cannot import architecture '{path}': {exc}", "check the 'package.module:callable' path") from exc
     if not callable(obj):
         raise ModelSpecError(where, f"architecture '{path}' is not callable", "point to a class or function returning a torch.nn.Module")
+    refused = _not_a_builder(obj)
+    if refused:
+        raise ModelSpecError(
+            where,
+            f"architecture '{path}' is {refused}; it is not called",
+            "point to a torch.nn.Module subclass, or to a Python function of your own (or of a library) that returns one",
+        )
     return obj
+
+
+def _not_a_builder(obj: object) -> str:
+    """Why ``obj`` cannot be a network builder ("" when it can): a class that is no ``torch.nn.Module``,
+    a built-in (C) function, or a function of Python's standard library.
+
+    A spec is code (README: "Model specs are code"); this only keeps a spec that ships no code of its
+    own from calling what can never build a network but can act on the machine (``os:system``,
+    ``subprocess:run``, ``shutil:rmtree``) with its ``params``.
+    """
+    if inspect.isclass(obj):
+        return "" if issubclass(obj, torch.nn.Module) else f"the class {obj.__module__}.{obj.__qualname__}, not a torch.nn.Module"
+    if not (inspect.isfunction(obj) or inspect.ismethod(obj)):
+        return f"a {type(obj).__name__}, not a class or Python function building a network"
+    top = (getattr(obj, "__module__", None) or "").split(".")[0]
+    if top in sys.stdlib_module_names or top in ("", "builtins", "__main__"):
+        return f"a function of Python's standard library ({obj.__module__}.{obj.__qualname__}), which builds no network"
+    return ""
 
 
 @contextlib.contextmanager

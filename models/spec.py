@@ -6,6 +6,7 @@ at the edge; everything downstream receives a frozen :class:`ModelSpec`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,18 @@ def _parse_window(value: Any, task: str, where: Any) -> tuple[int, ...]:
     window = tuple(integer(w, "window", where, fix) for w in value)
     if len(window) != dims or min(window) < 1:
         raise ModelSpecError(where, f"window {list(window)} does not fit task '{task}'", f"give {dims} positive sizes {axes}")
+    if math.prod(window) > MAX_WINDOW_ELEMENTS:
+        raise ModelSpecError(
+            where,
+            f"window {list(window)} holds {math.prod(window):,} pixels/voxels, more than {MAX_WINDOW_ELEMENTS:,}",
+            f"use the window the network was trained on (typically 256-1024 per side in 2D, 64-192 in 3D); at most {MAX_WINDOW_ELEMENTS:,} in all",
+        )
     return window
+
+
+MAX_WINDOW_ELEMENTS = 2**26
+"""Largest window (pixels or voxels), e.g. 8192 x 8192 or 406^3: one float32 window of 4 channels is
+then 1 GiB before any activation; a `window: [60000, 60000]` typo asked for 57.6 GB at the probe."""
 
 
 def _parse_checkpoint(value: Any, source: Path | None, where: Any) -> Path | None:

@@ -325,7 +325,9 @@ def _reorient(nii, axcodes: str):
 
 def _check_config(config: TrainConfig) -> None:
     if config.epochs < 1 or config.batch_size < 1 or (config.steps_per_epoch is not None and config.steps_per_epoch < 1):
-        raise InputError("train config", f"epochs, batch size and steps must be >= 1: {config}", "pass positive values")
+        bad = {"epochs": config.epochs, "batch_size": config.batch_size, "steps_per_epoch": config.steps_per_epoch}
+        listed = ", ".join(f"{k}={v}" for k, v in bad.items() if v is not None and v < 1)
+        raise InputError("train config", f"{listed}: must be >= 1", "pass positive values")
     if not 0.0 <= config.val_fraction < 1.0 or config.lr <= 0:
         raise InputError("train config", f"val_fraction {config.val_fraction} / lr {config.lr} out of range", "use 0 <= val_fraction < 1 and lr > 0")
 

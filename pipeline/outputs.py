@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Literal
@@ -128,12 +130,31 @@ def check_stats_store(store: str | Path, kind: StoreKind) -> None:
         )
 
 
+TEMPORARY_TOKEN = re.compile(r"[0-9a-f]{8}")
+"""The random part of segpipe's temporary names: ``<name>.tmp-<8 hex digits>`` (``uuid4().hex[:8]``)."""
+
+
+def temporary_name(path: Path, kind: str = "tmp") -> Path:
+    """A fresh sibling name ``<name>.<kind>-<8 hex digits>`` for writing ``path`` (then renamed into place)."""
+    return path.with_name(f"{path.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def stale_temporaries(path: Path, kind: str = "tmp") -> list[Path]:
+    """The siblings of ``path`` named as :func:`temporary_name` names them, and nothing else: a user's
+    ``stats.zarr.old-jan`` backup or ``stats.zarr.tmp-mine`` folder beside the store is not ours to touch."""
+    prefix = f"{path.name}.{kind}-"
+    return sorted(
+        p for p in path.parent.glob(f"{glob_escape(prefix)}*") if TEMPORARY_TOKEN.fullmatch(p.name.removeprefix(prefix)) is not None
+    )
+
+
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove ``<name>.tmp-*`` siblings of ``path``: what a killed run (SIGKILL, power loss) was
-    writing when it died. Nothing renames them into place, so they would stay forever (a killed
-    ingest of a large scene leaves gigabytes). Callers make sure no live run is writing one: a
-    scene's outputs are written by one run at a time, the statistics store under its lock."""
-    for stale in path.parent.glob(f"{glob_escape(path.name)}.tmp-*"):
+    """Remove the ``<name>.tmp-<8 hex>`` siblings of ``path`` (:func:`stale_temporaries`): what a
+    killed run (SIGKILL, power loss) was writing when it died. Nothing renames them into place, so
+    they would stay forever (a killed ingest of a large scene leaves gigabytes). Callers make sure no
+    live run is writing one: a scene's outputs are written by one run at a time, the statistics store
+    under its lock."""
+    for stale in stale_temporaries(path):
         log.info("removing %s, left by an interrupted run", stale)
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)

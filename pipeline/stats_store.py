@@ -28,7 +28,6 @@ import os
 import shutil
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from functools import cache
 from glob import escape as glob_escape
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from pipeline.known_warnings import known_warnings_ignored
-from pipeline.outputs import remove_stale_temporaries
+from pipeline.outputs import remove_stale_temporaries, stale_temporaries, stats_store_kind, temporary_name
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -212,7 +211,7 @@ def _renameat2():
 
 
 def _sibling(store: Path, kind: Literal["tmp", "old"]) -> Path:
-    return store.with_name(f"{store.name}.{kind}-{uuid.uuid4().hex[:8]}")
+    return temporary_name(store, kind)
 
 
 # --- recovery ---
@@ -221,16 +220,21 @@ def _sibling(store: Path, kind: Literal["tmp", "old"]) -> Path:
 def recover(store: str | Path) -> None:
     """Undo what a run killed while replacing ``store`` left behind (call under the exclusive lock).
 
-    ``<name>.tmp-*`` folders (a store being written, or the old store after an exchange) are
-    removed; an ``<name>.old-*`` store is put back when ``store`` is missing (killed between the
-    two renames of the fallback swap) and removed otherwise. The names older segpipe versions used
-    for volume stores (``.<name>.tmp-*``, ``.<name>.old``, ``.<name>.lock``) are handled alike.
+    ``<name>.tmp-<8 hex>`` folders (a store being written, or the old store after an exchange) are
+    removed; an ``<name>.old-<8 hex>`` statistics store is put back when ``store`` is missing (killed
+    between the two renames of the fallback swap) and removed otherwise. Only names of exactly that
+    form are touched (:func:`pipeline.outputs.stale_temporaries`), and only a folder holding
+    statistics is ever put back: a user's ``stats.zarr.old-jan`` backup is left alone. The hidden
+    names older segpipe versions used for volume stores (``.<name>.tmp-*``, ``.<name>.old``,
+    ``.<name>.lock``) are handled alike.
     """
     store = Path(store)
     remove_stale_temporaries(store)
-    remove_stale_temporaries(store.with_name(f".{store.name}"))
+    for stale in store.parent.glob(f".{glob_escape(store.name)}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     store.with_name(f".{store.name}.lock").unlink(missing_ok=True)
-    olds = list(store.parent.glob(f"{glob_escape(store.name)}.old-*")) + list(store.parent.glob(f".{glob_escape(store.name)}.old"))
+    olds = [*stale_temporaries(store, "old"), store.with_name(f".{store.name}.old")]
+    olds = [old for old in olds if stats_store_kind(old) is not None]
     for old in sorted(olds, key=lambda p: p.stat().st_mtime, reverse=True):
         if not store.exists():
             log.warning("restoring %s from %s, left by an interrupted run", store, old)

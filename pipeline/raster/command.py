@@ -32,6 +32,10 @@ def register(subparsers) -> None:
         help="attribute naming each region (default: 'name' if present, else the feature number 1, 2, ..., with a warning: "
         "such names collide with other regions files' in one stats.zarr)",
     )
+    p.add_argument(
+        "--region-layer", metavar="NAME",
+        help="layer of the --regions file holding the regions (needed when the file has several, e.g. a GeoPackage)",
+    )
     p.add_argument("--block", type=_block, metavar="N", help=f"block size in pixels, at least {MIN_BLOCK}; bounds memory (default 1024 on CPU, 2048 on a GPU)")
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--bands", type=_bands, metavar="1,2,3,4", help="1-based bands to feed the model, in order")
@@ -99,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
         check_device(args.device)
     if args.region_field is not None and args.regions is None:
         raise InputError(args.region_field, "--region-field given without --regions", "add --regions FILE")
+    if args.region_layer is not None and args.regions is None:
+        raise InputError(args.region_layer, "--region-layer given without --regions", "add --regions FILE")
     if args.regions is not None:  # the same file for every scene: one message, before any work
-        check_regions_file(args.regions, field=args.region_field)
+        check_regions_file(args.regions, field=args.region_field, layer=args.region_layer)
     check_stats_store(Path(args.out) / STATS_STORE, "raster")
     check_class_table_of(Path(args.out) / STATS_STORE, spec)
     created = [p for p in (*reversed(Path(args.out).parents), Path(args.out)) if not p.exists()]
@@ -143,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
                 try:
                     result = segment_raster(
-                        image, spec, args.out, regions=args.regions, region_field=args.region_field, block=args.block,
+                        image, spec, args.out, regions=args.regions, region_field=args.region_field, region_layer=args.region_layer, block=args.block,
                         device=args.device, bands=args.bands, time=when, progress=progress, model=model, dask_client=client,
                         force=args.force,
                     )

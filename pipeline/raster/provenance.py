@@ -7,10 +7,12 @@ does not exist, or one written by a segpipe before 0.1.0 recorded provenance):
 * ``model``: the model spec's name;
 * ``checkpoint_sha256``: SHA-256 of the checkpoint's bytes (``""`` for a model without a
   checkpoint), the same digest the volume records use (:mod:`pipeline.volume.made_with`);
-* ``regions``: the regions file's absolute path, ``""`` for the whole scene;
+* ``regions``: the regions file's absolute path, ``""`` for the whole scene; with ``|layername=NAME``
+  appended when a layer was named (``--region-layer``; GDAL's and QGIS's way of writing a layer);
 * ``segpipe_version``: the installed segpipe's version;
 * ``inputs_sha256``: SHA-256 of what else decides the entry: the input's and the regions file's
-  size and modification time (local files; ``""`` for a URL), the region field and the bands.
+  size and modification time (local files; ``""`` for a URL), the region field, the region layer
+  (when one was named: entries made before layers could be named keep their digest) and the bands.
   An entry whose provenance (but the version) equals a new run's is that run's work already done:
   a retried run skips it (:func:`pipeline.raster.entries.entry_done`).
 """
@@ -60,7 +62,13 @@ def segpipe_version() -> str:
 
 
 def provenance_of(
-    image: str | Path, spec: ModelSpec, regions: str | Path | None, *, region_field: str | None = None, bands: Sequence[int] | None = None
+    image: str | Path,
+    spec: ModelSpec,
+    regions: str | Path | None,
+    *,
+    region_field: str | None = None,
+    region_layer: str | None = None,
+    bands: Sequence[int] | None = None,
 ) -> Provenance:
     """The :class:`Provenance` of segmenting ``image`` with ``spec`` over ``regions`` (None: the whole scene).
 
@@ -72,13 +80,22 @@ def provenance_of(
         source=source_of(image),
         model=spec.name,
         checkpoint_sha256=made_with(spec)["checkpoint_sha256"],
-        regions="" if regions is None else source_of(regions),
+        regions=regions_of(regions, region_layer),
         segpipe_version=segpipe_version(),
-        inputs_sha256=inputs_sha256(image, regions, region_field=region_field, bands=bands),
+        inputs_sha256=inputs_sha256(image, regions, region_field=region_field, region_layer=region_layer, bands=bands),
     )
 
 
-def inputs_sha256(image: str | Path, regions: str | Path | None, *, region_field: str | None, bands: Sequence[int] | None) -> str:
+def regions_of(regions: str | Path | None, layer: str | None = None) -> str:
+    """The regions as recorded: ``""`` (whole scene), the file (:func:`source_of`), or ``file|layername=NAME``."""
+    if regions is None:
+        return ""
+    return source_of(regions) if layer is None else f"{source_of(regions)}|layername={layer}"
+
+
+def inputs_sha256(
+    image: str | Path, regions: str | Path | None, *, region_field: str | None, bands: Sequence[int] | None, region_layer: str | None = None
+) -> str:
     """See the module docstring: file metadata only (no pixel is read), so it is cheap to compare."""
     from pipeline.volume.made_with import input_fingerprint
 
@@ -93,4 +110,6 @@ def inputs_sha256(image: str | Path, regions: str | Path | None, *, region_field
         "region_field": region_field or "",
         "bands": [int(b) for b in bands] if bands is not None else None,
     }
+    if region_layer is not None:  # absent otherwise: the digests of entries made before stay valid
+        record["region_layer"] = region_layer
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -3,17 +3,25 @@
 Features sharing a name are merged into one region; regions are clipped to the raster footprint
 (statistics only ever see the part inside the scene) and the ones that miss the scene are dropped.
 Without a regions file the whole scene is one region named ``scene``.
+
+A file with several layers (a GeoPackage of ``country`` and ``districts``) needs the layer named
+(``--region-layer``): taking the first one would silently compute statistics for another set of
+polygons. On a geographic raster, a region also counts through its copies one turn (360 degrees)
+east and west, so a scene across the antimeridian (longitudes beyond +/-180) meets the regions
+written in -180..180 (RFC 7946 splits polygons there) on both sides, and the other way round.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import shapely
+import shapely.affinity
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
@@ -25,6 +33,9 @@ log = logging.getLogger(__name__)
 SCENE = "scene"
 DEFAULT_FIELD = "name"
 DENSIFY_PARTS = 2000  # segments along the regions' extent before reprojection (curved edges stay curved)
+
+
+LAYER_FIX = "pick the layer with --region-layer NAME"
 
 
 class NoRegionInScene(InputError):
@@ -40,6 +51,7 @@ class Regions:
         geometries: (Multi)Polygons in the raster CRS, same order as ``names``.
         whole_scene: True for the implicit single region covering the whole raster.
         source: the file they came from (None for the whole scene).
+        layer: the file's layer they came from (None: the file's only layer, or the whole scene).
         total_areas_m2: each region's whole ellipsoidal area in square metres, the part outside
             the scene included (:func:`ellipsoidal_area_m2` of the unclipped polygon); empty: the
             areas of ``geometries`` (the whole scene: its footprint).
@@ -49,6 +61,7 @@ class Regions:
     geometries: tuple[BaseGeometry, ...]
     whole_scene: bool = False
     source: str | None = None
+    layer: str | None = None
     total_areas_m2: tuple[float, ...] = ()
 
     def __len__(self) -> int:
@@ -67,22 +80,30 @@ def scene_region(info: RasterInfo) -> Regions:
     return Regions(names=(SCENE,), geometries=(footprint(info),), whole_scene=True)
 
 
-def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None) -> Regions:
+def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None, layer: str | None = None) -> Regions:
     """Read region polygons, reproject them to ``info.crs`` and keep the ones that meet the raster.
 
     Args:
-        path: a vector file GDAL/OGR reads (GeoJSON, GeoPackage, Shapefile, ...), first layer.
+        path: a vector file GDAL/OGR reads (GeoJSON, GeoPackage, Shapefile, ...).
         info: the raster the regions are for.
         field: the attribute holding each region's name; None uses ``name`` when the file has it,
             else the feature number (``1``, ``2``, ...) with a warning (such names collide with
             other files' in one store).
+        layer: the layer holding the regions; None for a file with one layer (a file with
+            several is refused: see :func:`choose_layer`).
+
+    On a geographic raster CRS each region also counts through its copies shifted by one turn
+    (360 degrees) east and west (:func:`_with_turns`): the part of a scene beyond +/-180 meets the
+    regions on the other side of the antimeridian. ``total_areas_m2`` is the region's own area,
+    counted once.
 
     Raises:
-        InputError: unreadable or empty file, no CRS, missing attribute (the error lists the
-            available ones), non-polygon geometries.
+        InputError: unreadable or empty file, several layers and no ``layer``, a ``layer`` the file
+            does not have (the errors list its layers), no CRS, missing attribute (the error lists
+            the available ones), non-polygon geometries.
         NoRegionInScene: no region meets the raster (an :class:`InputError` too).
     """
-    gdf, names, geoms = _load(path, field)
+    gdf, names, geoms = _load(path, field, layer)
     where = str(path)
     _check_geographic_range(gdf, Path(path), info)
     geoms = _to_raster_crs(geoms, gdf.crs, info, where)
@@ -90,10 +111,12 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
     for name, geom in zip(names, geoms):
         merged.setdefault(name, []).append(geom)
     outline = footprint(info)
+    turn = _full_turn(info.crs)
     kept_names, kept_geoms, totals = [], [], []
     for name, parts in merged.items():
         whole = shapely.union_all(parts)
-        clipped = _polygonal(shapely.intersection(whole, outline))
+        placed = _with_turns(whole, outline, turn) if turn else whole
+        clipped = _polygonal(shapely.intersection(placed, outline))
         if clipped is None or clipped.is_empty or clipped.area == 0:
             log.info("%s: region %r does not meet %s; left out", where, name, info.path)
             continue
@@ -106,7 +129,26 @@ def read_regions(path: str | Path, info: RasterInfo, *, field: str | None = None
             f"none of its {len(merged)} region(s) intersects the raster {info.path} (regions {_bounds_text(gdf.total_bounds)} in {gdf.crs.to_string()}, raster {_bounds_text(outline.bounds)} in {info.crs.to_string()})",
             "check that the regions and the raster cover the same place",
         )
-    return Regions(names=tuple(kept_names), geometries=tuple(kept_geoms), source=where, total_areas_m2=tuple(totals))
+    return Regions(names=tuple(kept_names), geometries=tuple(kept_geoms), source=where, layer=layer, total_areas_m2=tuple(totals))
+
+
+def _full_turn(crs) -> float | None:
+    """360 degrees in the units of a geographic ``crs`` (its longitude axis); None for a projected one."""
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if not crs.is_geographic:
+        return None
+    return 2.0 * math.pi / float(crs.axis_info[0].unit_conversion_factor)
+
+
+def _with_turns(geom: BaseGeometry, outline: BaseGeometry, turn: float) -> BaseGeometry:
+    """``geom`` with its copies shifted by ``turn`` east and west that can meet ``outline`` (the
+    same place on the globe under longitudes one turn apart); their union, so an overlap counts once."""
+    gx0, _, gx1, _ = geom.bounds
+    ox0, _, ox1, _ = outline.bounds
+    copies = [shapely.affinity.translate(geom, xoff=k * turn) for k in (-1.0, 1.0) if gx0 + k * turn < ox1 and gx1 + k * turn > ox0]
+    return shapely.union_all([geom, *copies]) if copies else geom
 
 
 def ellipsoidal_area_m2(geom: BaseGeometry, crs) -> float:
@@ -134,21 +176,63 @@ def ellipsoidal_area_m2(geom: BaseGeometry, crs) -> float:
     return float(sum(abs(geod.geometry_area_perimeter(orient(p, 1.0))[0]) for p in shapely.get_parts(dense)))
 
 
-def check_regions_file(path: str | Path, *, field: str | None = None) -> int:
-    """Check a regions file on its own, before any raster is read: readable, with a CRS, polygon
-    features and the ``field`` attribute (see :func:`read_regions`). Returns the number of regions.
+def check_regions_file(path: str | Path, *, field: str | None = None, layer: str | None = None) -> int:
+    """Check a regions file on its own, before any raster is read: readable, one layer or the
+    ``layer`` named, with a CRS, polygon features and the ``field`` attribute (see
+    :func:`read_regions`). Returns the number of regions.
 
     Raises:
         InputError: the same problems :func:`read_regions` reports, except those that need the raster.
     """
-    _, names, _ = _load(path, field)
+    _, names, _ = _load(path, field, layer)
     return len(set(names))
 
 
-def _load(path: str | Path, field: str | None):
+def region_layers(path: str | Path) -> tuple[str, ...]:
+    """The layers of a vector file, in the file's order.
+
+    Raises:
+        InputError: no such file, or not a readable vector file.
+    """
+    import pyogrio
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "regions file not found", _not_found_fix(path))
+    try:
+        return tuple(str(name) for name in pyogrio.list_layers(path)[:, 0])
+    except Exception as exc:  # pyogrio raises DataSourceError and friends; all mean "cannot read"
+        raise InputError(path, f"not a readable vector file ({str(exc).splitlines()[0][:200]})", "give a GeoJSON, GeoPackage or Shapefile") from exc
+
+
+def choose_layer(path: str | Path, layer: str | None) -> str | None:
+    """The layer of ``path`` to read the regions from: ``layer`` when the file has it; None (the
+    only layer) when ``layer`` is None and the file has one layer.
+
+    Raises:
+        InputError: ``layer`` is not in the file, or the file has several layers and ``layer`` is
+            None (taking the first would silently measure other polygons); both list the layers.
+    """
+    layers = region_layers(path)
+    listed = ", ".join(layers) or "none"
+    if layer is not None and layer not in layers:
+        raise InputError(path, f"no layer '{layer}' (layers: {listed})", LAYER_FIX)
+    if layer is None and len(layers) > 1:
+        raise InputError(path, f"{len(layers)} layers ({listed}) and none named to take the regions from", LAYER_FIX)
+    return layer
+
+
+def _not_found_fix(path: Path) -> str:
+    if "|layername=" in path.name:  # GDAL's and QGIS's 'file.gpkg|layername=districts' is no file name
+        file, layer = str(path).split("|layername=", 1)
+        return f"give the file and its layer apart: --regions {file} --region-layer {layer}"
+    return "check the --regions path"
+
+
+def _load(path: str | Path, field: str | None, layer: str | None = None):
     """The regions' table, names and (valid, polygonal) geometries in the file's CRS."""
-    gdf = _read_file(Path(path))
-    where = str(path)
+    gdf = _read_file(Path(path), layer)
+    where = str(path) if layer is None else f"{path} (layer '{layer}')"
     if gdf.crs is None:
         raise InputError(where, "the regions have no CRS", "set one, e.g. `ogr2ogr -a_srs EPSG:4326 out.gpkg in.shp`")
     names = _names(gdf, where, field)
@@ -160,18 +244,18 @@ def _load(path: str | Path, field: str | None):
     return gdf, names, geoms
 
 
-def _read_file(path: Path):
+def _read_file(path: Path, layer: str | None):
     import geopandas as gpd
 
-    if not path.exists():
-        raise InputError(path, "regions file not found", "check the --regions path")
+    layer = choose_layer(path, layer)
     try:
-        gdf = gpd.read_file(path, engine="pyogrio")
+        gdf = gpd.read_file(path, engine="pyogrio", layer=layer)
     except Exception as exc:  # pyogrio raises DataSourceError and friends; all mean "cannot read"
         raise InputError(path, f"not a readable vector file ({str(exc).splitlines()[0][:200]})", "give a GeoJSON, GeoPackage or Shapefile") from exc
     gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
     if gdf.empty:
-        raise InputError(path, "no features with a geometry", "give a file with region polygons")
+        where = path if layer is None else f"{path} (layer '{layer}')"
+        raise InputError(where, "no features with a geometry", "give a file with region polygons")
     return gdf
 
 
@@ -263,7 +347,40 @@ def _to_raster_crs(geoms: np.ndarray, crs, info: RasterInfo, where: str) -> np.n
         out = shapely.transform(geoms, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
     if not np.all(np.isfinite(shapely.total_bounds(out))):
         raise InputError(where, f"regions cannot be reprojected to the raster CRS {info.crs.to_string()} (they lie outside its valid area)", "clip the regions to the raster's area")
+    if dst.is_geographic:
+        out = _unwrapped(out, 2.0 * math.pi / float(dst.axis_info[0].unit_conversion_factor))
     return shapely.make_valid(out)
+
+
+def _unwrapped(geoms: np.ndarray, turn: float) -> np.ndarray:
+    """Geometries reprojected to longitude/latitude with each polygon's longitudes made continuous:
+    PROJ returns -180..180, so a polygon across the antimeridian (given in a projected CRS such as
+    EPSG:3832 or UTM 60) comes back with vertices jumping from +179.9 to -179.9 and would span the
+    globe. Its densified outline never steps by half a turn, so a step that does is such a jump,
+    undone by ``np.unwrap`` over the polygon's rings (it then lies across +/-180, where
+    :func:`_with_turns` finds it). A polygon around a pole, whose ring would not close, is left as is."""
+    bounds = shapely.bounds(geoms)
+    out = geoms.copy()
+    for i in np.flatnonzero(bounds[:, 2] - bounds[:, 0] > turn / 2):
+        parts = [_unwrapped_polygon(p, turn) for p in shapely.get_parts(geoms[i])]
+        out[i] = parts[0] if len(parts) == 1 else shapely.multipolygons(parts)
+    return out
+
+
+def _unwrapped_polygon(polygon: BaseGeometry, turn: float) -> BaseGeometry:
+    xmin, _, xmax, _ = polygon.bounds
+    if xmax - xmin <= turn / 2:
+        return polygon
+    rings = [np.asarray(r.coords) for r in (polygon.exterior, *polygon.interiors)]
+    x = np.unwrap(np.concatenate([r[:, 0] for r in rings]), period=turn)  # holes continue from the shell: they move with it
+    moved, start = [], 0
+    for r in rings:
+        xr = x[start : start + len(r)]
+        start += len(r)
+        if xr[0] != xr[-1]:  # around a pole: no jump to undo
+            return polygon
+        moved.append(np.column_stack([xr, r[:, 1]]))
+    return shapely.Polygon(moved[0], moved[1:])
 
 
 def _bounds_text(bounds) -> str:

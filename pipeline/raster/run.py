@@ -100,6 +100,7 @@ def segment_raster(
     *,
     regions: str | Path | None = None,
     region_field: str | None = None,
+    region_layer: str | None = None,
     block: int | None = None,
     device: str = "auto",
     bands: Sequence[int] | None = None,
@@ -118,6 +119,7 @@ def segment_raster(
         out_dir: output folder (created).
         regions: polygons file for the statistics; None = one region ``scene``.
         region_field: attribute naming the regions (default ``name`` if present).
+        region_layer: the regions file's layer (needed when it has several).
         block: block (zarr chunk) size in pixels; bounds memory. ``None``: :func:`default_block`.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         bands: 1-based bands to feed the model (default all; their number must be ``in_channels``).
@@ -131,7 +133,7 @@ def segment_raster(
             another input (see :mod:`pipeline.raster.entries`), and redo a scene already done.
 
     A scene whose entry for this ``time`` is in the store, made from the same input (size and
-    modification time), model, checkpoint, regions, region field and bands, and whose label COG and
+    modification time), model, checkpoint, regions, region field and layer and bands, and whose label COG and
     quicklook exist, is skipped (``skipped=True``): a retried nightly run (same scheduled time)
     redoes only what it had not finished.
 
@@ -148,7 +150,7 @@ def segment_raster(
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         return _segment_raster(
-            image, spec, out_dir, regions=regions, region_field=region_field, block=block, device=device, bands=bands,
+            image, spec, out_dir, regions=regions, region_field=region_field, region_layer=region_layer, block=block, device=device, bands=bands,
             time=time, progress=progress, model=model, dask_client=dask_client, keep_work=keep_work, force=force,
         )
 
@@ -165,13 +167,17 @@ def default_block(device: str, *, distributed: bool = False) -> int:
     return 2048 if runs_on_gpu(device) else 1024
 
 
-def _segment_raster(image, spec, out_dir, *, regions, region_field, block, device, bands, time, progress, model, dask_client, keep_work, force) -> RasterResult:
+def _segment_raster(
+    image, spec, out_dir, *, regions, region_field, region_layer, block, device, bands, time, progress, model, dask_client, keep_work, force
+) -> RasterResult:
     started = _time.perf_counter()
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     if spec.task != "raster":
         raise ModelSpecError(spec.source or spec.name, f"task is '{spec.task}', not 'raster'", "use a raster (2D) model for `segpipe raster`")
     if region_field is not None and regions is None:
         raise InputError(str(region_field), "--region-field given without --regions", "add --regions FILE")
+    if region_layer is not None and regions is None:
+        raise InputError(str(region_layer), "--region-layer given without --regions", "add --regions FILE")
     run_time = to_datetime64(time)
     if dask_client is None:  # with Dask the device is the workers'
         check_device(device)
@@ -180,7 +186,7 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
     out_dir = Path(out_dir)
     # validate everything before writing anything
     check_stats_store(out_dir / STATS_STORE, "raster")
-    provenance = provenance_of(image, spec, regions, region_field=region_field, bands=bands)
+    provenance = provenance_of(image, spec, regions, region_field=region_field, region_layer=region_layer, bands=bands)
     store = out_dir / STATS_STORE
     snapshot = open_stats(store) if (store / "zarr.json").is_file() else None  # one read of the store for both checks
     check_store_accepts(
@@ -191,7 +197,7 @@ def _segment_raster(image, spec, out_dir, *, regions, region_field, block, devic
         done = _done_already(out_dir, stem, snapshot, run_time, provenance, info, started)
         if done is not None:
             return done
-    region_set = _regions_for(regions, info, region_field, stem)
+    region_set = _regions_for(regions, info, region_field, region_layer, stem)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
     work = out_dir / WORK_DIR / f"{stem}.zarr"
     created = [p for p in (*reversed(out_dir.parents), out_dir, out_dir / WORK_DIR) if not p.exists()]
@@ -251,13 +257,13 @@ def _done_already(
     return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
 
 
-def _regions_for(regions: str | Path | None, info: RasterInfo, field: str | None, stem: str) -> Regions | None:
+def _regions_for(regions: str | Path | None, info: RasterInfo, field: str | None, layer: str | None, stem: str) -> Regions | None:
     """The regions the statistics are taken over; None (with a warning) when none of them meets the
     scene: a nightly catalog's tiles outside its districts still get their label maps."""
     if regions is None:
         return scene_region(info)
     try:
-        return read_regions(regions, info, field=field)
+        return read_regions(regions, info, field=field, layer=layer)
     except NoRegionInScene as exc:
         log.warning("%s; %s is segmented without statistics", exc, stem)
         return None

@@ -2,9 +2,10 @@
 
 A pixel cut by a region boundary counts by the fraction of it the region covers (exactextract's
 coverage fraction, exact for polygons); its area is its true ellipsoidal area
-(:func:`pipeline.raster.areas.pixel_area_m2`). Rotated rasters, which exactextract cannot grid,
-fall back to the pixel-centre rule (a pixel belongs to a region when its centre is inside; errors
-cancel on average along a boundary, unlike all-touched which always over-counts).
+(:func:`pipeline.raster.areas.pixel_area_m2`). exactextract takes north-up grids only, so on a
+rotated (or sheared) grid the regions are mapped into the block's own pixel coordinates, where the
+grid is the unit square grid: an affine map keeps ratios of areas, so the fractions are the same
+exact ones (:func:`_pixel_space_coverage`).
 
 The store (``DIR/stats.zarr``) has dimensions ``(time, scene, region, class)``; appending the same
 ``time`` and ``scene`` again replaces that entry, unless another input made it, and the classes keep
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import shapely
+import shapely.affinity
 import xarray as xr
 from affine import Affine
 
@@ -163,7 +165,7 @@ def block_coverage(regions: Regions, tree: shapely.STRtree, info: RasterInfo, ro
     if window.b == 0 and window.d == 0:
         yield from _exact_coverage(regions, partial, window, (h, w), info)
     else:
-        yield from _centre_coverage(regions, partial, window, (h, w))
+        yield from _pixel_space_coverage(regions, partial, window, (h, w))
 
 
 def _exact_coverage(regions: Regions, indexes: list[int], window, shape: tuple[int, int], info: RasterInfo) -> Iterator[Coverage]:
@@ -190,14 +192,31 @@ def _exact_coverage(regions: Regions, indexes: list[int], window, shape: tuple[i
         yield int(j), r * w + c, np.asarray(cover, dtype=np.float64)
 
 
-def _centre_coverage(regions: Regions, indexes: list[int], window, shape: tuple[int, int]) -> Iterator[Coverage]:
-    from rasterio.features import geometry_mask
+# the block's pixel coordinates as a (planar, unit-square) CRS: exactextract wants one on both sides
+PIXEL_CRS = 'ENGCRS["block pixels",EDATUM[""],CS[Cartesian,2],AXIS["(E)",east,LENGTHUNIT["metre",1]],AXIS["(N)",north,LENGTHUNIT["metre",1]]]'
 
-    for j in indexes:
-        inside = geometry_mask([regions.geometries[j]], out_shape=shape, transform=window, all_touched=False, invert=True)
-        cells = np.flatnonzero(inside)
+
+def _pixel_space_coverage(regions: Regions, indexes: list[int], window: Affine, shape: tuple[int, int]) -> Iterator[Coverage]:
+    """Coverage fractions on a rotated or sheared grid: each region is mapped by the inverse of the
+    block's transform to pixel coordinates ``(col, h - row)`` (a north-up unit grid whose row 0 is
+    at the top, as exactextract counts), where exactextract measures it. Fractions are ratios of
+    areas, which an affine map keeps, so they equal the covered share of each (parallelogram) pixel
+    in the raster CRS."""
+    import geopandas as gpd
+    from exactextract import exact_extract
+    from exactextract.raster import NumPyRasterSource
+
+    h, w = shape
+    to_pixels = Affine(1, 0, 0, 0, -1, h) @ ~window
+    matrix = [to_pixels.a, to_pixels.b, to_pixels.d, to_pixels.e, to_pixels.xoff, to_pixels.yoff]
+    shapes = [shapely.affinity.affine_transform(regions.geometries[j], matrix) for j in indexes]
+    source = NumPyRasterSource(np.zeros(shape, dtype=np.uint8), 0.0, 0.0, float(w), float(h), srs_wkt=PIXEL_CRS)
+    features = gpd.GeoDataFrame({"j": indexes}, geometry=shapes, crs=PIXEL_CRS)
+    df = exact_extract(source, features, ["cell_id", "coverage"], include_cols=["j"], output="pandas")
+    for j, cells, cover in zip(df["j"], df["cell_id"], df["coverage"]):
+        cells = np.asarray(cells, dtype=np.int64)
         if cells.size:
-            yield j, cells, np.ones(cells.size)
+            yield int(j), cells, np.asarray(cover, dtype=np.float64)
 
 
 def _dataset(regions: Regions, classes: Sequence[ClassInfo], area: np.ndarray, pixels: np.ndarray, total: np.ndarray) -> xr.Dataset:

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
         description="Segment CT/MRI studies with a 3D model: DIR/<stem>.labels.nii.gz on the input grid, "
         "colour tables, a DICOM SEG for DICOM input, DIR/<stem>.stats.json and DIR/stats.zarr.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="a NIfTI file (.nii, .nii.gz) or a DICOM series folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="a NIfTI file (.nii, .nii.gz, or a .hdr/.img pair) or a DICOM series folder")
     p.add_argument("--model", required=True, help="model name from `segpipe models` or a path to a YAML spec")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--device", default="auto", type=device_name, help="auto (default: CUDA when available), cpu, cuda or cuda:N")

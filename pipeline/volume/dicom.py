@@ -2,9 +2,13 @@
 
 * Files are grouped by SeriesInstanceUID; several series need ``series_uid`` (the error lists them).
   Only image objects with pixel data count: SEG, RTSTRUCT, SR, PR and KO objects (a SEG written by
-  segpipe into the series folder, say) and files that are not DICOM are ignored.
+  segpipe into the series folder, say) and files that are not DICOM are ignored. Files without the
+  128-byte preamble and ``DICM`` prefix (bare datasets, as some PACS exports write) are read when
+  they start like a dataset and hold an image (SOPClassUID, Rows, Columns, pixel data); see
+  :func:`read_slice`.
 * Slices are ordered along the slice normal ``n = row_cosines x column_cosines`` by ``n . ImagePositionPatient``;
-  missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position.
+  missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position,
+  and so do positions off the series line (not collinear in-plane, see :func:`_check_collinear`).
 * RescaleSlope/RescaleIntercept are applied per slice (Hounsfield units for CT).
 * Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000 incl. lossless, RLE) are decoded by pydicom's
   pixel handlers (pylibjpeg + pylibjpeg-openjpeg / -libjpeg).
@@ -20,6 +24,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +34,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.volume.sniff import is_nifti_name
-from pipeline.volume.volume import DicomSource, HeaderInfo, Volume, affine_problem
+from pipeline.volume.volume import DicomSource, HeaderInfo, Volume, affine_problem, check_memory, fill_nodata
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,13 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # relative tolerance on slice spacing: beyond it the series counts as unevenly spaced
 SPACING_RTOL = 0.01
 SPACING_ATOL_MM = 0.01
+# How far (in-plane, mm) a slice's ImagePositionPatient may lie from the line through the series'
+# positions. DICOM stores positions as decimal strings (DS, at most 16 characters) that writers round,
+# often to 2-3 decimals: up to 0.005 mm per coordinate at 2 decimals, ~0.01 mm in-plane. A slice off by
+# a tenth of a pixel is below what the labels or volumes can resolve, while a stray slice (a localizer,
+# a shifted re-scan) is off by millimetres. So: the larger of 0.02 mm and 0.1 x the finer pixel spacing.
+COLLINEAR_ATOL_MM = 0.02
+COLLINEAR_PIXEL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,9 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
 
     Returns:
         The volume: ``data`` float32 ``(Z, Y, X)`` (slices ordered along the normal, rows, columns) in
-        rescaled units (HU for CT), ``affine`` ``(x, y, z, 1)`` -> RAS mm, ``dicom`` with the UIDs in z order.
+        rescaled units (HU for CT), ``affine`` ``(x, y, z, 1)`` -> RAS mm, ``dicom`` with the UIDs in z order,
+        ``nodata`` the pixel padding (see :func:`_padding`; None without PixelPaddingValue), where
+        ``data`` holds the smallest value of the other voxels (:func:`~pipeline.volume.volume.fill_nodata`).
     """
     folder = Path(folder)
     series = _scan(folder)
@@ -68,7 +82,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     problem = affine_problem(affine, "the voxel-to-world matrix of PixelSpacing, ImageOrientationPatient and ImagePositionPatient")
     if problem is not None:
         raise InputError(folder, problem, "fix the series' geometry tags or re-export it")
-    data = _pixels(folder, slices)
+    data, padding = _pixels(folder, slices)
     first = slices[0].ds
     modality = str(getattr(first, "Modality", "")).upper()
     source = DicomSource(
@@ -87,6 +101,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
         source=folder,
         header=HeaderInfo.from_affine(affine, code=1),
         dicom=source,
+        nodata=fill_nodata(data, padding),
     )
 
 
@@ -96,11 +111,47 @@ NOT_IMAGES = frozenset({"SEG", "RTSTRUCT", "SR", "PR", "KO"})
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
+# First two bytes of a bare dataset (no preamble): its first tag's group, (0002,xxxx) file meta or
+# (0008,xxxx) (every image has SOPClassUID (0008,0016), and elements are stored in ascending order),
+# little endian, or big endian for group 8.
+BARE_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+# what pydicom may raise on a file that only starts like a dataset
+_PARSE_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, NotImplementedError, OverflowError, struct.error)
+
+
+def read_slice(path: str | Path, *, stop_before_pixels: bool = False, defer_size: int | None = None):
+    """The dataset of one DICOM file, with or without the Part 10 preamble and ``DICM`` prefix.
+
+    A bare dataset (no preamble, no file meta) is read as pydicom guesses its encoding (implicit or
+    explicit VR, byte order) and gets the matching uncompressed TransferSyntaxUID in ``file_meta``,
+    so its pixel data can be decoded.
+
+    Raises:
+        pydicom.errors.InvalidDicomError: the file starts neither like a Part 10 file nor like a dataset.
+        OSError, ValueError, ...: (:data:`_PARSE_ERRORS`) the file could not be parsed.
+    """
+    pydicom = _pydicom()
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
+    except pydicom.errors.InvalidDicomError:
+        with open(path, "rb") as f:
+            if f.read(2) not in BARE_DATASET_STARTS:
+                raise
+    ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return ds
+
+
 def _scan(folder: Path) -> dict[str, list[_Slice]]:
     """Headers of every DICOM image object under ``folder``, grouped by SeriesInstanceUID.
 
     Image objects are those with pixel data whose Modality is none of :data:`NOT_IMAGES`; the others
-    (and files that are not DICOM) are logged at debug level and ignored. Pixel data is not read
+    (and files that are not DICOM) are logged at debug level and ignored. A file without the Part 10
+    preamble counts only when it holds an image (:func:`_not_an_image`). Pixel data is not read
     (``defer_size``), only noted as present.
     """
     pydicom = _pydicom()
@@ -109,9 +160,12 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
     nifti = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, defer_size=1024)
-        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
-            log.debug("%s: not a DICOM file, skipped", path)
+            ds = read_slice(path, defer_size=1024)
+            why = _not_an_image(ds) if ds.preamble is None else ""
+        except (pydicom.errors.InvalidDicomError, *_PARSE_ERRORS):
+            ds, why = None, "not a DICOM file"
+        if ds is None or why:
+            log.debug("%s: %s, skipped", path, why)
             if is_nifti_name(path):
                 nifti.append(path)
             continue
@@ -141,6 +195,19 @@ def _not_a_slice(ds) -> str:
         return "no series or instance UID (DICOMDIR or another non-image object)"
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
         return f"{modality or 'DICOM'} object without pixel data"
+    return ""
+
+
+def _not_an_image(ds) -> str:
+    """Why a file read without the Part 10 preamble is not taken as a DICOM image (empty when it is one):
+    random bytes can parse as a few elements, an image has its SOP class, size and pixel data."""
+    if not all(keyword in ds for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns")):
+        return "no DICOM preamble and no image attributes: not a DICOM file"
+    if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
+        return "no DICOM preamble and no pixel data: not a DICOM image"
+    uid = str(ds.SOPClassUID)
+    if not (uid[:1].isdigit() and set(uid) <= set("0123456789.") and len(uid) <= 64):
+        return f"no DICOM preamble and SOPClassUID {uid[:20]!r} is not a UID: not a DICOM file"
     return ""
 
 
@@ -195,7 +262,7 @@ def _order(folder: Path, slices: list[_Slice]) -> list[_Slice]:
         if (int(slc.ds.Rows), int(slc.ds.Columns)) != shape or not np.allclose(_vector(slc, "PixelSpacing", 2), spacing, atol=1e-4):
             raise InputError(slc.path, "slice size or PixelSpacing differs from the other slices", "the series must be one regular 3D grid; re-export it")
     if len(slices) < 2:
-        raise InputError(folder, "2D image: the series holds a single slice", "give a 3D series with at least 2 slices; use `segpipe raster` for 2D images")
+        raise InputError(folder, "2D image: the series holds a single slice", "segpipe segments 3D series only: give a series of at least 2 slices")
     normal = np.cross(iop[:3], iop[3:])
     if np.linalg.norm(normal) < 0.5 or min(spacing) <= 0:
         raise InputError(
@@ -207,6 +274,7 @@ def _order(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     slices = [slices[i] for i in order]
     pos = pos[order]
     _check_spacing(folder, slices, pos)
+    _check_collinear(folder, slices, pos, iop, spacing)
     return slices
 
 
@@ -242,20 +310,95 @@ def _check_spacing(folder: Path, slices: list[_Slice], pos: np.ndarray) -> None:
     )
 
 
-def _pixels(folder: Path, slices: list[_Slice]) -> np.ndarray:
-    """Decode every slice and apply RescaleSlope/Intercept: float32 ``(Z, rows, columns)``."""
-    pydicom = _pydicom()
+def _check_collinear(folder: Path, slices: list[_Slice], pos: np.ndarray, iop: np.ndarray, spacing: np.ndarray) -> None:
+    """Refuse slices whose ImagePositionPatient lies off the line of the series' positions.
+
+    The affine places slice ``z`` at ``IPP_0 + z * step``, so every position must lie on one straight
+    line: parallel to the normal for an ordinary series, leaning for a gantry-tilted one. Only the
+    in-plane part (along the row and column cosines, mm) is checked here, as a linear function of the
+    position ``pos`` along the normal (sorted, mm; :func:`_check_spacing` checks that part). The line is
+    fitted with medians (slope of consecutive positions, then offset), so one stray slice, the first or
+    the last included, is the one named, not its neighbours.
+    """
+    if len(slices) < 3:
+        return  # two positions always lie on a line
+    ipp = np.array([_vector(s, "ImagePositionPatient", 3) for s in slices])
+    inplane = ipp @ np.stack([iop[:3], iop[3:]], axis=1)  # (n, 2): mm along the row, column cosines
+    slope = np.median(np.diff(inplane, axis=0) / np.diff(pos)[:, None], axis=0)
+    intercept = np.median(inplane - pos[:, None] * slope, axis=0)
+    offset = np.linalg.norm(inplane - intercept - pos[:, None] * slope, axis=1)
+    tol = max(COLLINEAR_ATOL_MM, COLLINEAR_PIXEL_FRACTION * float(min(spacing)))
+    bad = np.flatnonzero(offset > tol)
+    if not bad.size:
+        return
+    named = ", ".join(f"{slices[i].path.name} (slice {i}) by {offset[i]:.2f} mm" for i in bad[:5])
+    more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+    raise InputError(
+        folder,
+        f"slice positions not collinear: {bad.size} of {len(slices)} slices {'lies' if bad.size == 1 else 'lie'} off the line "
+        f"through the others' ImagePositionPatient, in-plane: {named}{more} (tolerance {tol:.2f} mm)",
+        "remove the stray slice(s) from the folder or re-export the series; a localizer or another acquisition may be mixed in",
+    )
+
+
+def _pixels(folder: Path, slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every slice and apply RescaleSlope/Intercept: float32 ``(Z, rows, columns)``, and the
+    pixel padding mask (bool, same shape; :func:`_padding`, taken on the stored values of each slice).
+
+    Raises:
+        InputError: a colour slice, an undecodable one, or a series that is padding only.
+    """
     first = slices[0].ds
+    check_memory(folder, (len(slices), int(first.Rows), int(first.Columns)), "the series (slices x Rows x Columns)")
     data = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
+    padding = np.zeros(data.shape, dtype=bool)
     for z, slc in enumerate(slices):
-        ds = pydicom.dcmread(slc.path)
+        ds = read_slice(slc.path)
         if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
             raise InputError(slc.path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
         pixels = _decode(slc.path, ds)
+        _padding(ds, pixels, out=padding[z])
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
         intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
         data[z] = pixels.astype(np.float64) * slope + intercept
-    return data
+    if padding.all():
+        raise InputError(
+            folder, f"every voxel is pixel padding (PixelPaddingValue {first.get('PixelPaddingValue')}): the series holds no image data",
+            "check the export; give the series with its image data",
+        )
+    return data, padding
+
+
+def _padding(ds, pixels: np.ndarray, *, out: np.ndarray) -> None:
+    """Set ``out`` True where the stored (not rescaled) ``pixels`` of ``ds`` are pixel padding.
+
+    DICOM PS3.3 C.7.5.1.1.2: a pixel is padding when its stored value equals PixelPaddingValue, or,
+    when PixelPaddingRangeLimit is present, lies between the two values inclusive (in either order).
+    Without PixelPaddingValue nothing is padding. The tags have the VR of the pixels (US or SS after
+    PixelRepresentation); a value written with the other one (-2000 on unsigned pixels, or 63536 on
+    signed ones, which some exporters do) is read as the same bit pattern of BitsAllocated bits.
+    """
+    if "PixelPaddingValue" not in ds or ds.PixelPaddingValue is None:
+        return
+    bits = int(getattr(ds, "BitsAllocated", 16) or 16)
+    signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
+
+    def stored(value) -> int:
+        value = int(value)
+        if not signed and value < 0:
+            return value + (1 << bits)
+        if signed and value >= 1 << (bits - 1):
+            return value - (1 << bits)
+        return value
+
+    lo = hi = stored(ds.PixelPaddingValue)
+    if "PixelPaddingRangeLimit" in ds and ds.PixelPaddingRangeLimit is not None:
+        lo, hi = sorted((lo, stored(ds.PixelPaddingRangeLimit)))
+    values = np.asarray(pixels)
+    if lo == hi:
+        np.equal(values, lo, out=out)
+    else:
+        np.logical_and(values >= lo, values <= hi, out=out)
 
 
 def _decode(path: Path, ds) -> np.ndarray:

@@ -3,7 +3,7 @@
 The record (``made_with`` in ``S.stats.json``) has two parts:
 
 * the model spec (:func:`made_with`): name, architecture and parameters, checkpoint file, classes,
-  window, overlap, blend, normalisation, orientation, spacing. The checkpoint is identified by the
+  window, overlap, blend, normalisation, orientation, spacing, nodata. The checkpoint is identified by the
   SHA-256 of its bytes (computed once per process and file version: a rewritten identical checkpoint
   still matches, a retrained one does not; its path is not part of the record, so moving it changes
   nothing);
@@ -14,7 +14,8 @@ The record (``made_with`` in ``S.stats.json``) has two parts:
   every file under it, the files the reader scans).
 
 A finished study is skipped only when both parts match the current run (:func:`why_redo`); outputs
-made from *another* source path under the same output name are a conflict, not a redo
+made from *another* input under the same output name (another source path, another DICOM series of
+the same folder, another volume of the same 4D file) are a conflict, not a redo
 (:func:`check_same_source`). Values are plain JSON (no ``null``), so a record read back from
 ``S.stats.json`` compares equal to a fresh one.
 """
@@ -31,6 +32,7 @@ from typing import Any
 
 from models.spec import ModelSpec
 from pipeline.errors import InputError
+from pipeline.volume.sniff import is_pair_name, pair_files
 
 INPUT_KEY = "input"
 
@@ -70,6 +72,8 @@ def input_record(
     """The :class:`InputRecord` of the study at ``path`` as asked for (reads file metadata only);
     ``out_dir``: the run's output folder, left out of a DICOM folder's fingerprint when inside it."""
     source = Path(path).resolve()
+    if is_pair_name(source) and pair_files(source)[0].is_file():
+        source = pair_files(source)[0]  # a NIfTI pair given by its .img is the same input as by its .hdr
     exclude = Path(out_dir).resolve() if out_dir is not None else None
     return InputRecord(str(source), series_uid or "", -1 if volume_index is None else int(volume_index), input_fingerprint(source, exclude=exclude))
 
@@ -77,7 +81,8 @@ def input_record(
 def input_fingerprint(path: Path, *, exclude: Path | None = None) -> str:
     """A cheap fingerprint of a study, from file metadata only (no pixel is read).
 
-    A file: its size (bytes) and modification time (ns). A DICOM folder: the number of files under
+    A file: its size (bytes) and modification time (ns); a NIfTI ``.hdr``/``.img`` pair: those of both
+    files. A DICOM folder: the number of files under
     it (recursively, the files the reader scans) and the SHA-256 of their sorted
     ``(relative name, size, mtime_ns)``: adding, removing, renaming or rewriting a file changes it.
     The folder ``exclude`` (the run's own outputs, when ``--out`` is inside the series folder) is
@@ -87,9 +92,15 @@ def input_fingerprint(path: Path, *, exclude: Path | None = None) -> str:
     try:
         if path.is_dir():
             return _folder_fingerprint(path, exclude)
-        stat = path.stat()
+        if is_pair_name(path) and all(p.is_file() for p in pair_files(path)):
+            return "; ".join(f"{p.suffix.lower()[1:]} {_file_fingerprint(p)}" for p in pair_files(path))
+        return _file_fingerprint(path)
     except OSError:
         return "missing"
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
     return f"{stat.st_size} bytes, mtime_ns {stat.st_mtime_ns}"
 
 
@@ -121,6 +132,7 @@ def made_with(spec: ModelSpec, *, source: InputRecord | None = None) -> dict[str
         "normalize": repr(spec.normalize),
         "orientation": spec.orientation or "",
         "spacing": [float(s) for s in spec.spacing or ()],
+        "nodata": int(spec.nodata),  # the label written where the input has no data
     }
     if source is not None:
         record[INPUT_KEY] = source.to_dict()
@@ -145,20 +157,35 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def check_same_source(old: dict[str, Any], new: InputRecord, outputs: str) -> None:
-    """Refuse to treat outputs made from another file or folder as this study's.
+    """Refuse to treat outputs made from another input as this study's.
+
+    Another input is another file or folder with the same stem, or another DICOM series of the same
+    folder (both ``series_uid`` set and different), or another volume of the same 4D NIfTI file (both
+    ``volume_index`` set and different): the outputs are named by the stem only, so segmenting it
+    would replace the other one's labels and statistics row. A changed fingerprint of the same
+    series or volume is a new version of the input, not another input (:func:`why_redo` redoes it).
 
     Args:
         old: the record in the finished study's ``S.stats.json``.
-        new: what this run segments.
+        new: what this run segments (``series_uid`` as asked: "" when none was asked for).
         outputs: how to name the study's outputs in the message, e.g. ``out/case01.*``.
 
     Raises:
-        InputError: ``old`` was made from another source path than ``new`` (two inputs with the
-            same name into one output folder); records without an input part pass.
+        InputError: ``old`` was made from another input than ``new`` (the message names both and
+            the fix: another ``--out``, or ``--force``); records without an input part pass.
     """
     before = InputRecord.from_dict(old.get(INPUT_KEY))
-    if before is not None and before.source != new.source:
+    if before is None:
+        return
+    if before.source != new.source:
         raise InputError(outputs, f"was made from {before.source}, not {new.source}", "use another --out, rename the input, or --force to replace it")
+    if before.series_uid and new.series_uid and before.series_uid != new.series_uid:
+        made = f"series {before.series_uid} of {before.source}, not from series {new.series_uid}"
+    elif before.volume_index >= 0 and new.volume_index >= 0 and before.volume_index != new.volume_index:
+        made = f"volume {before.volume_index} of {before.source}, not from volume {new.volume_index}"
+    else:
+        return
+    raise InputError(outputs, f"was made from {made}", "use another --out for each, or --force to replace it")
 
 
 def why_redo(old: dict[str, Any], new: dict[str, Any], *, old_model: str = "") -> str | None:

@@ -253,12 +253,12 @@ def logits_to_native(
     return unreorient(out, grid)
 
 
-def intensity_for(spec: Any, data: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def intensity_for(spec: Any, data: np.ndarray, *, nodata: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The pointwise intensity map ``spec.normalize`` asks for, statistics taken once from the whole ``data``.
 
     * ``window``: clip to ``[min, max]``, scale to ``[0, 1]`` (CT, in HU);
     * ``zscore``: ``(x - mean) / std`` with mean/std over the foreground (voxels != 0, as MONAI's
-      ``NormalizeIntensity(nonzero=True)``; all voxels if none), applied to every voxel (MR);
+      ``NormalizeIntensity(nonzero=True)``; all voxels if none) outside ``nodata``, applied to every voxel (MR);
     * ``meanstd``, ``scale``, ``none``: fixed maps from the spec.
 
     Returns a picklable callable ``(C, Z, Y, X) -> float32`` for the engine's ``preprocess`` (see
@@ -267,8 +267,12 @@ def intensity_for(spec: Any, data: np.ndarray) -> Callable[[np.ndarray], np.ndar
     Args:
         spec: the model spec.
         data: the native volume ``(Z, Y, X)`` (statistics are computed on the native grid).
+        nodata: bool ``(Z, Y, X)``, voxels without image data, left out of the statistics; None for none.
     """
     from models.normalize import foreground_stats, normalizer
 
-    stats = foreground_stats(np.asarray(data)[None]) if spec.normalize.kind == "zscore" else None
+    stats = None
+    if spec.normalize.kind == "zscore":
+        values = np.asarray(data) if nodata is None else np.asarray(data)[~nodata]
+        stats = foreground_stats(values[None])
     return normalizer(spec.normalize, stats)

@@ -15,12 +15,17 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.volume.sniff import (
     NIFTI_SUFFIXES,
+    PAIR_SUFFIXES,
     FileKind,
     describe,
+    is_analyze_header,
     is_nifti_name,
+    is_pair_header,
+    is_pair_name,
+    pair_files,
     sniff,
 )
-from pipeline.volume.volume import HeaderInfo, Volume, _as_rows, affine_problem
+from pipeline.volume.volume import HeaderInfo, Volume, _as_rows, affine_problem, check_memory, fill_nodata
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +35,27 @@ MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
 
 
 def study_stem(path: str | Path) -> str:
-    """Output stem of a study: the file name without ``.nii``/``.nii.gz``, or the DICOM folder name."""
+    """Output stem of a study: the file name without ``.nii``/``.nii.gz`` (or, for a NIfTI pair, without
+    ``.hdr``/``.img``), or the DICOM folder name."""
     path = Path(path)
     name = path.name
-    for suffix in NIFTI_SUFFIXES:
+    for suffix in NIFTI_SUFFIXES + PAIR_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
 def is_nifti(path: str | Path) -> bool:
-    return is_nifti_name(path)
+    """Whether ``path`` is named like a NIfTI file: ``.nii``, ``.nii.gz``, or either file of a ``.hdr``/``.img`` pair."""
+    return is_nifti_name(path) or is_pair_name(path)
 
 
 def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index: int | None = None) -> Volume:
     """Read a 3D study.
 
     Args:
-        path: a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series (or several, see ``series_uid``).
+        path: a ``.nii``/``.nii.gz`` file, either file of a NIfTI pair (``NAME.hdr`` + ``NAME.img``), or a
+            folder holding one DICOM series (or several, see ``series_uid``).
         series_uid: DICOM only: the SeriesInstanceUID to read when the folder holds several series.
         volume_index: NIfTI only: which volume of a 4D image to read (0-based).
 
@@ -55,7 +63,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index
         The volume, ``data`` float32 ``(Z, Y, X)``, ``affine`` ``(x, y, z, 1)`` -> RAS mm.
 
     Raises:
-        InputError: the path is missing, of an unknown kind, truncated, not 3D, empty, holds NaN/inf,
+        InputError: the path is missing, of an unknown kind, truncated, not 3D, empty, holds inf or only NaN,
             or (DICOM) holds several series, misses slices or is unevenly spaced.
     """
     path = Path(path)
@@ -65,9 +73,38 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index
         from pipeline.volume.dicom import read_dicom_series
 
         return read_dicom_series(path, series_uid=series_uid)
-    if is_nifti(path):
+    if is_nifti_name(path):
         return read_nifti(path, volume_index=volume_index)
+    if is_pair_name(path):
+        return read_nifti(nifti_pair_header(path), volume_index=volume_index)
     raise _not_a_study(path)
+
+
+def nifti_pair_header(path: str | Path) -> Path:
+    """The header ``NAME.hdr`` of the NIfTI pair that ``path`` (``NAME.hdr`` or ``NAME.img``) belongs to.
+
+    Raises:
+        InputError: a part of the pair is missing, the header is an Analyze 7.5 one (no orientation)
+            or no header at all, or ``path`` is a single-file NIfTI named ``.hdr``/``.img``.
+    """
+    path = Path(path)
+    header, image = pair_files(path)
+    if header.is_file() and is_pair_header(header):
+        if not image.is_file():
+            raise InputError(header, f"NIfTI pair header without its image file {image.name}", f"put {image.name} (the voxel data) next to it")
+        return header
+    if path.is_file() and sniff(path)[0] in ("nifti1", "nifti2"):
+        raise _not_a_study(path)  # a single-file NIfTI named .hdr/.img: the rename hint
+    if not header.is_file():
+        raise InputError(path, f"image file of a NIfTI pair without its header {header.name}", f"put {header.name} next to it, or give a .nii/.nii.gz file")
+    if is_analyze_header(header):
+        raise InputError(
+            header, "an Analyze 7.5 header (no NIfTI magic): its left-right orientation is not defined",
+            "convert it to NIfTI (.nii.gz) in the software that wrote it, checking left and right",
+        )
+    raise InputError(
+        header, f"not a NIfTI pair header: {describe(*sniff(header))}", "give a NIfTI file (.nii, .nii.gz), a NIfTI .hdr/.img pair or a DICOM series folder"
+    )
 
 
 def _not_a_study(path: Path) -> InputError:
@@ -75,6 +112,8 @@ def _not_a_study(path: Path) -> InputError:
     kind, gzipped = sniff(path)
     if kind == "dicom" and not gzipped:
         return InputError(path, "a single DICOM file, not a series", f"pass the series folder instead: {path.parent}")
+    if kind in ("nifti1", "nifti2") and is_pair_header(path):
+        return _renamed_pair_header(path, gzipped)
     if kind in ("nifti1", "nifti2"):
         right = f"{path.name}.nii.gz" if gzipped else f"{path.name}.nii"
         return InputError(path, f"{describe(kind, gzipped)} without the {'.nii.gz' if gzipped else '.nii'} extension", f"rename it to {right}")
@@ -84,12 +123,26 @@ def _not_a_study(path: Path) -> InputError:
     )
 
 
+def _renamed_pair_header(path: Path, gzipped: bool) -> InputError:
+    """The error for the header of a NIfTI pair named otherwise than ``NAME.hdr`` (its voxels are in ``NAME.img``)."""
+    base = path.name
+    for suffix in NIFTI_SUFFIXES + (".gz",) + PAIR_SUFFIXES:
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+    return InputError(
+        path, f"the{' gzip-compressed' if gzipped else ''} header of a NIfTI .hdr/.img pair, not a single-file NIfTI: the voxels are in a separate .img file",
+        f"{'gunzip it, ' if gzipped else ''}rename it to {base}.hdr, keep its voxel file {base}.img next to it, and give {base}.hdr",
+    )
+
+
 def _check_nifti_name(path: Path) -> FileKind:
     """A ``.nii``/``.nii.gz`` name whose content disagrees: say so before nibabel fails on it. Returns the kind."""
     kind, gzipped = sniff(path)
     named_gz = path.name.lower().endswith(".nii.gz")
     if kind == "empty":
         raise InputError(path, "empty file (0 bytes)", "re-export or re-copy the file")
+    if kind in ("nifti1", "nifti2") and is_nifti_name(path) and is_pair_header(path):
+        raise _renamed_pair_header(path, gzipped)
     if kind in ("nifti1", "nifti2") and gzipped and not named_gz:
         raise InputError(path, "gzip-compressed, but named .nii", f"rename it to {path.name}.gz")
     if kind in ("nifti1", "nifti2") and not gzipped and named_gz:
@@ -101,6 +154,9 @@ def _check_nifti_name(path: Path) -> FileKind:
 
 def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
     """Read a NIfTI-1/2 file (see :func:`read_volume`). Scaling (scl_slope/scl_inter) is applied.
+
+    NaN voxels are nodata (``Volume.nodata``; ``data`` holds the smallest finite value there, see
+    :func:`~pipeline.volume.volume.fill_nodata`); +/-inf voxels, and a volume that is NaN only, are refused.
 
     The affine is converted to millimetres (``xyzt_units`` metres x1000, microns x0.001, unknown = mm,
     as ITK does); ``header`` keeps the file's own qform/sform and units for the label output.
@@ -116,6 +172,7 @@ def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
         raise InputError(path, f"cannot open as NIfTI ({exc})", "check that the file is a complete NIfTI file; re-export or re-copy it") from exc
     shape = tuple(int(s) for s in img.shape)
     index = _check_shape(path, shape, volume_index)
+    check_memory(path, shape[:3], "the NIfTI header")  # before the voxel data is decompressed
     info = _header_info(path, img.header, np.asarray(img.affine, dtype=np.float64))
     affine = _affine_mm(path, img.affine, info.xyz_units)
     try:
@@ -126,8 +183,11 @@ def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
     raw = raw.reshape(raw.shape[:3])
     data = raw.astype(np.float32, copy=False).T  # (X, Y, Z) -> (Z, Y, X); C-contiguous for NIfTI's Fortran order
     data = np.ascontiguousarray(data)
-    _check_finite(path, data)
-    return Volume(data=data, affine=affine, modality="unknown", source=path, header=info)
+    nan = _check_finite(path, data)
+    if nan is not None:
+        data = np.array(data)  # may be a read-only view of nibabel's array: fill a copy
+        nan = fill_nodata(data, nan)
+    return Volume(data=data, affine=affine, modality="unknown", source=path, header=info, nodata=nan)
 
 
 def _affine_mm(path: Path, affine: np.ndarray, units: str) -> np.ndarray:
@@ -202,7 +262,7 @@ def _check_shape(path: Path, shape: tuple[int, ...], volume_index: int | None) -
     if 0 in shape:
         raise InputError(path, f"zero-size dimension in shape {shape}: the image holds no voxels", "re-export the volume; every dimension must be >= 1")
     if len(shape) < 3 or min(shape[:3]) == 1:
-        raise InputError(path, f"2D image (shape {shape}), a 3D volume is needed", "give a 3D volume with at least 2 voxels along each axis; use `segpipe raster` for 2D images")
+        raise InputError(path, f"2D image (shape {shape}), a 3D volume is needed", "segpipe segments 3D volumes only: give one with at least 2 voxels along each axis")
     extra = shape[3:]
     if not extra or int(np.prod(extra)) == 1:
         if volume_index not in (None, 0):
@@ -218,14 +278,21 @@ def _check_shape(path: Path, shape: tuple[int, ...], volume_index: int | None) -
     return int(volume_index)
 
 
-def _check_finite(path: Path, data: np.ndarray) -> None:
-    bad = ~np.isfinite(data)
-    count = int(np.count_nonzero(bad))
+def _check_finite(path: Path, data: np.ndarray) -> np.ndarray | None:
+    """Refuse +/-inf voxels and an all-NaN volume; return the NaN voxels (bool ``(Z, Y, X)``), or None when there are none."""
+    inf = np.isinf(data)
+    count = int(np.count_nonzero(inf))
     if count:
-        zyx = np.argwhere(bad)[0]
+        zyx = np.argwhere(inf)[0]
         first = (int(zyx[2]), int(zyx[1]), int(zyx[0]))
         raise InputError(
             path,
-            f"{count} NaN/inf voxel(s), first at voxel (i, j, k) = {first}",
-            "replace them before segmenting, e.g. np.nan_to_num(img.get_fdata()) saved with nibabel",
+            f"{count} inf voxel(s), first at voxel (i, j, k) = {first}",
+            "replace them before segmenting: with NaN where the voxel has no data (segpipe labels NaN voxels nodata), else with a valid value",
         )
+    nan = np.isnan(data)
+    if not nan.any():
+        return None
+    if nan.all():
+        raise InputError(path, f"every voxel is NaN ({nan.size} voxels): the image holds no data", "check the export; give the volume with its image data")
+    return nan

@@ -5,8 +5,11 @@ Batches of studies (locally or on Dask) are :mod:`pipeline.volume.batch`.
 Outputs of a study with stem ``S`` (file name without ``.nii``/``.nii.gz``, or the DICOM folder name) in ``DIR``:
 
 * ``S.labels.nii.gz``: labels on exactly the input grid (shape, affine, qform/sform and codes), uint8
-  (uint16 when a class id exceeds 255);
-* ``S.labels.json`` (id -> name, colour), ``S.labels.txt`` (ITK-SNAP), ``S.labels.ctbl`` (3D Slicer);
+  (uint16 when a class id or the spec's ``nodata`` exceeds 255); voxels without image data in the input
+  (``Volume.nodata``: DICOM pixel padding, NaN in NIfTI) are ``spec.nodata``, set on the native grid
+  after the labels come back from the model grid, so exactly there;
+* ``S.labels.json`` (id -> name, colour; ``nodata``), ``S.labels.txt`` (ITK-SNAP), ``S.labels.ctbl``
+  (3D Slicer), both listing the nodata value as ``nodata``;
 * ``S.seg.dcm``: a DICOM SEG referencing the source series (DICOM input only);
 * ``S.stats.json`` and a row of ``DIR/stats.zarr`` (see :mod:`pipeline.volume.stats`).
 
@@ -14,11 +17,12 @@ Every file is written under a temporary name and renamed; ``S.stats.json`` is wr
 the study done. It records what made the labels and from what (:mod:`pipeline.volume.made_with`): the
 model spec, and the input's absolute path, DICOM series, 4D volume and file fingerprint. A later run
 skips the study only when that record matches its own (unless ``options.force``); a study done with
-another model or settings, or whose input changed (another series or volume, or the file or folder
-rewritten), is segmented again, its old ``S.stats.json`` removed before any of its files is replaced,
-so the study never looks done with a mix of old and new files. Outputs made from *another* input with
-the same stem (``a/case01.nii.gz`` then ``b/case01.nii.gz``) are an :class:`~pipeline.errors.InputError`
-(``force`` replaces them). When writing the outputs fails, the study's files are removed; when the
+another model or settings, or whose input changed (the file or folder rewritten), is segmented again,
+its old ``S.stats.json`` removed before any of its files is replaced, so the study never looks done
+with a mix of old and new files. Outputs made from *another* input with the same stem
+(``a/case01.nii.gz`` then ``b/case01.nii.gz``; another ``series_uid`` of the same folder; another
+``volume_index`` of the same 4D file) are an :class:`~pipeline.errors.InputError`, raised before any
+work (``force`` replaces them). When writing the outputs fails, the study's files are removed; when the
 output folder fills up or turns read-only, the study fails with an ``InputError`` naming the folder
 and the fix, and its work folder is removed. Intermediate zarr arrays live in
 ``DIR/.segpipe-work/S/`` and let a killed run resume without redoing finished engine blocks; they are
@@ -85,6 +89,7 @@ from pipeline.volume.writers import (
     label_dtype,
     sidecar_json,
     slicer_color_table,
+    stale_temporaries,
     write_dicom_seg,
     write_labels_nifti,
     write_text_atomic,
@@ -228,6 +233,7 @@ def _segment_study(
     """:func:`segment_volume` once the study's lock is held: skip it, or segment it and write its outputs."""
     outputs = StudyOutputs.for_input(input_path, out_dir)
     stem = output_stem(input_path)
+    _remove_stale_temporaries(outputs)
     asked = input_record(input_path, series_uid=options.series_uid, volume_index=options.volume_index, out_dir=out_dir)
     redone = ""
     if not options.force and outputs.complete():
@@ -256,7 +262,7 @@ def _segment_study(
         with watch.stage("stats"):
             stats = study_statistics(
                 stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
-                source=read.source, modality=volume.modality, model=spec.name, made_with=record,
+                source=read.source, modality=volume.modality, model=spec.name, made_with=record, nodata=spec.nodata,
             )
         with watch.stage("write"):
             dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
@@ -319,6 +325,15 @@ def _previous_outputs(outputs: StudyOutputs, spec: ModelSpec, asked: InputRecord
     return (previous, "") if reason is None else (None, reason)
 
 
+def _remove_stale_temporaries(outputs: StudyOutputs) -> None:
+    """Remove the half-written output files a run killed while writing them left (``.tmp-<pid>-S.*``;
+    a CT's labels are tens of MB): nothing renames them into place. Under the study's lock."""
+    for path in outputs.files():
+        for stale in stale_temporaries(path):
+            log.info("removing %s, left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
+
+
 def _remove_work(outputs: StudyOutputs) -> None:
     """Remove the study's work folder (under its lock; :func:`segment_volume` then removes ``WORK_DIR`` if empty)."""
     shutil.rmtree(outputs.work, ignore_errors=True)
@@ -350,17 +365,20 @@ def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: S
 def _labels_on_native_grid(
     volume: Volume, spec: ModelSpec, work: Path, model: Any, options: VolumeOptions, *, progress: BlockProgress | None, record: dict[str, Any]
 ) -> tuple[np.ndarray, Any]:
-    """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``."""
+    """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``,
+    ``spec.nodata`` at the volume's nodata voxels."""
     from pipeline.engine import EngineConfig, run_engine
     from pipeline.grid import BlockPlan, WindowGrid
 
     grid = plan_grid(volume.shape, volume.affine, orientation=spec.orientation, spacing=spec.spacing)
-    dtype = label_dtype(spec.class_ids)
+    dtype = label_dtype(spec.class_ids, spec.nodata)
     config = EngineConfig(
         window=tuple(spec.window), overlap=spec.overlap, blend=spec.blend, block=options.block,
         device=options.device, output="logits" if grid.resampled else "labels", class_ids=spec.class_ids, label_dtype=dtype,
     )
     blk = config.block_for(grid.model_shape)
+    if options.block is not None:  # a block beyond the image is one block: zarr would allocate all of it (--block 4000: 59.6 GiB)
+        blk = tuple(min(b, s) for b, s in zip(blk, grid.model_shape))
     config = dataclasses.replace(config, block=blk)
     plan = BlockPlan.build(WindowGrid(grid.model_shape, config.window, config.overlap), blk)
     work.mkdir(parents=True, exist_ok=True)
@@ -375,13 +393,17 @@ def _labels_on_native_grid(
             write_volume_store, image, work / "source.zarr", affine=grid.model_affine, block=blk,
             attrs={"source": str(volume.source), "modality": volume.modality},
         )
-        report = run_engine(image[None], model, config, out, done=done, preprocess=intensity_for(spec, volume.data), progress=progress)
+        preprocess = intensity_for(spec, volume.data, nodata=volume.nodata)
+        report = run_engine(image[None], model, config, out, done=done, preprocess=preprocess, progress=progress)
         stored.result()
     if grid.resampled:
         labels = logits_to_native(out, grid, spec.class_ids, dtype)
     else:
         labels = labels_to_native(out[...], grid)
-    return np.ascontiguousarray(labels), report
+    labels = np.require(labels, requirements=("C", "W"))
+    if volume.nodata is not None:
+        labels[volume.nodata] = spec.nodata  # on the native grid: exact whatever the model grid was
+    return labels, report
 
 
 def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any, record: dict[str, Any]) -> dict[str, Any]:
@@ -399,6 +421,7 @@ def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any
         "blend": config.blend,
         "block": list(config.block),
         "output": config.output,
+        "dtype": config.label_dtype,
         "model_shape": list(grid.model_shape),
         "model_affine": np.asarray(grid.model_affine).round(6).tolist(),
         "normalize": repr(spec.normalize),
@@ -433,9 +456,9 @@ def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMappin
 def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, outputs: StudyOutputs, *, source: str) -> bool:
     """Labels NIfTI, sidecar (naming the absolute ``source``), colour tables and (DICOM input) DICOM SEG. Returns whether a SEG was written."""
     write_labels_nifti(labels, volume.header, outputs.labels)
-    write_text_atomic(sidecar_json(spec.classes, source=source, model=spec.name), outputs.sidecar)
-    write_text_atomic(itksnap_label_table(spec.classes), outputs.itksnap)
-    write_text_atomic(slicer_color_table(spec.classes), outputs.slicer)
+    write_text_atomic(sidecar_json(spec.classes, source=source, model=spec.name, nodata=spec.nodata), outputs.sidecar)
+    write_text_atomic(itksnap_label_table(spec.classes, spec.nodata), outputs.itksnap)
+    write_text_atomic(slicer_color_table(spec.classes, spec.nodata), outputs.slicer)
     if volume.dicom is None:
         return False
     write_dicom_seg(labels, volume.dicom, spec.classes, outputs.seg, model_name=spec.name)

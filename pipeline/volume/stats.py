@@ -1,6 +1,7 @@
 """Per-study, per-label statistics on the native grid, as JSON and in ``stats.zarr``.
 
-For every class of the model (background included), on the *native* grid:
+For every class of the model (background included), on the *native* grid, over the voxels labelled
+with that class (voxels labelled ``nodata``, where the input has no image data, count in no class):
 
 * ``voxel_count``; ``volume_ml`` = count x ``|det(affine[:3, :3])|`` mm^3 / 1000 (exact for oblique grids);
 * intensity ``mean``/``std`` (population SD, ddof 0)/``min``/``max``/``median``/``p5``/``p95`` (numpy's
@@ -17,8 +18,10 @@ variables ``volume_ml``, ``voxel_count``, ``intensity_mean``, ``intensity_std``,
 ``segmented`` (False where the study's model has no such label: its counts are 0, its ``volume_ml``
 and intensities NaN), ``centroid_ras`` (+ dim ``ras``), ``bbox_min``/``bbox_max`` (+ dim ``axis`` =
 ``["z", "y", "x"]``: array axes, not anatomical directions) and per-study ``source``, ``modality``,
-``model``, ``voxel_volume_mm3``. Variables carry ``units`` attributes: ``mL``, ``mm`` (centroid),
-``mm3``, and for intensities ``HU`` when every study is CT (DICOM Modality CT), else ``image units``.
+``model``, ``voxel_volume_mm3``, ``nodata_voxel_count`` and ``nodata_volume_ml`` (the voxels labelled
+nodata; -1 and NaN in rows written before segpipe recorded them). Variables carry ``units`` attributes:
+``mL``, ``mm`` (centroid), ``mm3``, and for intensities ``HU`` when every study is CT (DICOM Modality
+CT), else ``image units``.
 Re-running a study replaces its row; the store is rewritten to a temporary folder and swapped in
 under a lock on its folder (:mod:`pipeline.stats_store`), so readers never see a half-written store;
 :func:`open_stats` reads a consistent snapshot.
@@ -38,10 +41,13 @@ import numpy as np
 
 from pipeline import stats_store
 from pipeline.volume.volume import index_to_world
+from pipeline.volume.writers import temporary_for
 
 log = logging.getLogger(__name__)
 
-STUDY_VARS = ("source", "modality", "model", "voxel_volume_mm3")
+STUDY_VARS = ("source", "modality", "model", "voxel_volume_mm3", "nodata_voxel_count", "nodata_volume_ml")
+# outer-join fills: a label the study's model does not have; nodata_* also fill the rows of a store
+# written before they were recorded ("not recorded": -1 voxels, NaN mL)
 FILL: dict[str, Any] = {
     "label_id": -1,
     "segmented": False,
@@ -51,6 +57,8 @@ FILL: dict[str, Any] = {
     "touches_border": False,
     "bbox_min": -1,
     "bbox_max": -1,
+    "nodata_voxel_count": -1,
+    "nodata_volume_ml": float("nan"),
 }
 
 
@@ -78,7 +86,11 @@ class LabelStats:
 
 @dataclass(frozen=True)
 class StudyStats:
-    """All labels of one study, plus where it came from and what made it (``made_with``, see :mod:`pipeline.volume.made_with`)."""
+    """All labels of one study, plus where it came from and what made it (``made_with``, see :mod:`pipeline.volume.made_with`).
+
+    ``nodata_voxel_count``/``nodata_volume_ml``: the voxels labelled nodata (no image data in the
+    input), in no label's figures; -1 and NaN when not recorded (a ``S.stats.json`` of an older segpipe).
+    """
 
     study: str
     source: str
@@ -88,6 +100,8 @@ class StudyStats:
     voxel_volume_mm3: float
     labels: tuple[LabelStats, ...] = field(default_factory=tuple)
     made_with: dict[str, Any] = field(default_factory=dict)
+    nodata_voxel_count: int = -1
+    nodata_volume_ml: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +122,7 @@ class StudyStats:
 
 
 def label_statistics(
-    labels: np.ndarray, image: np.ndarray, affine: np.ndarray, classes: Sequence[tuple[int, str]]
+    labels: np.ndarray, image: np.ndarray, affine: np.ndarray, classes: Sequence[tuple[int, str]], *, nodata: int | None = None
 ) -> tuple[LabelStats, ...]:
     """Statistics of each ``(id, name)`` in ``classes`` over ``labels`` ``(Z, Y, X)`` on ``image``'s grid.
 
@@ -117,6 +131,7 @@ def label_statistics(
         image: original intensities ``(Z, Y, X)`` on the same grid (HU for CT).
         affine: ``(x, y, z, 1)`` -> RAS mm of that grid.
         classes: label ids and names to report (absent ids get zero counts and NaN intensities).
+        nodata: the label value of voxels without image data (not a class id): they count in no label.
     """
     from scipy import ndimage
 
@@ -126,7 +141,7 @@ def label_statistics(
     voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
     if labels.dtype.kind not in "ui":
         raise ValueError(f"labels must be an integer array, got {labels.dtype}")
-    one_pass = _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes)
+    one_pass = _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes, nodata)
     if one_pass is not None:
         return one_pass
     objects = ndimage.find_objects(labels) if labels.size and int(labels.max()) > 0 else []
@@ -179,7 +194,7 @@ def _one_label(labels, image, affine, voxel_mm3, label_id, name, box) -> LabelSt
 ONE_PASS_MAX_BINS = 1 << 20
 
 
-def _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes) -> tuple[LabelStats, ...] | None:
+def _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes, nodata: int | None = None) -> tuple[LabelStats, ...] | None:
     """Every label's statistics from one sweep over the slices, or None where this does not apply.
 
     For 3D integer-valued images (integer types, or floats holding integers such as CT in HU) with
@@ -187,37 +202,45 @@ def _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes) -> tuple[
     per-label histograms) and one each of label x row and label x column (voxel counts per axis:
     counts, centroids, boxes); cc3d labels every label's
     components at once. The figures equal the per-label path's (:func:`_one_label`), which masked
-    the whole volume once per label and took 6 s of a 512x512x300 study's statistics.
+    the whole volume once per label and took 6 s of a 512x512x300 study's statistics. Voxels labelled
+    ``nodata`` are counted in one extra bin past the labels (so a nodata of 255 or 65535 does not
+    widen the counters), which no label reads.
     """
     if labels.ndim != 3 or image.dtype.kind not in "iuf" or labels.size == 0:
         return None
-    n_labels = int(labels.max()) + 1
+    n_labels = _label_range(labels, nodata)
+    bins = n_labels + (nodata is not None)
     lo_value, hi_value = image.min(), image.max()
     if not (np.isfinite(lo_value) and np.isfinite(hi_value)):
         return None
     lo, hi = int(np.floor(lo_value)), int(np.ceil(hi_value))
     levels = hi - lo + 1
-    if n_labels * levels > ONE_PASS_MAX_BINS or n_labels > 4096:
+    if bins * levels > ONE_PASS_MAX_BINS or bins > 4096:
         return None
     depth, rows, cols = labels.shape
-    hist = np.zeros(n_labels * levels, dtype=np.int64)
-    per_y = np.zeros(n_labels * rows, dtype=np.int64)
-    per_x = np.zeros(n_labels * cols, dtype=np.int64)
-    per_z = np.zeros((depth, n_labels), dtype=np.int64)
-    row_index = (np.arange(rows, dtype=np.intp) * n_labels)[:, None]
-    col_index = (np.arange(cols, dtype=np.intp) * n_labels)[None, :]
+    hist = np.zeros(bins * levels, dtype=np.int64)
+    per_y = np.zeros(bins * rows, dtype=np.int64)
+    per_x = np.zeros(bins * cols, dtype=np.int64)
+    per_z = np.zeros((depth, bins), dtype=np.int64)
+    row_index = (np.arange(rows, dtype=np.intp) * bins)[:, None]
+    col_index = (np.arange(cols, dtype=np.intp) * bins)[None, :]
     for z in range(depth):
         lab = labels[z].astype(np.intp)
+        if nodata is not None:
+            lab[lab == nodata] = n_labels
         values = image[z].astype(np.intp)
         if image.dtype.kind == "f" and not np.array_equal(values, image[z]):
             return None  # not integer-valued (most MR): the label-by-label path
         hist += np.bincount((lab * levels + values - lo).ravel(), minlength=hist.size)
         by_row = np.bincount((lab + row_index).ravel(), minlength=per_y.size)
         per_y += by_row
-        per_z[z] = by_row.reshape(rows, n_labels).sum(axis=0)
+        per_z[z] = by_row.reshape(rows, bins).sum(axis=0)
         per_x += np.bincount((lab + col_index).ravel(), minlength=per_x.size)
-    hist = hist.reshape(n_labels, levels)
-    per_axis = (per_z.T, per_y.reshape(rows, n_labels).T, per_x.reshape(cols, n_labels).T)
+    hist = hist.reshape(bins, levels)
+    per_axis = (per_z.T, per_y.reshape(rows, bins).T, per_x.reshape(cols, bins).T)
+    if nodata is not None and nodata >= n_labels and labels.dtype.kind == "u" and nodata == np.iinfo(labels.dtype).max:
+        # nodata 65535 in uint16 labels: cc3d's labels + 1 would need int64 (8 bytes a voxel); its bin fits
+        labels = np.where(labels == nodata, labels.dtype.type(n_labels), labels)
     components = _components_per_label(labels, n_labels)
     out = []
     for label_id, name in classes:
@@ -237,6 +260,14 @@ def _all_labels_in_one_pass(labels, image, affine, voxel_mm3, classes) -> tuple[
             touches_border=touches,
         ))
     return tuple(out)
+
+
+def _label_range(labels: np.ndarray, nodata: int | None) -> int:
+    """One more than the largest label value other than ``nodata`` (1 when there is none)."""
+    top = int(labels.max())
+    if nodata is not None and top == nodata:
+        top = int(np.max(labels, where=labels != nodata, initial=0))
+    return top + 1
 
 
 def _components_per_label(labels: np.ndarray, n_labels: int) -> np.ndarray:
@@ -348,24 +379,29 @@ def study_statistics(
     modality: str = "unknown",
     model: str = "",
     made_with: dict[str, Any] | None = None,
+    nodata: int | None = None,
 ) -> StudyStats:
-    """:func:`label_statistics` wrapped with the study's identity."""
+    """:func:`label_statistics` wrapped with the study's identity and the count of voxels labelled ``nodata`` (0 when None)."""
+    voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+    nodata_count = 0 if nodata is None else int(np.count_nonzero(np.asarray(labels) == nodata))
     return StudyStats(
         study=study,
         source=source,
         modality=modality,
         model=model,
         shape_zyx=tuple(int(s) for s in labels.shape),
-        voxel_volume_mm3=float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))),
-        labels=label_statistics(labels, image, affine, classes),
+        voxel_volume_mm3=voxel_mm3,
+        labels=label_statistics(labels, image, affine, classes, nodata=nodata),
         made_with=dict(made_with or {}),
+        nodata_voxel_count=nodata_count,
+        nodata_volume_ml=nodata_count * voxel_mm3 / 1000.0,
     )
 
 
 def write_stats_json(stats: StudyStats, path: str | Path) -> Path:
     """Write ``stats`` as JSON (NaN written as null), atomically (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_for(path)
     tmp.write_text(json.dumps(_nan_to_none(stats.to_dict()), indent=1))
     os.replace(tmp, path)
     return path
@@ -410,6 +446,8 @@ def _study_dataset(stats: StudyStats):
     data_vars["modality"] = (("study",), np.array([stats.modality], dtype=object))
     data_vars["model"] = (("study",), np.array([stats.model], dtype=object))
     data_vars["voxel_volume_mm3"] = (("study",), np.array([stats.voxel_volume_mm3], dtype=np.float64))
+    data_vars["nodata_voxel_count"] = (("study",), np.array([stats.nodata_voxel_count], dtype=np.int64))
+    data_vars["nodata_volume_ml"] = (("study",), np.array([stats.nodata_volume_ml], dtype=np.float64))
     coords = {
         "study": np.array([stats.study], dtype=object),
         "label": np.array(names, dtype=object),
@@ -420,7 +458,7 @@ def _study_dataset(stats: StudyStats):
 
 
 INTENSITY_VARS = tuple(f"intensity_{stat}" for stat in ("mean", "std", "min", "max", "median", "p5", "p95"))
-UNITS = {"volume_ml": "mL", "centroid_ras": "mm", "voxel_volume_mm3": "mm3"}
+UNITS = {"volume_ml": "mL", "centroid_ras": "mm", "voxel_volume_mm3": "mm3", "nodata_volume_ml": "mL"}
 BBOX_DESCRIPTION = (
     "inclusive voxel index along the array axes (z, y, x) = (k, j, i), the reverse of nibabel's dataobj[i, j, k]; "
     "-1 where the label has no voxel"
@@ -434,7 +472,8 @@ def _annotated(ds):
     (NIfTI carries no modality, MR has no absolute unit).
     """
     for name, units in UNITS.items():
-        ds[name].attrs["units"] = units
+        if name in ds:
+            ds[name].attrs["units"] = units
     intensity = "HU" if set(ds["modality"].values.tolist()) == {"CT"} else "image units"
     for name in INTENSITY_VARS:
         ds[name].attrs["units"] = intensity
@@ -443,6 +482,13 @@ def _annotated(ds):
     ds["axis"].attrs["description"] = "array axes of the (Z, Y, X) volume, not anatomical directions (centroid_ras is RAS mm)"
     ds["label_id"].attrs["description"] = "the label's value in the labels volume; -1 where the study's model has no such label"
     ds["segmented"].attrs["description"] = "False where the study's model has no such label (volume_ml and intensities NaN, counts 0)"
+    for name, what in (("nodata_voxel_count", "voxels"), ("nodata_volume_ml", "volume")):
+        if name not in ds:
+            continue
+        ds[name].attrs["description"] = (
+            f"{what} labelled nodata (no image data in the input: DICOM pixel padding, NaN in NIfTI), in no label's figures; "
+            f"{'-1' if what == 'voxels' else 'NaN'} in rows written before segpipe recorded it"
+        )
     return ds
 
 

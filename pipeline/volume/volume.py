@@ -12,6 +12,8 @@ Axis convention (used throughout ``pipeline/volume``):
   So the world position of ``data[z, y, x]`` is ``affine @ [x, y, z, 1]``.
 * Orientation codes (``"RAS"``, ``"LPS"``, ...) are nibabel axis codes of ``(x, y, z)``: ``"LAS"`` means
   ``x`` grows to the Left, ``y`` to the Anterior, ``z`` to the Superior.
+* ``Volume.nodata`` marks voxels without image data (DICOM pixel padding, NaN in NIfTI), same
+  ``(Z, Y, X)`` order as ``data``; they become the spec's ``nodata`` label and count in no class.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class Volume:
         source: the file or DICOM folder read.
         header: NIfTI qform/sform and their codes, to be copied onto outputs.
         dicom: the source series' UIDs (DICOM input only), for DICOM SEG.
+        nodata: bool ``(Z, Y, X)``, read-only, True where the input has no image data (DICOM voxels
+            whose stored value is the PixelPaddingValue or in its PixelPaddingRangeLimit range; NaN
+            voxels of a NIfTI file); None when no voxel is. ``data`` holds :func:`fill_nodata`'s
+            value there (what the model sees); these voxels get the spec's ``nodata`` label.
     """
 
     data: np.ndarray
@@ -84,10 +90,18 @@ class Volume:
     source: Path
     header: HeaderInfo
     dicom: DicomSource | None = None
+    nodata: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3 or self.data.dtype != np.float32:
             raise ValueError(f"Volume.data must be float32 (Z, Y, X), got {self.data.dtype} {self.data.shape}")
+        if self.nodata is not None:
+            if self.nodata.dtype != np.bool_ or self.nodata.shape != self.data.shape:
+                raise ValueError(f"Volume.nodata must be bool {self.data.shape}, got {self.nodata.dtype} {self.nodata.shape}")
+            if self.nodata.flags.writeable:
+                mask = self.nodata.view()
+                mask.flags.writeable = False
+                object.__setattr__(self, "nodata", mask)
         affine = np.array(self.affine, dtype=np.float64)
         if affine.shape != (4, 4):
             raise ValueError(f"Volume.affine must be 4x4, got {affine.shape}")
@@ -117,6 +131,66 @@ class Volume:
     def voxel_volume_mm3(self) -> float:
         """``|det(affine[:3, :3])|`` in mm^3 (exact for oblique and sheared grids)."""
         return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    @property
+    def nodata_count(self) -> int:
+        """Number of nodata voxels (0 when ``nodata`` is None)."""
+        return 0 if self.nodata is None else int(np.count_nonzero(self.nodata))
+
+
+def fill_nodata(data: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """Give the ``mask``ed voxels of ``data`` (in place) the smallest value of the others; return the mask, or None when empty.
+
+    Why the minimum: it is what a scan shows where there is nothing (air at about -1000 HU on CT,
+    the dark background of MR), so a convolution reaching across the edge of the nodata region sees
+    a plausible border rather than an invented structure (0 is water on CT, and NaN would spread
+    through every window and resampling that touches it); and it lies inside the image's own value
+    range, so intensity windows and one-pass statistics see nothing new. The labels there are
+    replaced by nodata anyway.
+
+    Args:
+        data: float ``(Z, Y, X)``, writable; its values under ``mask`` are ignored (NaN allowed).
+        mask: bool ``(Z, Y, X)``, True at nodata voxels; not all True (the caller refuses that).
+    """
+    if not mask.any():
+        return None
+    data[mask] = np.min(data, where=~mask, initial=np.inf)
+    return mask
+
+
+BYTES_PER_VOXEL = 16
+"""Peak memory of segmenting a study, per voxel, roughly: the stored values, float32 intensities, the
+model-grid copy, the nodata mask and the labels (a 512 x 512 x 300 CT: about 1.3 GB)."""
+
+
+def check_memory(path: str | Path, shape: tuple[int, ...], what: str) -> None:
+    """Refuse, from the header alone, a study that cannot fit in this machine's available memory.
+
+    A 9 MB ``.nii.gz`` declaring 2048 x 1024 x 1024 voxels was decompressed for 32 s and then failed
+    with an unexplained MemoryError; DICOM slices declaring Rows = Columns = 60000 asked for 40 GiB
+    before the pixel data was looked at.
+
+    Args:
+        path: the file or folder, for the message.
+        shape: the voxel counts the header declares.
+        what: how the message names the header (e.g. ``"the NIfTI header"``).
+
+    Raises:
+        InputError: ``prod(shape) * BYTES_PER_VOXEL`` exceeds the available memory (psutil).
+    """
+    import psutil
+
+    from pipeline.errors import InputError
+
+    need = float(np.prod(np.asarray(shape, dtype=np.float64))) * BYTES_PER_VOXEL
+    available = psutil.virtual_memory().available
+    if need > available:
+        dims = " x ".join(str(int(s)) for s in shape)
+        raise InputError(
+            path,
+            f"{what} declares {dims} voxels, which need about {need / 2**30:.1f} GiB of memory to segment; {available / 2**30:.1f} GiB is available",
+            "check the file (a header that declares far more voxels than the file holds is corrupt), or segment it on a machine with more memory",
+        )
 
 
 def spacing_zyx(affine: np.ndarray) -> tuple[float, float, float]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +21,23 @@ from pipeline.errors import InputError
 from pipeline.volume.volume import DicomSource, HeaderInfo
 
 
-def label_dtype(class_ids: Sequence[int]) -> str:
-    """``uint8`` when every id fits, else ``uint16``."""
-    return "uint8" if max(class_ids) <= 255 else "uint16"
+def label_dtype(class_ids: Sequence[int], nodata: int | None = None) -> str:
+    """``uint8`` when every id and ``nodata`` fit (``max(ids, nodata) <= 255``, as for rasters), else ``uint16``."""
+    return "uint8" if max(*class_ids, -1 if nodata is None else nodata) <= 255 else "uint16"
 
 
-def _tmp(path: Path) -> Path:
-    # keep the real suffixes at the end so format-sniffing writers (nibabel, pydicom) behave
+def temporary_for(path: Path) -> Path:
+    """The hidden name ``.tmp-<pid>-<name>`` a study's output file is written under, then renamed.
+    The real suffixes stay at the end so format-sniffing writers (nibabel, pydicom) behave."""
     return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """The :func:`temporary_for` names of ``path`` left in its folder by runs killed while writing it: exactly
+    ``.tmp-<digits>-<name>``, so another study's files (``case01.x`` beside ``case01``) never match.
+    Call under the study's work lock (no live run is writing them)."""
+    pattern = re.compile(rf"\.tmp-\d+-{re.escape(path.name)}")
+    return sorted(p for p in path.parent.glob(f".tmp-*-{glob_escape(path.name)}") if pattern.fullmatch(p.name))
 
 
 def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path) -> Path:
@@ -48,7 +59,7 @@ def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path)
     hdr["scl_slope"] = 1.0
     hdr["scl_inter"] = 0.0
     hdr["descrip"] = b"segpipe labels"
-    tmp = _tmp(path)
+    tmp = temporary_for(path)
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)
@@ -59,14 +70,15 @@ def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path)
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
     path = Path(path)
-    tmp = _tmp(path)
+    tmp = temporary_for(path)
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
 
 
 def sidecar_json(classes: Sequence[ClassInfo], *, source: str, model: str, nodata: int | None = None) -> str:
-    """The ``<stem>.labels.json`` sidecar: label id -> name and colour, plus provenance."""
+    """The ``<stem>.labels.json`` sidecar: label id -> name and colour, plus provenance and the
+    ``nodata`` label value (voxels without image data; not a class, so not under ``labels``)."""
     doc = {
         "source": source,
         "model": model,
@@ -77,8 +89,9 @@ def sidecar_json(classes: Sequence[ClassInfo], *, source: str, model: str, nodat
     return json.dumps(doc, indent=1)
 
 
-def itksnap_label_table(classes: Sequence[ClassInfo]) -> str:
-    """ITK-SNAP label description file (``IDX R G B A VIS MSH "LABEL"``); id 0 is transparent."""
+def itksnap_label_table(classes: Sequence[ClassInfo], nodata: int | None = None) -> str:
+    """ITK-SNAP label description file (``IDX R G B A VIS MSH "LABEL"``); id 0 is transparent, and the
+    ``nodata`` value, when given, is listed as ``"nodata"``: black, transparent and hidden."""
     lines = [
         "################################################",
         "# ITK-SnAP Label Description File",
@@ -100,16 +113,21 @@ def itksnap_label_table(classes: Sequence[ClassInfo]) -> str:
         alpha, vis = ("0", 0) if c.id == 0 else ("1", 1)
         name = c.name.replace('"', "'")
         lines.append(f'{c.id:5d} {r:5d} {g:4d} {b:4d} {alpha:>8} {vis:2d} {vis:2d}    "{name}"')
+    if nodata is not None:
+        lines.append(f'{nodata:5d} {0:5d} {0:4d} {0:4d} {"0":>8} {0:2d} {0:2d}    "nodata"')
     return "\n".join(lines) + "\n"
 
 
-def slicer_color_table(classes: Sequence[ClassInfo]) -> str:
-    """3D Slicer colour table (``.ctbl``): ``id name R G B A`` per line, names without spaces."""
-    lines = ["# Color table file written by segpipe", f"# {len(classes)} values"]
+def slicer_color_table(classes: Sequence[ClassInfo], nodata: int | None = None) -> str:
+    """3D Slicer colour table (``.ctbl``): ``id name R G B A`` per line, names without spaces; the
+    ``nodata`` value, when given, last as ``nodata 0 0 0 0`` (transparent)."""
+    lines = ["# Color table file written by segpipe", f"# {len(classes) + (nodata is not None)} values"]
     for c in sorted(classes, key=lambda c: c.id):
         r, g, b = c.rgb
         alpha = 0 if c.id == 0 else 255
         lines.append(f"{c.id} {'_'.join(c.name.split()) or f'label_{c.id}'} {r} {g} {b} {alpha}")
+    if nodata is not None:
+        lines.append(f"{nodata} nodata 0 0 0 0")
     return "\n".join(lines) + "\n"
 
 
@@ -125,14 +143,14 @@ def write_dicom_seg(
     """A DICOM SEG (BINARY, one segment per non-zero class) referencing the source series.
 
     Args:
-        labels: ``(Z, Y, X)`` on the source grid, z in the order of ``source.files``.
+        labels: ``(Z, Y, X)`` on the source grid, z in the order of ``source.files``. A voxel whose
+            value is no non-zero class id (background 0, the nodata value) is in no segment.
         source: the series read (its files are re-read without pixel data for the references).
         classes: label classes; id 0 is background and gets no segment.
         path: output ``.dcm`` file.
     """
     try:
         import highdicom as hd
-        import pydicom
         from pydicom.sr.codedict import codes
     except ImportError as exc:  # pragma: no cover - declared dependencies
         raise InputError("highdicom", "DICOM SEG output needs highdicom", "pip install highdicom") from exc
@@ -146,7 +164,9 @@ def write_dicom_seg(
         lut[c.id] = number
     pixel_array = lut[np.asarray(labels)]
     pixel_array = pixel_array.astype(np.uint8 if len(segments) < 256 else np.uint16)
-    images = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.files]
+    from pipeline.volume.dicom import read_slice  # Part 10 files and bare datasets alike
+
+    images = [read_slice(f, stop_before_pixels=True) for f in source.files]
     algorithm = hd.AlgorithmIdentificationSequence(name=model_name[:64] or "segpipe", family=codes.cid7162.ArtificialIntelligence, version=software_version)
     descriptions = [
         hd.seg.SegmentDescription(
@@ -175,7 +195,7 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=f"segpipe {model_name}"[:64],
     )
-    tmp = _tmp(path)
+    tmp = temporary_for(path)
     try:
         seg.save_as(tmp)
         os.replace(tmp, path)

@@ -17,6 +17,7 @@ def test_scene_catalog_resolves_relative_paths_urls_and_output_token(tmp_path):
         "model: specs/m.yaml\n"
         "scenes: [a.tif, /abs/b.tif, 'https://example.org/c.tif', '/vsis3/bucket/d.tif', '{output}/e.tif']\n"
         "regions: ../districts.gpkg\n"
+        "region_layer: districts\n"
         "output: ../out\n"
     )
     c = load_scene_catalog(cat)
@@ -25,7 +26,7 @@ def test_scene_catalog_resolves_relative_paths_urls_and_output_token(tmp_path):
         str(cat.parent / "a.tif"), "/abs/b.tif", "https://example.org/c.tif", "/vsis3/bucket/d.tif", str(out / "e.tif"),
     ]
     assert expand(c.regions, base=c.source.parent, output=out) == str(tmp_path / "districts.gpkg")
-    assert c.output == tmp_path / "out" and c.demo is None and c.name == "nightly"
+    assert c.output == tmp_path / "out" and c.demo is None and c.name == "nightly" and c.region_layer == "districts"
     assert model_ref(c.model, c.source.parent) == str(cat.parent / "specs" / "m.yaml")
     assert model_ref("demo-landcover", c.source.parent) == "demo-landcover"
 
@@ -35,6 +36,7 @@ def test_scene_catalog_resolves_relative_paths_urls_and_output_token(tmp_path):
     [
         ("scenes: []\n", "'scenes' must be a non-empty list"),
         ("scenes: [a.tif]\nmodel: 3\n", "'model' must be a string"),
+        ("scenes: [a.tif]\nregion_layer: [a, b]\n", "'region_layer' must be a string"),
         ("scenes: [a.tif]\ndemo: {size: [10]}\n", "demo must be a mapping with size"),
         ("- just\n- a list\n", "a catalog must be a YAML mapping"),
         ("scenes: [a.tif\n", "not valid YAML"),
@@ -58,7 +60,7 @@ def test_missing_catalog_and_bad_study_demo(tmp_path):
 
 
 def test_list_studies_folder_glob_and_file(tmp_path):
-    for name in ("b.nii.gz", "a.nii", "notes.txt", ".hidden.nii.gz"):
+    for name in ("b.nii.gz", "a.nii", "notes.txt", ".hidden.nii.gz", "pair.hdr", "pair.img"):
         (tmp_path / name).write_bytes(b"x")
     series = tmp_path / "dicom-series"
     series.mkdir()
@@ -66,7 +68,7 @@ def test_list_studies_folder_glob_and_file(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "stats.zarr").mkdir()
     (tmp_path / "stats.zarr" / "zarr.json").write_text("{}")
-    assert [Path(p).name for p in list_studies(tmp_path)] == ["a.nii", "b.nii.gz", "dicom-series"]
+    assert [Path(p).name for p in list_studies(tmp_path)] == ["a.nii", "b.nii.gz", "dicom-series", "pair.hdr"]  # a pair once, by its header
     assert [Path(p).name for p in list_studies(str(tmp_path / "*.nii*"))] == ["a.nii", "b.nii.gz"]
     assert list_studies(tmp_path / "a.nii") == [str(tmp_path / "a.nii")]
     with pytest.raises(InputError, match="no studies found"):

@@ -261,3 +261,31 @@ def test_a_retried_night_skips_the_scenes_it_finished(scenes, tmp_path):
     with xr.open_zarr(out / "stats.zarr") as ds:
         assert ds.sizes["time"] == 1 and sorted(ds.scene.values.tolist()) == ["east", "west"]
         assert not bool(ds.area_m2.sel(scene="west").isnull().all())
+
+
+def test_region_layer_picks_the_layer_of_a_several_layer_file(scenes, tmp_path):
+    """A GeoPackage with layers ``country`` then ``districts``: without ``region_layer`` the run is
+    refused before any scene (the first layer was silently used); the catalog's ``region_layer``
+    reaches every scene task and is recorded with the regions file."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    folder, spec, labels, cells = scenes
+    regions = folder / "two.gpkg"
+    gpd.GeoDataFrame({"district": ["all"]}, geometry=[box(499_000, 5_349_000, 502_000, 5_351_000)], crs=CRS).to_file(regions, layer="country", driver="GPKG")
+    _write_regions(folder / "districts.gpkg")
+    gpd.read_file(folder / "districts.gpkg").to_file(regions, layer="districts", driver="GPKG")
+    out = tmp_path / "out"
+    state = landcover(scenes=[str(folder / "west.tif")], model=str(spec), regions=str(regions), region_field="district", out=str(out),
+                      device="cpu", block=32, return_state=True)
+    assert state.is_failed() and "2 layers (country, districts)" in state.message and "region_layer=<name>" in state.message
+    assert "--region-layer" not in state.message
+    assert not (out / "west.labels.tif").exists()
+
+    catalog = folder / "nightly.yaml"
+    catalog.write_text(f"model: {spec}\nscenes: [west.tif]\nregions: two.gpkg\nregion_field: district\nregion_layer: districts\noutput: ../out\n")
+    report = landcover(catalog=str(catalog), device="cpu", block=32)
+    assert [o.name for o in report.outputs] == ["west"] and not report.failures
+    with xr.open_zarr(out / "stats.zarr") as ds:
+        assert sorted(ds.region.values.tolist()) == ["north", "south"]
+        assert str(ds["regions"].values.item()) == f"{regions}|layername=districts"

@@ -84,3 +84,53 @@ def test_nightly_deployment_parameters_with_scenes_run_without_the_demo_regions(
                       device="cpu", return_state=True)
     assert state.is_failed() and "regions file not found (check the regions= parameter" in state.message
     assert not (tmp_path / "o2" / "tile.labels.tif").exists()  # refused before any scene
+
+
+def _two_layers(path):
+    """A GeoPackage with layers ``country`` then ``districts`` over the ``scene`` tile."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    gpd.GeoDataFrame({"name": ["all"]}, geometry=[box(499_000, 5_349_000, 501_000, 5_351_000)], crs=CRS).to_file(path, layer="country", driver="GPKG")
+    gpd.GeoDataFrame({"name": ["d1"]}, geometry=[box(500_000, 5_349_840, 500_080, 5_350_000)], crs=CRS).to_file(path, layer="districts", driver="GPKG")
+    return path
+
+
+def test_a_regions_file_with_several_layers_needs_region_layer_before_any_scene(scene, tmp_path):
+    regions = _two_layers(tmp_path / "two.gpkg")
+    with pytest.raises(InputError) as caught:
+        plan_scenes(None, [str(scene)], "demo-landcover", str(regions), None, str(tmp_path / "out"))
+    assert str(caught.value) == f"{regions}: 2 layers (country, districts) and none named to take the regions from (pick the layer with region_layer=<name>)"
+    with pytest.raises(InputError, match=r"no layer 'district' \(layers: country, districts\) \(pick the layer with region_layer=<name>\)$"):
+        plan_scenes(None, [str(scene)], "demo-landcover", str(regions), None, str(tmp_path / "out"), region_layer="district")
+    plan = plan_scenes(None, [str(scene)], "demo-landcover", str(regions), None, str(tmp_path / "out"), region_layer="districts")
+    assert plan.region_layer == "districts"
+    with pytest.raises(InputError, match=r"region_layer='districts' given without regions \(pass regions=<vector file> too, or leave region_layer out\)"):
+        plan_scenes(None, [str(scene)], "demo-landcover", None, None, str(tmp_path / "out"), region_layer="districts")
+
+
+def test_a_catalog_region_layer_goes_with_the_catalog_regions_only(scene, tmp_path):
+    _two_layers(tmp_path / "two.gpkg")
+    catalog = tmp_path / "nightly.yaml"
+    catalog.write_text(f"model: demo-landcover\nscenes: [{scene}]\nregions: two.gpkg\n")
+    with pytest.raises(InputError, match=rf"\(pick the layer with region_layer=<name> or region_layer: in {catalog}\)$"):
+        plan_scenes(str(catalog), None, None, None, None, str(tmp_path / "out"))
+    catalog.write_text(f"model: demo-landcover\nscenes: [{scene}]\nregions: two.gpkg\nregion_layer: districts\n")
+    assert plan_scenes(str(catalog), None, None, None, None, str(tmp_path / "out")).region_layer == "districts"
+    # regions= replaces the catalog's file, and its layer with it
+    one = tmp_path / "one.gpkg"
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    gpd.GeoDataFrame({"name": ["a"]}, geometry=[box(500_000, 5_349_900, 500_100, 5_350_000)], crs=CRS).to_file(one, driver="GPKG")
+    plan = plan_scenes(str(catalog), None, None, str(one), None, str(tmp_path / "out"))
+    assert plan.regions == str(one) and plan.region_layer is None
+
+
+def test_region_layer_messages_name_the_flow_parameter():
+    from flows._runtime import failure_of
+
+    raised = InputError("two.gpkg", "2 layers (country, districts) and none named to take the regions from", "pick the layer with --region-layer NAME")
+    assert failure_of("t.tif", raised).message.endswith("(pick the layer with region_layer=<name>)")
+    raised = InputError("x", "--region-layer given without --regions", "add --regions FILE")
+    assert failure_of("t.tif", raised).message == "x: region_layer= given without regions= (add regions=<file>)"

@@ -155,7 +155,20 @@ def test_volume_index_picks_the_volume_of_4d_studies(tmp_path, pointwise_spec):
     labels = np.asarray(nib.load(str(out / "dyn.labels.nii.gz")).dataobj).transpose(2, 1, 0)
     np.testing.assert_array_equal(labels, np.where(second > 300, 2, np.where(second > 100, 1, 0)))
     assert segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu", volume_index=1).skipped == ("dyn",)
-    redone = segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu", volume_index=0)
+    # another volume of the same file is another input with the same name: that study fails, force=True replaces it
+    state = segment_volumes(studies=str(studies), model=str(spec), out=str(out), device="cpu", volume_index=0, return_state=True)
+    assert state.is_failed()
+    labels = np.asarray(nib.load(str(out / "dyn.labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(labels, np.where(second > 300, 2, np.where(second > 100, 1, 0)))
+    (tmp_path / "other").mkdir()
+    ct = tmp_path / "other" / "ct3d.nii.gz"
+    _write_study(ct, 3, _affine())  # a 3D study: volume_index=0 reads it as it is
+    refused = segment_volumes(studies=[str(studies / "dyn.nii.gz"), str(ct)], model=str(spec), out=str(out), device="cpu", volume_index=0)
+    assert [f.message for f in refused.failures] == [
+        f"{out}/dyn.*: was made from volume 1 of {(studies / 'dyn.nii.gz').resolve()}, not from volume 0 "
+        "(use another out= for each, or force=True to replace it)"  # flow parameters, not CLI options
+    ]
+    redone = segment_volumes(studies=str(studies / "dyn.nii.gz"), model=str(spec), out=str(out), device="cpu", volume_index=0, force=True)
     assert redone.skipped == ()
     labels = np.asarray(nib.load(str(out / "dyn.labels.nii.gz")).dataobj).transpose(2, 1, 0)
     np.testing.assert_array_equal(labels, np.where(first > 300, 2, np.where(first > 100, 1, 0)))

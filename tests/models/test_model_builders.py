@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -94,8 +96,27 @@ def test_import_path_architecture(spec_factory):
 def test_import_path_errors(spec_factory):
     with pytest.raises(ModelSpecError, match="cannot import architecture 'torch.nn:NoSuchLayer'"):
         build_network(spec_factory("torch.nn:NoSuchLayer"))
-    with pytest.raises(ModelSpecError, match="returned Tensor, not a torch.nn.Module"):
-        build_network(spec_factory("torch:zeros", params={"size": [2]}))
+    with pytest.raises(ModelSpecError, match="returned float, not a torch.nn.Module"):
+        build_network(spec_factory("torch.nn.init:calculate_gain", params={"nonlinearity": "relu"}))
+
+
+@pytest.mark.parametrize(
+    ("architecture", "params", "problem"),
+    [
+        ("os:system", lambda marker: {"command": f"touch {marker}"}, "a builtin_function_or_method, not a class or Python function"),
+        ("subprocess:run", lambda marker: {"args": ["touch", str(marker)]}, "a function of Python's standard library (subprocess.run)"),
+        ("pathlib:Path.touch", lambda marker: {"self": str(marker)}, "a function of Python's standard library (pathlib.Path.touch)"),
+        ("torch:zeros", lambda marker: {"size": [2]}, "a builtin_function_or_method"),
+        ("pathlib:Path", lambda marker: {}, "the class pathlib.Path, not a torch.nn.Module"),
+    ],
+)
+def test_a_spec_cannot_call_what_builds_no_network(tmp_path, spec_factory, architecture, params, problem):
+    """A spec YAML that ships no code named ``os:system`` with ``params: {command: ...}``: the command ran
+    before the 'not a torch.nn.Module' refusal. Now such callables are refused before being called."""
+    marker = tmp_path / "ran"
+    with pytest.raises(ModelSpecError, match=re.escape(problem)):
+        build_network(spec_factory(architecture, params=params(marker)))
+    assert not marker.exists()
 
 
 def test_segformer_local_pretrained_folder(tmp_path, spec_factory):

@@ -120,3 +120,18 @@ def test_models_help_describes_the_listing(capsys):
     with pytest.raises(SystemExit):
         main(["models", "--help"])
     assert "whether their weights are present" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [("--epochs", "0", "argument --epochs: 0 is not >= 1"), ("--batch", "-1", "argument --batch: -1 is not >= 1"),
+     ("--steps", "two", "argument --steps: 'two' is not a whole number"), ("--lr", "0", "argument --lr: 0.0 is not > 0"),
+     ("--val-fraction", "1", "argument --val-fraction: 1.0 is not in [0, 1)")],
+)
+def test_train_options_out_of_range_name_the_option(tmp_path, capsys, option, value, problem):
+    """``--epochs 0`` printed the internal ``TrainConfig(...)`` object instead of naming the option."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "demo-landcover", "--images", "a.tif", "--labels", "b.tif", "--out", str(tmp_path / "w.safetensors"), option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert problem in err and "TrainConfig" not in err

@@ -131,3 +131,9 @@ def test_a_fitting_network_with_a_checkpoint_loads(tmp_path):
     )
     model = load_model(load_spec(path))
     assert torch.equal(model.weight, conv.weight)
+
+
+def test_a_window_too_large_for_memory_is_a_spec_error_not_a_traceback(tmp_path):
+    """A 64 GB probe window ended in RuntimeError "DefaultCPUAllocator: can't allocate" with a traceback."""
+    path = write_spec(tmp_path, "torch.nn:Conv2d", {"in_channels": 256, "out_channels": 3, "kernel_size": 1}, window=(8192, 8192), in_channels=256)
+    refused(path, "a test window of shape (1, 256, 8192, 8192) needs more memory than cpu has", "use a smaller window")

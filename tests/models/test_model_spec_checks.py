@@ -165,3 +165,8 @@ def test_orientation_on_a_raster_spec_is_refused(tmp_path):
     """It would be silently ignored: rasters are segmented on their own grid."""
     refused(write(tmp_path, orientation="RAS"), "orientation 'RAS' is set on a raster model", "applies to volume models")
     assert load_spec(write(tmp_path, orientation=None)).orientation is None
+
+
+def test_an_enormous_window_is_refused_at_load(tmp_path):
+    refused(write(tmp_path, window=[60000, 60000]), "window [60000, 60000] holds 3,600,000,000 pixels/voxels, more than 67,108,864")
+    assert load_spec(write(tmp_path, window=[8192, 8192])).window == (8192, 8192)

@@ -302,7 +302,8 @@ def test_volume_snapshots_are_whole_while_threads_merge(tmp_path):
 def _complete_store(path: Path, value: float) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        xr.Dataset({"v": ("x", [value])}).to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+        ds = xr.Dataset({"v": (("study", "label"), [[value]])}, coords={"study": ["s"], "label": ["l"]})  # shaped like a volume store
+        ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
 
 
 def _value(store: Path) -> float:
@@ -434,6 +435,25 @@ def test_recover_handles_the_names_older_volume_stores_left(tmp_path):
     _complete_store(tmp_path / ".stats.zarr.old", 3.0)  # killed after the new store took its place
     recover(store)
     assert os.listdir(tmp_path) == ["stats.zarr"] and _value(store) == 1.0
+
+
+def test_recover_leaves_a_users_files_beside_the_store_alone(tmp_path):
+    """A user's backup ``stats.zarr.old-jan`` was deleted and a folder ``stats.zarr.old-backup`` put in
+    place of a missing store; ``stats.zarr.tmp-mine`` was deleted. Only segpipe's own temporaries
+    (``<name>.tmp-<8 hex>``, ``<name>.old-<8 hex>`` holding statistics) are touched."""
+    store = tmp_path / "stats.zarr"
+    _complete_store(tmp_path / "stats.zarr.old-jan", 1.0)  # the user's backup copy
+    (tmp_path / "stats.zarr.old-backup").mkdir()
+    (tmp_path / "stats.zarr.old-backup" / "important.txt").write_text("mine")
+    (tmp_path / "stats.zarr.tmp-mine").mkdir()
+    (tmp_path / "stats.zarr.old-0badcafe").mkdir()  # our name, but no statistics inside: not put back
+    (tmp_path / "stats.zarr.old-0badcafe" / "notes.txt").write_text("not a store")
+    recover(store)
+    assert not store.exists()
+    assert sorted(os.listdir(tmp_path)) == ["stats.zarr.old-0badcafe", "stats.zarr.old-backup", "stats.zarr.old-jan", "stats.zarr.tmp-mine"]
+    merge_into_store(study("case01"), store)
+    assert sorted(os.listdir(tmp_path)) == ["stats.zarr", "stats.zarr.old-0badcafe", "stats.zarr.old-backup", "stats.zarr.old-jan", "stats.zarr.tmp-mine"]
+    assert open_stats(store).study.values.tolist() == ["case01"] and _value(tmp_path / "stats.zarr.old-jan") == 1.0
 
 
 def test_volume_merge_recovers_a_swap_killed_between_the_renames(tmp_path):

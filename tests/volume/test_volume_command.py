@@ -91,11 +91,15 @@ def test_volume_index_picks_a_volume_of_a_4d_nifti(vh, tmp_path, capsys, monkeyp
     assert main(["volume", str(path), "--model", spec, "--out", str(out), "--device", "cpu", "--volume-index", "1"]) == 0
     assert np.array_equal(np.asarray(nib.load(out / "dyn.labels.nii.gz").dataobj).T, vh.per_voxel_answer(second))
     capsys.readouterr()
-    # another volume of the same file is not the finished study: it is segmented again
-    assert main(["volume", str(path), "--model", spec, "--out", str(out), "--device", "cpu", "--volume-index", "0"]) == 0
-    assert "redone: old outputs made from volume 1, not volume 0" in capsys.readouterr().out
+    # another volume of the same file is another input with the same stem: refused, --force replaces it
+    assert main(["volume", str(path), "--model", spec, "--out", str(out), "--device", "cpu", "--volume-index", "0"]) == 1
+    refused = f"{out}/dyn.*: was made from volume 1 of {path.resolve()}, not from volume 0 (use another --out for each, or --force to replace it)"
+    assert refused in capsys.readouterr().out
+    assert np.array_equal(np.asarray(nib.load(out / "dyn.labels.nii.gz").dataobj).T, vh.per_voxel_answer(second))
+    assert main(["volume", str(path), "--model", spec, "--out", str(out), "--device", "cpu", "--volume-index", "0", "--force"]) == 0
     assert np.array_equal(np.asarray(nib.load(out / "dyn.labels.nii.gz").dataobj).T, vh.per_voxel_answer(first))
-    assert main(["volume", str(path), "--model", spec, "--out", str(out), "--volume-index", "2"]) == 1
+    capsys.readouterr()
+    assert main(["volume", str(path), "--model", spec, "--out", str(tmp_path / "out2"), "--volume-index", "2"]) == 1
     assert f"{path}: --volume-index 2 out of range for 2 volumes (use --volume-index 0..1)" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         main(["volume", str(path), "--model", spec, "--out", str(out), "--volume-index", "-1"])

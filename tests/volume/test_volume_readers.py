@@ -60,7 +60,7 @@ def test_4d_needs_volume_index(tmp_path):
     ("name", "make", "message"),
     [
         ("trunc.nii.gz", "truncated", "truncated or corrupt"),
-        ("nans.nii.gz", "nan", r"NaN/inf voxel\(s\), first at voxel \(i, j, k\) = \(1, 2, 3\)"),
+        ("infs.nii.gz", "inf", r"1 inf voxel\(s\), first at voxel \(i, j, k\) = \(1, 2, 3\)"),  # NaN is nodata: test_volume_nodata
         ("empty.nii.gz", "zero", "zero-size dimension"),
         ("slice.nii.gz", "2d", "2D image"),
         ("flat.nii.gz", "single-slice", "2D image"),
@@ -73,9 +73,10 @@ def test_bad_nifti_names_file_problem_fix(vh, tmp_path, name, make, message):
         vh.write_nifti(path, np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32), np.eye(4))
         raw = gzip.decompress(path.read_bytes())
         path.write_bytes(gzip.compress(raw)[: len(gzip.compress(raw)) // 2])
-    elif make == "nan":
+    elif make == "inf":
         data = np.zeros((5, 6, 7), np.float32)
-        data[3, 2, 1] = np.nan
+        data[3, 2, 1] = -np.inf
+        data[0, 0, 0] = np.nan
         vh.write_nifti(path, data, np.eye(4))
     elif make == "zero":
         nib.save(nib.Nifti1Image(np.zeros((4, 0, 3), np.float32), np.eye(4)), path)

@@ -139,7 +139,7 @@ def test_batch_reports_bad_studies_and_finishes_the_rest(vh, tmp_path, pv_model)
     good = vh.write_nifti(tmp_path / "good.nii.gz", hu, vh.axis_affine("LPS"))
     truncated = vh.write_nifti(tmp_path / "truncated.nii.gz", hu.astype(np.float32) + np.arange(hu.size).reshape(hu.shape), np.eye(4))
     truncated.write_bytes(gzip.compress(gzip.decompress(truncated.read_bytes()))[:-600])
-    nans = vh.write_nifti(tmp_path / "nans.nii.gz", np.where(hu > 0, np.nan, hu).astype(np.float32), np.eye(4))
+    infs = vh.write_nifti(tmp_path / "infs.nii.gz", np.where(hu > 0, np.inf, hu).astype(np.float32), np.eye(4))  # NaN is nodata, inf refused
     empty = tmp_path / "empty.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((0, 4, 4), np.float32), np.eye(4)), empty)
     flat = tmp_path / "flat.nii.gz"
@@ -150,18 +150,18 @@ def test_batch_reports_bad_studies_and_finishes_the_rest(vh, tmp_path, pv_model)
     two = tmp_path / "dicom_two"
     vh.write_dicom_series(two / "a", hu, affine, series_uid="1.2.826.0.1.1")
     vh.write_dicom_series(two / "b", hu[:4], affine, series_uid="1.2.826.0.1.2")
-    inputs = [truncated, good, nans, empty, gap, flat, dicom, two]
+    inputs = [truncated, good, infs, empty, gap, flat, dicom, two]
     spec = vh.per_voxel_spec(tmp_path)
     out = tmp_path / "out"
     report = segment_volumes(inputs, spec, out, CPU, model=pv_model)
     assert [r.study for r in report.results] == ["good", "dicom_ok"]
     failures = {f.source: f.message for f in report.failures}
-    assert set(failures) == {str(p) for p in (truncated, nans, empty, gap, flat, two)}
+    assert set(failures) == {str(p) for p in (truncated, infs, empty, gap, flat, two)}
     assert "truncated or corrupt" in failures[str(truncated)] or "cannot open" in failures[str(truncated)]
-    assert "NaN" in failures[str(nans)] and "zero-size" in failures[str(empty)] and "2D image" in failures[str(flat)]
+    assert "inf voxel" in failures[str(infs)] and "zero-size" in failures[str(empty)] and "2D image" in failures[str(flat)]
     assert "missing slice" in failures[str(gap)] and "2 series" in failures[str(two)]
     assert all(str(tmp_path) in m for m in failures.values())
-    for stem in ("truncated", "nans", "empty", "flat", "dicom_gap", "dicom_two"):
+    for stem in ("truncated", "infs", "empty", "flat", "dicom_gap", "dicom_two"):
         assert not list(out.glob(f"{stem}.*"))  # nothing half-written that looks complete
     # DICOM input: NIfTI labels on the series grid, and a DICOM SEG referencing the series
     dicom_result = report.results[1]
@@ -266,3 +266,31 @@ def test_series_uid_with_a_nifti_and_volume_index_with_a_dicom_folder_are_refuse
         "(drop --volume-index (volume_index= from Python) for DICOM inputs, or segment them in a run of their own)"
     )
     assert not list(out.glob("ct.*"))
+
+
+def test_a_block_larger_than_the_image_is_one_block_of_the_image(vh, tmp_path, pv_model):
+    """``--block 4000`` on a 30-slice study asked zarr for a (4000, 4000, 4000) chunk: 59.6 GiB."""
+    hu = vh.ct_crop((12, 40, 48))
+    path = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("RAS"), qcode=1, scode=1)
+    spec = vh.per_voxel_spec(tmp_path, window=[8, 16, 16])
+    result = segment_volume(path, spec, tmp_path / "out", VolumeOptions(device="cpu", block=(4000, 4000, 4000)), model=pv_model)
+    assert result.blocks_run == 1
+    assert np.array_equal(np.asarray(nib.load(result.outputs.labels).dataobj).T, vh.per_voxel_answer(hu))
+
+
+def test_half_written_outputs_of_a_killed_run_are_removed_by_the_next_run(vh, tmp_path, pv_model):
+    """A run killed while writing left ``.tmp-<pid>-ct.labels.nii.gz`` (and the stats JSON's temporary)
+    for ever; the next run of that study removes them, and leaves another study's alone."""
+    hu = vh.ct_crop((12, 40, 48))
+    path = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("RAS"), qcode=1, scode=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    left = [out / ".tmp-4242-ct.labels.nii.gz", out / ".tmp-4242-ct.stats.json", out / ".tmp-77-ct.seg.dcm"]
+    others = [out / ".tmp-4242-ct.x.labels.nii.gz", out / ".tmp-mine-ct.labels.nii.gz", out / "notes.tmp-1-ct.stats.json"]
+    for f in left + others:
+        f.write_bytes(b"\x1f\x8b partial")
+    spec = vh.per_voxel_spec(tmp_path, window=[8, 16, 16])
+    segment_volume(path, spec, out, CPU, model=pv_model)
+    assert not any(f.exists() for f in left)
+    assert all(f.exists() for f in others)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-")) == [".tmp-4242-ct.x.labels.nii.gz", ".tmp-mine-ct.labels.nii.gz"]
