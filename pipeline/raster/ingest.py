@@ -144,7 +144,9 @@ def open_raster(path_or_url: str | Path) -> rasterio.DatasetReader:
         with known_warnings_ignored():  # no georeferencing: refused with its own message (_info_from_dataset)
             return rasterio.open(text)
     except RasterioError as exc:
-        raise InputError(text, f"not a readable raster ({_gdal_reason(exc)})", "give a GeoTIFF/COG or another GDAL raster; re-download it if it is truncated") from exc
+        raise InputError(
+            text, f"not a readable raster ({_gdal_reason(exc)})", "give a GeoTIFF/COG or another GDAL raster; re-download it if it is truncated"
+        ) from exc
 
 
 def probe_raster(
@@ -154,16 +156,19 @@ def probe_raster(
     in_channels: int | None = None,
     model_name: str | None = None,
 ) -> RasterInfo:
-    """Read and validate a raster's header (no pixels): CRS present, bands valid, band count fits the model.
+    """Read and validate a raster's header (no pixels): a regular georeferenced grid, real-valued
+    bands, bands valid, band count fits the model.
 
     Args:
         path_or_url: a local path or anything GDAL opens (``https://``, ``s3://``, ``/vsi...``).
-        bands: 1-based band indexes to keep, in order; None keeps all bands.
+        bands: 1-based band indexes to keep, in order; None keeps all bands but alpha bands. An
+            alpha band named here is fed as data (and marks no pixel transparent).
         in_channels: the number of channels the model needs; None skips the check.
         model_name: used in the band-count error message.
 
     Raises:
-        InputError: not a raster, no CRS, bad band indexes or band count != ``in_channels``.
+        InputError: not a raster, no CRS or geotransform (GCP- or RPC-only georeferencing included),
+            complex bands, bad band indexes or band count != ``in_channels``.
     """
     with open_raster(path_or_url) as src:
         return _info_from_dataset(src, str(path_or_url), bands, in_channels, model_name)
@@ -328,7 +333,7 @@ def ingest_raster(
         store_path: the zarr store to create (a directory). Reused as is when it holds a
             complete ingest of the same source, bands and block size.
         block: tile and chunk size in pixels; memory use is about ``C * block * block`` values.
-        bands: 1-based band indexes to keep (None: all).
+        bands: 1-based band indexes to keep (None: all but alpha bands).
         in_channels: expected number of bands (the model's), checked before any pixel is read.
         model_name: named in the band-count error.
         progress: optional ``callable(tiles_done, tiles_total)``.

@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import shutil
 import time as _time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
@@ -32,7 +32,7 @@ from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
 from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
-from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty, remove_stale_temporaries
+from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty, remove_stale_temporaries, temporary_name
 from pipeline.raster.cog import write_label_cog
 from pipeline.raster.entries import check_store_accepts, entry_done
 from pipeline.raster.ingest import (
@@ -122,7 +122,7 @@ def segment_raster(
         region_layer: the regions file's layer (needed when it has several).
         block: block (zarr chunk) size in pixels; bounds memory. ``None``: :func:`default_block`.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        bands: 1-based bands to feed the model (default all; their number must be ``in_channels``).
+        bands: 1-based bands to feed the model (default all but alpha bands; their number must be ``in_channels``).
         time: run time for ``stats.zarr`` (default now, UTC).
         progress: optional ``callable(stage, done, total)``.
         model: a ready model (``(N, C, y, x) -> (N, K, y, x)``); default ``models.checkpoint.load_model(spec, device)``.
@@ -461,8 +461,8 @@ def _write_outputs(
 
 
 def _staged_name(final: Path) -> Path:
-    """Where ``final`` is written before it is renamed into place: ``<name>.tmp-<token><suffix>``."""
-    return final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
+    """Where ``final`` is written before it is renamed into place: ``<name>.tmp-<8 hex>``."""
+    return temporary_name(final)
 
 
 def _aux(path: Path) -> Path:
@@ -470,10 +470,14 @@ def _aux(path: Path) -> Path:
 
 
 def _remove_stale_staging(final: Path) -> None:
-    """Remove what a killed run was writing for ``final``: staged files (``<name>.tmp-*``) and the
-    writers' hidden temporaries (``.<name>.*``). Called under the scene's work lock: no live run of
-    this scene writes them."""
+    """Remove what a killed run was writing for ``final``, and nothing else: the staged file
+    (``<name>.tmp-<8 hex>``) and its ``.aux.xml``, and the writers' own hidden temporaries
+    (``.<name>[.tmp-<8 hex>].<8 hex>.tmp.tif|cog.tif|aux.xml|png``, see :mod:`pipeline.raster.cog` and
+    :mod:`pipeline.raster.quicklook`). Called under the scene's work lock: no live run of this scene writes them."""
     remove_stale_temporaries(final)
-    for stale in final.parent.glob(f".{glob_escape(final.name)}.*"):
-        log.info("removing %s, left by an interrupted run", stale)
-        stale.unlink(missing_ok=True)
+    name = re.escape(final.name)
+    ours = re.compile(rf"{name}\.tmp-[0-9a-f]{{8}}\.aux\.xml|\.{name}(\.tmp-[0-9a-f]{{8}})?\.[0-9a-f]{{8}}\.(tmp\.tif|cog\.tif|aux\.xml|png)")
+    for stale in final.parent.glob(f"*{glob_escape(final.name)}*"):
+        if ours.fullmatch(stale.name):
+            log.info("removing %s, left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)

@@ -151,13 +151,15 @@ def test_next_run_removes_staged_outputs_of_a_killed_run(tmp_path, make_geotiff)
     tif = scene(tmp_path, make_geotiff)
     out = tmp_path / "out"
     out.mkdir()
-    stale = ["scene.labels.tif.tmp-0123abcd.tif", "scene.labels.tif.tmp-0123abcd.tif.aux.xml", ".scene.labels.tif.tmp-0123abcd.tif.4567cdef.cog.tif",
-             "scene.quicklook.png.tmp-89abcdef.png", ".scene.quicklook.png.tmp-89abcdef.png.0123abcd.png"]
+    stale = ["scene.labels.tif.tmp-0123abcd", "scene.labels.tif.tmp-0123abcd.aux.xml", ".scene.labels.tif.tmp-0123abcd.4567cdef.cog.tif",
+             ".scene.labels.tif.0123abcd.tmp.tif", "scene.quicklook.png.tmp-89abcdef", ".scene.quicklook.png.tmp-89abcdef.0123abcd.png"]
     for name in stale:
         (out / name).write_bytes(b"half written")
-    (out / "other.labels.tif.tmp-0123abcd.tif").write_bytes(b"another scene's")
+    kept = ["other.labels.tif.tmp-0123abcd", "scene.labels.tif.tmp-mine", ".scene.labels.tif.notes"]  # another scene's, the user's
+    for name in kept:
+        (out / name).write_bytes(b"not this run's")
     segment_raster(tif, spec_from_dict(RAW_SPEC), out, block=32, device="cpu", model=model(), time="2024-06-01")
-    assert _names(out) == ["other.labels.tif.tmp-0123abcd.tif", "scene.labels.tif", "scene.labels.tif.aux.xml", "scene.quicklook.png", "stats.zarr"]
+    assert _names(out) == sorted([*kept, "scene.labels.tif", "scene.labels.tif.aux.xml", "scene.quicklook.png", "stats.zarr"])
 
 
 # --- `segpipe -v raster`: an unexpected error's traceback ---
