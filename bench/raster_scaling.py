@@ -34,7 +34,7 @@ def make_raster(path: Path, side: int) -> None:
 
     profile = dict(driver="GTiff", width=side, height=side, count=4, dtype="uint8", crs="EPSG:32633",
                    transform=from_origin(500000, 5800000, 10, 10), tiled=True, blockxsize=512, blockysize=512,
-                   compress="deflate", BIGTIFF="IF_SAFER")
+                   compress="deflate", BIGTIFF="IF_SAFER", photometric="MINISBLACK")  # band 4 is data, not alpha
     rng = np.random.default_rng(side)
     x = np.linspace(0, side / 300, side, dtype=np.float32)
     with rasterio.open(path, "w", **profile) as dst:

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--block", type=_block, metavar="N", help=f"block size in pixels, at least {MIN_BLOCK}; bounds memory (default 1024 on CPU, 2048 on a GPU)")
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--bands", type=_bands, metavar="1,2,3,4", help="1-based bands to feed the model, in order")
+    p.add_argument("--bands", type=_bands, metavar="1,2,3,4", help="1-based bands to feed the model, in order (default: every band but alpha bands)")
     p.add_argument("--time", metavar="ISO", help="run time recorded in stats.zarr (default: now, UTC, in whole seconds)")
     p.add_argument(
         "--force", action="store_true",
