@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.cli_types import device_name
 from pipeline.errors import InputError, SegpipeError
+from pipeline.raster.blocks import MAX_BLOCK, MIN_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ def register(subparsers) -> None:
         "--region-layer", metavar="NAME",
         help="layer of the --regions file holding the regions (needed when the file has several, e.g. a GeoPackage)",
     )
-    p.add_argument("--block", type=_block, metavar="N", help=f"block size in pixels, at least {MIN_BLOCK}; bounds memory (default 1024 on CPU, 2048 on a GPU)")
+    p.add_argument(
+        "--block", type=_block, metavar="N", help=f"block size in pixels, {MIN_BLOCK} to {MAX_BLOCK}; bounds memory (default 1024 on CPU, 2048 on a GPU)"
+    )
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--bands", type=_bands, metavar="1,2,3,4", help="1-based bands to feed the model, in order (default: every band but alpha bands)")
     p.add_argument("--time", metavar="ISO", help="run time recorded in stats.zarr (default: now, UTC, in whole seconds)")
@@ -49,7 +52,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-MIN_BLOCK = 64  # a block is one zarr chunk per array: --block 1 on a 700 x 900 scene wrote 1.3 million files
 
 
 def _block(text: str) -> int:
@@ -57,6 +59,8 @@ def _block(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels (e.g. 1024)") from None
+    if value > MAX_BLOCK:
+        raise argparse.ArgumentTypeError(f"{value} pixels is too large: each block is held in memory (use at most {MAX_BLOCK}; 1024 suits CPUs, 2048 GPUs)")
     if value < MIN_BLOCK:
         raise argparse.ArgumentTypeError(
             f"{value} pixels is too small: each block is a zarr chunk file, so tiny blocks mean millions of files "

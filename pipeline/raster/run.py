@@ -33,6 +33,7 @@ from pipeline.errors import InputError, ModelSpecError
 from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty, remove_stale_temporaries, temporary_name
+from pipeline.raster.blocks import MAX_BLOCK
 from pipeline.raster.cog import write_label_cog
 from pipeline.raster.entries import check_store_accepts, entry_done
 from pipeline.raster.ingest import (
@@ -182,6 +183,8 @@ def _segment_raster(
     if dask_client is None:  # with Dask the device is the workers'
         check_device(device)
     block = block or default_block(device, distributed=dask_client is not None)
+    if block > MAX_BLOCK:
+        raise InputError(str(block), f"block of {block} pixels is larger than {MAX_BLOCK}", "use a block of 1024 (CPU) to 2048 (GPU) pixels")
     stem = scene_stem(image)
     out_dir = Path(out_dir)
     # validate everything before writing anything
@@ -193,6 +196,7 @@ def _segment_raster(
         store, time=run_time, scene=stem, source=provenance.source, classes=[(c.id, c.name) for c in spec.classes], force=force, snapshot=snapshot
     )
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
+    block = min(block, max(info.shape))  # a block beyond the scene is one block: zarr would allocate all of it per chunk
     if not force and snapshot is not None:
         done = _done_already(out_dir, stem, snapshot, run_time, provenance, info, started)
         if done is not None:

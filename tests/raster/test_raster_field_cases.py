@@ -148,6 +148,26 @@ def test_cli_block_below_the_minimum_is_refused(tmp_path, make_geotiff, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_block_above_the_maximum_is_refused_and_one_beyond_the_scene_is_clamped(tmp_path, make_geotiff, capsys):
+    """``--block 50000`` on a 934 x 723 scene ended in "unexpected MemoryError:" (zarr allocates a whole
+    chunk per partial write). Above 8192 is refused; up to it, a block beyond the scene is one block."""
+    from pipeline.cli import main
+    from pipeline.errors import InputError
+
+    scenes = _two_scenes(tmp_path, make_geotiff)
+    with pytest.raises(SystemExit) as exc:
+        main(["raster", *scenes, "--model", _spec_file(tmp_path), "--out", str(tmp_path / "out"), "--block", "50000"])
+    assert exc.value.code == 2
+    assert "argument --block: 50000 pixels is too large" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="block of 9000 pixels is larger than 8192"):
+        segment_raster(scenes[0], _spec_file(tmp_path), tmp_path / "lib", block=9000, device="cpu")
+    small = segment_raster(scenes[0], _spec_file(tmp_path), tmp_path / "small", block=64, device="cpu")
+    big = segment_raster(scenes[0], _spec_file(tmp_path), tmp_path / "big", block=8192, device="cpu")
+    assert big.engine.blocks_run == 1
+    with rasterio.open(small.labels_path) as a, rasterio.open(big.labels_path) as b:
+        assert np.array_equal(a.read(), b.read())
+
+
 def test_cli_bad_regions_file_is_one_message_and_exit_2(tmp_path, make_geotiff, capsys):
     """--regions is the same for every scene: a missing file or attribute is reported once, before
     the model loads, with exit 2, and no output folder is created."""
