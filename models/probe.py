@@ -42,7 +42,7 @@ def probe_network(spec: ModelSpec, network: torch.nn.Module, device: torch.devic
         with torch.no_grad():
             output = network(x)
     except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError and "can't allocate" are RuntimeErrors
-        if isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
+        if isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) and "alloc" not in str(exc).lower():  # cuDNN: ALLOC_FAILED
             raise _forward_failed(spec, shape, exc) from exc
         raise ModelSpecError(
             spec.source or spec.name,

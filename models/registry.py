@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import inspect
 import sys
+import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -127,10 +128,23 @@ def _not_a_builder(obj: object) -> str:
         return "" if issubclass(obj, torch.nn.Module) else f"the class {obj.__module__}.{obj.__qualname__}, not a torch.nn.Module"
     if not (inspect.isfunction(obj) or inspect.ismethod(obj)):
         return f"a {type(obj).__name__}, not a class or Python function building a network"
-    top = (getattr(obj, "__module__", None) or "").split(".")[0]
-    if top in sys.stdlib_module_names or top in ("", "builtins", "__main__"):
+    if _in_standard_library(obj):
         return f"a function of Python's standard library ({obj.__module__}.{obj.__qualname__}), which builds no network"
     return ""
+
+
+def _in_standard_library(function: Callable[..., object]) -> bool:
+    """Whether ``function`` comes from Python's standard library: by its module's name *and* file, so a
+    user's own ``code.py`` or ``test/`` next to the spec is not taken for the standard library's."""
+    module = inspect.getmodule(function)
+    name = (getattr(function, "__module__", None) or "").split(".")[0]
+    if module is None or name not in sys.stdlib_module_names:
+        return False
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return True  # built into the interpreter
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    return Path(file).resolve().is_relative_to(stdlib)
 
 
 @contextlib.contextmanager

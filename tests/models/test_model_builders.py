@@ -141,3 +141,11 @@ def test_segformer_local_pretrained_folder(tmp_path, spec_factory):
 
     with pytest.raises(ModelSpecError, match="hub downloads are not supported"):
         build_network(spec_factory("segformer", params={"pretrained": "nvidia/mit-b0"}, source=tmp_path / "spec.yaml"))
+
+
+def test_a_users_module_named_like_a_standard_library_one_is_not_refused(tmp_path, spec_factory):
+    """The standard library is recognised by where a module lives, not only by its name: a ``tabnanny.py``
+    next to the spec (a name the standard library also has) builds its network."""
+    (tmp_path / "tabnanny.py").write_text("import torch\n\ndef build(channels):\n    return torch.nn.Conv2d(channels, 3, 1)\n")
+    spec = spec_factory("tabnanny:build", params={"channels": 2}, source=tmp_path / "spec.yaml")
+    assert isinstance(build_network(spec), torch.nn.Conv2d)
