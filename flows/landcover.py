@@ -280,7 +280,7 @@ def plan_scenes(
             or ``region_layer`` without regions, a regions file with several layers and none
             named, a layer it does not have, or a catalog that cannot be read.
     """
-    from pipeline.raster.ingest import scene_stem
+    from pipeline.raster.probe import scene_stem
 
     if scenes is not None and catalog:
         run_logger(__name__).warning(

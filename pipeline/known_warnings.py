@@ -9,7 +9,7 @@
 - rasterio ``NodataShadowWarning``: a 4-band image may tag its last band alpha next to a nodata
   value; GDAL (rightly) takes the masks from nodata and rasterio warns on every read.
 - rasterio ``NotGeoreferencedWarning``: a raster without georeferencing is refused with segpipe's
-  own message (:mod:`pipeline.raster.ingest`).
+  own message (:mod:`pipeline.raster.probe`).
 
 ``warnings.catch_warnings`` swaps the process's filter list and puts the saved one back on exit,
 which is not thread-safe (Python < 3.14): two scenes in flight, each entering and leaving it on

@@ -2,7 +2,8 @@
 
 Public API (imported lazily, so ``segpipe --help`` stays fast)::
 
-    ingest_raster, probe_raster, read_info, RasterInfo      # pipeline.raster.ingest
+    probe_raster, RasterInfo                                 # pipeline.raster.probe
+    ingest_raster, read_info                                 # pipeline.raster.ingest
     write_label_cog                                          # pipeline.raster.cog
     pixel_area_m2                                            # pipeline.raster.areas
     read_regions, scene_region, Regions                      # pipeline.raster.regions
@@ -17,7 +18,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "RasterInfo": "ingest", "ingest_raster": "ingest", "probe_raster": "ingest", "read_info": "ingest",
+    "RasterInfo": "probe", "probe_raster": "probe",
+    "ingest_raster": "ingest", "read_info": "ingest",
     "write_label_cog": "cog",
     "pixel_area_m2": "areas",
     "Regions": "regions", "read_regions": "regions", "scene_region": "regions",

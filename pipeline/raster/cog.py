@@ -29,7 +29,7 @@ from rasterio.windows import Window
 
 from models.spec import ClassInfo
 from pipeline.errors import InputError
-from pipeline.raster.ingest import RasterInfo
+from pipeline.raster.probe import RasterInfo
 
 log = logging.getLogger(__name__)
 

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from models.checkpoint import require_checkpoint
     from models.spec import load_spec
     from pipeline.outputs import check_stats_store, prepare_output_dir, remove_if_empty
-    from pipeline.raster.ingest import scene_stem
+    from pipeline.raster.probe import scene_stem
     from pipeline.raster.regions import check_regions_file
     from pipeline.raster.run import STATS_STORE, check_device, segment_raster
     from pipeline.raster.stats import to_datetime64
@@ -186,7 +186,7 @@ def screen_inputs(images: list[str], stem_of) -> dict[str, InputError]:
     """Per-input problems found before any work, by input: a local file that does not exist (URLs
     and GDAL ``/vsi`` paths are not checked), or an output name already taken. Outputs are named
     by file stem, so the first input with a stem keeps it and a later one fails."""
-    from pipeline.raster.ingest import check_exists
+    from pipeline.raster.probe import check_exists
 
     rejected: dict[str, InputError] = {}
     owner: dict[str, str] = {}

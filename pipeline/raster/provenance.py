@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models.spec import ModelSpec
-from pipeline.raster.ingest import is_local_path
+from pipeline.raster.probe import is_local_path
 
 PROVENANCE_VARS = ("source", "model", "checkpoint_sha256", "regions", "segpipe_version", "inputs_sha256")
 

@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
 from pipeline.errors import InputError
-from pipeline.raster.ingest import RasterInfo
+from pipeline.raster.probe import RasterInfo
 
 log = logging.getLogger(__name__)
 

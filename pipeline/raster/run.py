@@ -36,15 +36,8 @@ from pipeline.outputs import check_stats_store, output_write_error, prepare_outp
 from pipeline.raster.blocks import MAX_BLOCK
 from pipeline.raster.cog import write_label_cog
 from pipeline.raster.entries import check_store_accepts, entry_done
-from pipeline.raster.ingest import (
-    RasterInfo,
-    band_stats,
-    every_pixel_valid,
-    ingest_raster,
-    probe_raster,
-    read_preview,
-    scene_stem,
-)
+from pipeline.raster.ingest import band_stats, every_pixel_valid, ingest_raster, read_preview
+from pipeline.raster.probe import RasterInfo, probe_raster, scene_stem
 from pipeline.raster.provenance import Provenance, provenance_of
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region

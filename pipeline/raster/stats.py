@@ -38,7 +38,8 @@ from pipeline.raster.entries import (
     class_order,
     class_table,
 )
-from pipeline.raster.ingest import RasterInfo, tiles
+from pipeline.raster.ingest import tiles
+from pipeline.raster.probe import RasterInfo
 from pipeline.raster.provenance import PROVENANCE_VARS, Provenance
 from pipeline.raster.regions import Regions, ellipsoidal_area_m2
 from pipeline.stats_store import lock, open_stats, recover, replace_store
