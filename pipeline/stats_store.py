@@ -1,6 +1,6 @@
 """The ``stats.zarr`` statistics stores on disk: locking, reading, atomic replacement and recovery.
 
-Both statistics stores (rasters: :mod:`pipeline.raster.stats`, volumes: :mod:`pipeline.volume.stats`)
+Both statistics stores (rasters: :mod:`pipeline.raster.stats`, volumes: :mod:`pipeline.volume.stats_zarr`)
 are small, so every update rewrites the whole store into a fresh sibling folder and swaps it into
 place. This module holds what the two share:
 

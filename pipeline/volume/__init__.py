@@ -8,7 +8,7 @@ Axis convention: arrays are ``(Z, Y, X)``; affines map ``(x, y, z, 1)`` to RAS m
 * :func:`plan_grid`, :func:`to_model`, :func:`logits_to_native`, :func:`labels_to_native`, :func:`intensity_for` (preprocess)
 * :class:`VolumeOptions`: device, block, force, series, 4D volume of each study (options)
 * :func:`segment_volume`, :func:`segment_volumes` -> :class:`VolumeResult`, :class:`BatchReport`; :func:`study_done` (run, batch)
-* :func:`study_statistics`, :func:`merge_into_store`, :func:`open_stats`, :func:`volumes_by_label` (stats)
+* :func:`study_statistics` -> :class:`StudyStats` (stats); :func:`merge_into_store`, :func:`open_stats`, :func:`volumes_by_label` (stats_zarr)
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ _EXPORTS = {
     "LabelStats": "pipeline.volume.stats",
     "StudyStats": "pipeline.volume.stats",
     "study_statistics": "pipeline.volume.stats",
-    "merge_into_store": "pipeline.volume.stats",
-    "open_stats": "pipeline.volume.stats",
-    "volumes_by_label": "pipeline.volume.stats",
+    "merge_into_store": "pipeline.volume.stats_zarr",
+    "open_stats": "pipeline.volume.stats_zarr",
+    "volumes_by_label": "pipeline.volume.stats_zarr",
 }
 
 __all__ = sorted(_EXPORTS)

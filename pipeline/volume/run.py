@@ -11,7 +11,7 @@ Outputs of a study with stem ``S`` (file name without ``.nii``/``.nii.gz``, or t
 * ``S.labels.json`` (id -> name, colour; ``nodata``), ``S.labels.txt`` (ITK-SNAP), ``S.labels.ctbl``
   (3D Slicer), both listing the nodata value as ``nodata``;
 * ``S.seg.dcm``: a DICOM SEG referencing the source series (DICOM input only);
-* ``S.stats.json`` and a row of ``DIR/stats.zarr`` (see :mod:`pipeline.volume.stats`).
+* ``S.stats.json`` and a row of ``DIR/stats.zarr`` (see :mod:`pipeline.volume.stats`, :mod:`pipeline.volume.stats_zarr`).
 
 Every file is written under a temporary name and renamed; ``S.stats.json`` is written last and marks
 the study done. It records what made the labels and from what (:mod:`pipeline.volume.made_with`): the
@@ -74,14 +74,8 @@ from pipeline.volume.preprocess import (
     to_model,
 )
 from pipeline.volume.readers import is_nifti, read_volume, study_stem
-from pipeline.volume.stats import (
-    StudyStats,
-    merge_into_store,
-    open_stats,
-    read_stats_json,
-    study_statistics,
-    write_stats_json,
-)
+from pipeline.volume.stats import StudyStats, read_stats_json, study_statistics, write_stats_json
+from pipeline.volume.stats_zarr import merge_into_store, open_stats
 from pipeline.volume.store import write_volume_store
 from pipeline.volume.volume import Volume
 from pipeline.volume.writers import (

@@ -21,7 +21,8 @@ import xarray as xr
 from pipeline import stats_store
 from pipeline.raster.stats import append_stats
 from pipeline.stats_store import fixed_width_strings, lock, open_stats, recover, replace_store, swap_in
-from pipeline.volume.stats import merge_into_store, study_statistics
+from pipeline.volume.stats import study_statistics
+from pipeline.volume.stats_zarr import merge_into_store
 
 REPO = Path(__file__).resolve().parents[2]
 RASTER_STRINGS = ("region", "class", "scene", "class_color")

@@ -307,7 +307,8 @@ def test_label_statistics_skip_the_nodata_value(monkeypatch, nodata, path):
 def test_older_store_without_nodata_still_merges(tmp_path):
     """A stats.zarr written before nodata was recorded takes new rows; its own rows read -1 / NaN (not recorded)."""
     from pipeline import stats_store
-    from pipeline.volume.stats import merge_into_store, stats_dataset, study_statistics
+    from pipeline.volume.stats import study_statistics
+    from pipeline.volume.stats_zarr import merge_into_store, stats_dataset
 
     labels = np.zeros((3, 4, 5), dtype=np.uint8)
     labels[1, 1:3, 1:4] = 1

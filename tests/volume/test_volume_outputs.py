@@ -18,7 +18,8 @@ from pipeline.stats_store import lock
 from pipeline.volume.batch import segment_volumes
 from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import segment_volume
-from pipeline.volume.stats import merge_into_store, open_stats, study_statistics
+from pipeline.volume.stats import study_statistics
+from pipeline.volume.stats_zarr import merge_into_store, open_stats
 
 CPU = VolumeOptions(device="cpu")
 

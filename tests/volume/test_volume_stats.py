@@ -13,12 +13,11 @@ import xarray as xr
 from pipeline.errors import InputError
 from pipeline.volume.stats import (
     label_statistics,
-    merge_into_store,
     read_stats_json,
     study_statistics,
-    volumes_by_label,
     write_stats_json,
 )
+from pipeline.volume.stats_zarr import merge_into_store, volumes_by_label
 
 
 def _expected(labels_xyz: np.ndarray, image_xyz: np.ndarray, affine: np.ndarray, label_id: int) -> dict:
@@ -260,7 +259,7 @@ def test_label_the_model_lacks_has_nan_ml_and_units_are_recorded(ct_case, tmp_pa
 
 
 def test_stats_dataset_fills_missing_labels_with_nan_ml(ct_case):
-    from pipeline.volume.stats import stats_dataset
+    from pipeline.volume.stats_zarr import stats_dataset
 
     _, _, _, stats = ct_case
     other = type(stats)(**{**stats.__dict__, "study": "second", "labels": stats.labels[:3]})
