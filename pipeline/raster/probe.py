@@ -17,6 +17,7 @@ the pixels into the work store is :mod:`pipeline.raster.ingest`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from rasterio.errors import RasterioError
 
 from pipeline.errors import InputError
 from pipeline.known_warnings import known_warnings_ignored
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -249,10 +252,44 @@ def _check_real(src, path: str, selected: Sequence[int]) -> None:
 
 
 def alpha_bands(src) -> tuple[int, ...]:
-    """1-based indexes of the bands whose colour interpretation is alpha (transparency)."""
+    """1-based indexes of the bands that are alpha (transparency): tagged alpha and holding a mask.
+
+    GDAL tags the 4th band of every 4-band 8-bit GeoTIFF written with its defaults (rasterio's too)
+    alpha, so an RGBN scene's near-infrared band usually carries the tag. A band tagged alpha counts
+    as alpha only when at least 99 % of a decimated sample (about 512 x 512, read from overviews where
+    there are some) is fully transparent (0) or fully opaque (the dtype's maximum); a band holding a
+    range of values is image data and is kept (logged). Anti-aliased edges of a real alpha band stay
+    well under 1 % of a scene.
+    """
     from rasterio.enums import ColorInterp
 
-    return tuple(b for b, interp in enumerate(src.colorinterp, start=1) if interp == ColorInterp.alpha)
+    tagged = [b for b, interp in enumerate(src.colorinterp, start=1) if interp == ColorInterp.alpha]
+    return tuple(b for b in tagged if _holds_a_mask(src, b))
+
+
+ALPHA_MASK_SHARE = 0.99
+"""Share of a tagged band's sample that must be 0 or the dtype's maximum for it to count as alpha."""
+
+
+def _holds_a_mask(src, band: int) -> bool:
+    """Whether the band ``band`` (tagged alpha) holds transparency, not image data (see :func:`alpha_bands`)."""
+    from rasterio.enums import Resampling
+
+    dtype = np.dtype(src.dtypes[band - 1])
+    if dtype.kind not in "iu":
+        return True  # float alpha (0..1) is rare; keep GDAL's tag
+    step = max(1, -(-max(src.height, src.width) // 512))
+    shape = (-(-src.height // step), -(-src.width // step))
+    with known_warnings_ignored():
+        sample = src.read(band, out_shape=shape, resampling=Resampling.nearest, masked=False)
+    share = float(np.isin(sample, (0, np.iinfo(dtype).max)).mean())
+    if share < ALPHA_MASK_SHARE:
+        log.info(
+            "%s: band %d is tagged alpha but holds image data (%.0f %% of a sample is neither 0 nor %d): read as a data band",
+            src.name, band, 100 * (1 - share), np.iinfo(dtype).max,
+        )
+        return False
+    return True
 
 
 def _alpha_words(alpha: Sequence[int]) -> str:

@@ -374,6 +374,21 @@ def test_alpha_band_named_in_bands_is_data(tmp_path, make_geotiff):
     assert (labels != 255).all()
 
 
+def test_a_band_tagged_alpha_that_holds_image_data_is_a_data_band(tmp_path, make_geotiff):
+    """GDAL (and rasterio's defaults) tag band 4 of any 4-band 8-bit GeoTIFF alpha: an RGBN scene
+    written that way was refused ("3 data band(s) plus an alpha band") by a 4-band model. A tagged
+    band holding a range of values is image data; one holding 0 / 255 only stays alpha (above)."""
+    data = np.random.default_rng(9).integers(1, 255, (4, *SHAPE)).astype(np.uint8)
+    tif = make_geotiff(tmp_path / "rgbn.tif", data)  # GDAL's defaults: RGB + alpha
+    with rasterio.open(tif) as src:
+        assert src.colorinterp[3] == ColorInterp.alpha
+    assert probe_raster(tif, in_channels=4).bands == (1, 2, 3, 4)
+    weight = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    result = segment_raster(tif, spec(4, kernel=1), tmp_path / "out", block=32, device="cpu", model=_pixel_model(weight), time="2024-06-01")
+    expected = IDS[np.argmax(np.einsum("kc,cyx->kyx", np.asarray(weight), data.astype(np.float64)) + np.asarray(BIAS)[:, None, None], axis=0)]
+    np.testing.assert_array_equal(labels_of(result), expected)
+
+
 def test_quicklook_colours_skip_alpha_bands(tmp_path, make_geotiff):
     from pipeline.raster.quicklook import rgb_bands
 
