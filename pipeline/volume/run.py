@@ -74,11 +74,17 @@ from pipeline.volume.preprocess import (
     to_model,
 )
 from pipeline.volume.readers import is_nifti, read_volume, study_stem
-from pipeline.volume.stats import StudyStats, read_stats_json, study_statistics, write_stats_json
+from pipeline.volume.stats import (
+    StudyStats,
+    read_stats_json,
+    study_statistics,
+    write_stats_json,
+)
 from pipeline.volume.stats_zarr import merge_into_store, open_stats
 from pipeline.volume.store import write_volume_store
 from pipeline.volume.volume import Volume
 from pipeline.volume.writers import (
+    LABELS_DESCRIP,
     itksnap_label_table,
     label_dtype,
     sidecar_json,
@@ -237,6 +243,8 @@ def _segment_study(
             log.info("%s: outputs present, skipped (use force to redo)", stem)
             return VolumeResult(stem, Path(asked.source), outputs, previous, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file())
         log.info("%s: segmenting again, the outputs present were %s", stem, redone)
+    if not options.force:
+        _refuse_foreign_labels(outputs.labels)
     watch = Stopwatch()
     with watch.stage("read"):
         volume = read_volume(input_path, series_uid=options.series_uid, volume_index=options.volume_index)
@@ -317,6 +325,28 @@ def _previous_outputs(outputs: StudyOutputs, spec: ModelSpec, asked: InputRecord
         check_same_source(previous.made_with, asked, outputs.pattern())
     reason = why_redo(previous.made_with, made_with(spec, source=asked), old_model=previous.model)
     return (previous, "") if reason is None else (None, reason)
+
+
+def _refuse_foreign_labels(path: Path) -> None:
+    """Refuse to replace a ``S.labels.nii.gz`` that segpipe did not write (its header description is
+    not ``segpipe labels``): a user's own segmentation under that name was silently overwritten.
+
+    Raises:
+        InputError: naming the file and the fix (move it, another --out, or --force to replace it).
+    """
+    if not path.is_file():
+        return
+    import nibabel as nib
+
+    try:
+        descrip = bytes(nib.load(path).header["descrip"]).rstrip(b"\0").decode("latin-1", "replace")
+    except Exception:  # not even a NIfTI file: certainly not ours
+        descrip = "(not a readable NIfTI header)"
+    if descrip != LABELS_DESCRIP:
+        raise InputError(
+            path, f"exists and was not written by segpipe (header description {descrip!r}); segmenting would replace it",
+            "move it away or give another --out (--force replaces it)",
+        )
 
 
 def _remove_stale_temporaries(outputs: StudyOutputs) -> None:

@@ -21,6 +21,10 @@ from pipeline.errors import InputError
 from pipeline.volume.volume import DicomSource, HeaderInfo
 
 
+LABELS_DESCRIP = "segpipe labels"
+"""The NIfTI header description of every label volume segpipe writes (how it tells its own files)."""
+
+
 def label_dtype(class_ids: Sequence[int], nodata: int | None = None) -> str:
     """``uint8`` when every id and ``nodata`` fit (``max(ids, nodata) <= 255``, as for rasters), else ``uint16``."""
     return "uint8" if max(*class_ids, -1 if nodata is None else nodata) <= 255 else "uint16"
@@ -58,7 +62,7 @@ def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path)
         hdr.set_xyzt_units(xyz=header.xyz_units)
     hdr["scl_slope"] = 1.0
     hdr["scl_inter"] = 0.0
-    hdr["descrip"] = b"segpipe labels"
+    hdr["descrip"] = LABELS_DESCRIP.encode()
     tmp = temporary_for(path)
     try:
         nib.save(img, tmp)

@@ -294,3 +294,23 @@ def test_half_written_outputs_of_a_killed_run_are_removed_by_the_next_run(vh, tm
     assert not any(f.exists() for f in left)
     assert all(f.exists() for f in others)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-")) == [".tmp-4242-ct.x.labels.nii.gz", ".tmp-mine-ct.labels.nii.gz"]
+
+
+def test_a_users_own_labels_file_under_the_output_name_is_not_replaced(vh, tmp_path, pv_model):
+    """``out/ct.labels.nii.gz`` made by another tool (a reference segmentation) was overwritten
+    without a word; segpipe's own label files carry the header description 'segpipe labels'."""
+    hu = vh.ct_crop((12, 40, 48))
+    path = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("RAS"), qcode=1, scode=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = out / "ct.labels.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((48, 40, 12), np.uint8), np.eye(4)), str(theirs))
+    before = theirs.read_bytes()
+    spec = vh.per_voxel_spec(tmp_path, window=[8, 16, 16])
+    with pytest.raises(InputError, match="exists and was not written by segpipe"):
+        segment_volume(path, spec, out, CPU, model=pv_model)
+    assert theirs.read_bytes() == before and not (out / "ct.stats.json").exists()
+    replaced = segment_volume(path, spec, out, VolumeOptions(device="cpu", force=True), model=pv_model)  # force replaces it
+    assert np.array_equal(np.asarray(nib.load(replaced.outputs.labels).dataobj).T, vh.per_voxel_answer(hu))
+    (out / "ct.stats.json").unlink()  # ours now, even without its statistics: redone, not refused
+    assert not segment_volume(path, spec, out, CPU, model=pv_model).skipped
