@@ -280,8 +280,14 @@ def _holds_a_mask(src, band: int) -> bool:
         return True  # float alpha (0..1) is rare; keep GDAL's tag
     step = max(1, -(-max(src.height, src.width) // 512))
     shape = (-(-src.height // step), -(-src.width // step))
-    with known_warnings_ignored():
-        sample = src.read(band, out_shape=shape, resampling=Resampling.nearest, masked=False)
+    try:
+        with known_warnings_ignored():
+            sample = src.read(band, out_shape=shape, resampling=Resampling.nearest, masked=False)
+    except RasterioError as exc:
+        raise InputError(
+            src.name, f"read failed at rows 0..{src.height} (a sample of band {band}): the file is truncated or corrupt ({gdal_reason(exc)})",
+            "re-download or re-export the file",
+        ) from exc
     share = float(np.isin(sample, (0, np.iinfo(dtype).max)).mean())
     if share < ALPHA_MASK_SHARE:
         log.info(

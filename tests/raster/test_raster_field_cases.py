@@ -265,7 +265,7 @@ def test_truncated_file_error_gives_gdal_reason(tmp_path, make_geotiff):
     with pytest.raises(InputError, match=r"cut\.tif: read failed at rows .*truncated or corrupt") as exc:
         ingest_raster(cut, tmp_path / "s.zarr", block=256)
     assert "see previous exception" not in str(exc.value).lower()
-    assert "TIFF" in str(exc.value)
+    assert "TIFF" in str(exc.value) or "Cannot read" in str(exc.value)  # libtiff's or GDAL's own short-read reason
 
 
 @pytest.mark.parametrize(("text", "utc"), [("2024-06-01T02:00+02:00", "2024-06-01T00:00"), ("2024-06-01T02:00Z", "2024-06-01T02:00"), ("2024-06-01", "2024-06-01T00:00")])

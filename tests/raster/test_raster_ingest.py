@@ -199,14 +199,14 @@ def test_not_georeferenced_is_one_clean_error_without_warnings(tmp_path, crs, pr
 
 def test_four_bands_with_alpha_and_nodata_ingest_without_warnings(tmp_path, make_geotiff):
     # band 4 tagged alpha (as RGBN files often are) and a nodata value: GDAL masks by nodata and
-    # rasterio would warn (NodataShadowWarning) on every tile. The alpha band is not a data band
-    # unless --bands names it (then it is data, and marks no pixel transparent).
+    # rasterio would warn (NodataShadowWarning) on every tile. Band 4 holds image data (7s), not a
+    # mask, so it is a data band (pipeline.raster.probe.alpha_bands).
     data = np.full((4, 40, 40), 7, dtype=np.uint8)
     data[:, :5, :] = 0
     tif = make_geotiff(tmp_path / "rgbn.tif", data, nodata=0, photometric="RGB", alpha="UNSPECIFIED")
     with rasterio.open(tif, "r+") as dst:
         dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-    assert probe_raster(tif).bands == (1, 2, 3)
+    assert probe_raster(tif).bands == (1, 2, 3, 4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         info = ingest_raster(tif, tmp_path / "s.zarr", block=16, bands=(1, 2, 3, 4))
