@@ -160,6 +160,9 @@ def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
         except SegpipeError as exc:
             failures.append(StudyFailure(str(path), str(exc)))
             continue
+        if stem in seen and _same_pair(path, seen[stem]):  # `data/*` gives both a.hdr and a.img: one study
+            log.info("%s: the other file of the NIfTI pair %s, segmented once", path, seen[stem])
+            continue
         if stem in seen:
             message = f"{path}: same output name '{stem}' as {seen[stem]} (rename one of them or run them into different --out folders)"
             failures.append(StudyFailure(str(path), message))
@@ -167,6 +170,15 @@ def _dedupe(inputs: list[Path]) -> tuple[list[Path], list[StudyFailure]]:
         seen[stem] = path
         todo.append(path)
     return todo, failures
+
+
+def _same_pair(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are the two files (``.hdr``, ``.img``) of one NIfTI pair."""
+    from pipeline.volume.sniff import is_pair_name, pair_files
+
+    if not (is_pair_name(a) and is_pair_name(b)):
+        return False
+    return pair_files(a)[0].resolve() == pair_files(b)[0].resolve()
 
 
 def _segment_one(

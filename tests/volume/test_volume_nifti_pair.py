@@ -87,3 +87,15 @@ def test_broken_and_analyze_pairs_are_refused(vh, tmp_path):
         read_volume(tmp_path / "old.img")
     with pytest.raises(InputError, match="--series-uid 1.2.3 given but this is a NIfTI file"):
         segment_volume(tmp_path / "b" / "pair.img", vh.per_voxel_spec(tmp_path), tmp_path / "out", VolumeOptions(device="cpu", series_uid="1.2.3"))
+
+
+def test_both_files_of_a_pair_in_one_batch_are_one_study(vh, tmp_path, pv_model):
+    """``segpipe volume data/*`` gives both ``pair.hdr`` and ``pair.img``: the second was a failure
+    telling the user to rename one of them; it is the same study, segmented once."""
+    from pipeline.volume.batch import segment_volumes
+
+    header, hu, _ = _pair(vh, tmp_path / "in")
+    other, _, _ = _pair(vh, tmp_path / "elsewhere")  # another pair of the same name is still a clash
+    report = segment_volumes([header, header.with_suffix(".img"), other], vh.per_voxel_spec(tmp_path), tmp_path / "out", CPU, model=pv_model)
+    assert [r.study for r in report.results] == ["pair"]
+    assert [f.source for f in report.failures] == [str(other)] and "same output name 'pair'" in report.failures[0].message
