@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T", int, float)
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -17,32 +21,25 @@ def device_name(text: str) -> str:
 
 def positive_int(text: str) -> int:
     """A whole number >= 1 (``--epochs``, ``--batch``, ``--steps``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
+    return _checked(text, int, "a whole number", lambda v: v >= 1, "is not >= 1")
 
 
 def fraction(text: str) -> float:
     """A number in ``[0, 1)`` (``--val-fraction``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
-    return value
+    return _checked(text, float, "a number", lambda v: 0.0 <= v < 1.0, "is not in [0, 1)")
 
 
 def positive_float(text: str) -> float:
     """A number > 0 (``--lr``)."""
+    return _checked(text, float, "a number", lambda v: v > 0, "is not > 0")
+
+
+def _checked(text: str, convert: Callable[[str], T], noun: str, ok: Callable[[T], bool], problem: str) -> T:
+    """``convert(text)`` when it parses and passes ``ok``, else argparse's error naming the value."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not > 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} {problem}")
     return value
