@@ -426,7 +426,7 @@ def _write_outputs(
     # an all-valid mask changes nothing: skip reading it (twice) when the ingest saw no invalid pixel
     labels, mask = group["labels"], None if every_pixel_valid(work) else group["mask"]
     labels_path, quicklook_path = out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.quicklook.png"
-    staged = {path: _staged_name(path) for path in (labels_path, quicklook_path)}
+    staged = {path: temporary_name(path) for path in (labels_path, quicklook_path)}  # <name>.tmp-<8 hex>, renamed last
     for path in staged:
         _remove_stale_staging(path)
     published: list[Path] = []
@@ -455,11 +455,6 @@ def _write_outputs(
                 leftover.unlink(missing_ok=True)
         raise
     return labels_path, stats_path, quicklook_path, stats
-
-
-def _staged_name(final: Path) -> Path:
-    """Where ``final`` is written before it is renamed into place: ``<name>.tmp-<8 hex>``."""
-    return temporary_name(final)
 
 
 def _aux(path: Path) -> Path:
