@@ -28,28 +28,46 @@ from collections.abc import Iterator
 _CONSOLIDATED = ".*[Cc]onsolidated metadata.*"
 
 
-def _install() -> None:
-    warnings.filterwarnings("ignore", message=_CONSOLIDATED, category=UserWarning)
+def _install() -> int:
+    """Put the known warnings' ignore filters at the front of the current filter list; return how many.
+
+    The warning classes are imported first: importing zarr adds a filter of its own (numcodecs'
+    crc32c deprecation), which must not land between ours."""
+    categories: list[type[Warning]] = []
     with contextlib.suppress(ImportError):  # an older zarr: no such warning
         from zarr.errors import UnstableSpecificationWarning
 
-        warnings.filterwarnings("ignore", category=UnstableSpecificationWarning)
-    try:
+        categories.append(UnstableSpecificationWarning)
+    with contextlib.suppress(ImportError):  # a volume-only installation: no raster warnings to silence
         from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning
-    except ImportError:  # a volume-only installation: no raster warnings to silence
-        return
-    warnings.filterwarnings("ignore", category=NodataShadowWarning)
-    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+        categories += [NodataShadowWarning, NotGeoreferencedWarning]
+    warnings.filterwarnings("ignore", message=_CONSOLIDATED, category=UserWarning)
+    for category in categories:
+        warnings.filterwarnings("ignore", category=category)
+    return 1 + len(categories)
+
+
+_EDGE: list[tuple] = []
+"""The filters :func:`ignore_known_warnings` put at the front of the process's list (empty before)."""
 
 
 def ignore_known_warnings() -> None:
     """Silence the known warnings for the whole process (the CLI and the flows call this at start)."""
-    _install()
+    count = _install()
+    _EDGE[:] = warnings.filters[:count]
 
 
 @contextlib.contextmanager
 def known_warnings_ignored() -> Iterator[None]:
-    """The known warnings silenced inside the block (library code; see the module docstring on threads)."""
+    """The known warnings silenced inside the block (library code; see the module docstring on threads).
+
+    Where the edge's filters still lead the list, the block changes no list: ``filterwarnings``
+    removes and re-inserts an entry by two lookups of the module's current list, so a thread
+    entering its block while another swapped lists could take an edge filter out of the list that
+    is put back last (a consolidated-metadata warning then escaped under ``-W error``, rarely).
+    """
     with warnings.catch_warnings():
-        _install()
+        if not _EDGE or warnings.filters[: len(_EDGE)] != _EDGE:
+            _install()
         yield
