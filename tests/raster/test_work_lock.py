@@ -78,39 +78,47 @@ def wait_for(condition, seconds: float = 30.0) -> bool:
     return True
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` with a hash of its bytes."""
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with a hash of its bytes. Also used by tests/volume/test_volume_work_lock.py."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def in_background(call) -> tuple[threading.Thread, dict[str, object]]:
+    """Start ``call()`` on a thread; its result, or the exception it raised, lands in ``results["first"]``.
+    Also used by tests/volume/test_volume_work_lock.py."""
+    results: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            results["first"] = call()
+        except BaseException as exc:  # noqa: BLE001 - reported by the callers' assertions
+            results["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    return thread, results
 
 
 def test_second_run_fails_at_once_and_leaves_the_first_alone(scene, tmp_path):
     out = tmp_path / "out"
     in_segment, go = threading.Event(), threading.Event()
-    results: dict[str, object] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
         if stage == "segment" and done == 1 and not in_segment.is_set():
             in_segment.set()
             assert go.wait(60)
 
-    def first() -> None:
-        try:
-            results["first"] = _run(scene, out, progress=progress)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
-            results["first"] = exc
-
-    thread = threading.Thread(target=first)
-    thread.start()
+    thread, results = in_background(lambda: _run(scene, out, progress=progress))
     try:
         assert in_segment.wait(60), results
         work = out / ".work"
         assert (work / "scene.lock").read_text() == f"{os.getpid()}\n"
         assert wait_for(lambda: any((out / ".work/scene.zarr/labels/c/").rglob("*")))  # mid-segment: a block written
-        before = _snapshot(out)
+        before = snapshot(out)
         with pytest.raises(InputError) as caught:
             _run(scene, out)
         assert str(caught.value) == f"{scene}: {LOCKED} (pid {os.getpid()}; --out {out}) (wait for it to finish, or use another --out)"
-        after = _snapshot(out)  # the first run's writer thread may add blocks meanwhile
+        after = snapshot(out)  # the first run's writer thread may add blocks meanwhile
         assert before.items() <= after.items()  # not a file of the first run's removed or changed
     finally:
         go.set()

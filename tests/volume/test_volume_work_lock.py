@@ -3,7 +3,6 @@ run of a study into the same --out fails at once and leaves the first's work fol
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -17,7 +16,7 @@ from pipeline.volume.batch import segment_volumes
 from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import WORK_DIR, segment_volume
 from pipeline.work_lock import work_lock
-from tests.raster.test_work_lock import wait_for
+from tests.raster.test_work_lock import in_background, snapshot, wait_for
 
 OPTIONS = VolumeOptions(device="cpu", block=(4, 16, 16))
 LOCKED = "another segpipe run is segmenting this study into this folder"
@@ -27,46 +26,31 @@ def _labels(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj).T
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` with a hash of its bytes, but the copy of the image that the first run
-    is still writing on its background thread (``source.zarr``, metadata rewritten as it goes)."""
-    files = (p for p in sorted(folder.rglob("*")) if p.is_file() and "source.zarr" not in p.parts)
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
 def test_second_run_fails_at_once_and_the_first_gets_the_solo_labels(vh, tmp_path):
     hu = vh.ct_crop((12, 40, 48))
     study = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("LPS"))
     spec = vh.per_voxel_spec(tmp_path)
     out = tmp_path / "out"
     in_engine, go = threading.Event(), threading.Event()
-    results: dict[str, object] = {}
 
     def blocks(done: int, total: int) -> None:
         if done == 1 and not in_engine.is_set():
             in_engine.set()
             assert go.wait(60)
 
-    def first() -> None:
-        try:
-            results["first"] = segment_volume(study, spec, out, OPTIONS, model=vh.per_voxel_model(), progress=blocks)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
-            results["first"] = exc
-
-    thread = threading.Thread(target=first)
-    thread.start()
+    thread, results = in_background(lambda: segment_volume(study, spec, out, OPTIONS, model=vh.per_voxel_model(), progress=blocks))
     try:
         assert in_engine.wait(60), results
         assert (out / WORK_DIR / "ct.lock").read_text() == f"{os.getpid()}\n"
         assert wait_for(lambda: any((out / f"{WORK_DIR}/ct/out.zarr/c/").rglob("*")))  # mid-segment: a block written
-        before = _snapshot(out)
+        before = snapshot(out)
         with pytest.raises(InputError) as caught:
             segment_volume(study, spec, out, OPTIONS, model=vh.per_voxel_model())
         assert str(caught.value) == f"{study}: {LOCKED} (pid {os.getpid()}; --out {out}) (wait for it to finish, or use another --out)"
         forced = VolumeOptions(device="cpu", block=(4, 16, 16), force=True)
         report = segment_volumes([study], spec, out, forced, model=vh.per_voxel_model())  # a batch: a failure of that study
         assert not report.results and [f.message for f in report.failures] == [str(caught.value)]
-        after = _snapshot(out)  # the first run's engine may add blocks meanwhile
+        after = snapshot(out)  # the first run's engine may add blocks meanwhile
         assert before.items() <= after.items()  # not a file of the first run's removed or changed
     finally:
         go.set()
