@@ -83,6 +83,24 @@ def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def settled_snapshot(folder: Path, seconds: float = 30.0) -> dict[str, str]:
+    """:func:`snapshot` once two taken 0.2 s apart agree: the first run, held in its progress callback,
+    may still be finishing writes on its other threads (the volume's source.zarr copy, the engine's
+    writer): a snapshot taken mid-write held a zarr ``.partial`` file that was gone a moment later."""
+    end = time.monotonic() + seconds
+    previous: dict[str, str] | None = None
+    while time.monotonic() < end:
+        try:
+            current = snapshot(folder)
+        except FileNotFoundError:  # a file renamed between listing and reading
+            current = None
+        if current is not None and current == previous:
+            return current
+        previous = current
+        time.sleep(0.2)
+    raise AssertionError(f"{folder} kept changing for {seconds} s")
+
+
 def in_background(call) -> tuple[threading.Thread, dict[str, object]]:
     """Start ``call()`` on a thread; its result, or the exception it raised, lands in ``results["first"]``.
     Also used by tests/volume/test_volume_work_lock.py."""
@@ -114,7 +132,7 @@ def test_second_run_fails_at_once_and_leaves_the_first_alone(scene, tmp_path):
         work = out / ".work"
         assert (work / "scene.lock").read_text() == f"{os.getpid()}\n"
         assert wait_for(lambda: any((out / ".work/scene.zarr/labels/c/").rglob("*")))  # mid-segment: a block written
-        before = snapshot(out)
+        before = settled_snapshot(out)
         with pytest.raises(InputError) as caught:
             _run(scene, out)
         assert str(caught.value) == f"{scene}: {LOCKED} (pid {os.getpid()}; --out {out}) (wait for it to finish, or use another --out)"

@@ -16,7 +16,7 @@ from pipeline.volume.batch import segment_volumes
 from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import WORK_DIR, segment_volume
 from pipeline.work_lock import work_lock
-from tests.raster.test_work_lock import in_background, snapshot, wait_for
+from tests.raster.test_work_lock import in_background, settled_snapshot, snapshot, wait_for
 
 OPTIONS = VolumeOptions(device="cpu", block=(4, 16, 16))
 LOCKED = "another segpipe run is segmenting this study into this folder"
@@ -43,7 +43,7 @@ def test_second_run_fails_at_once_and_the_first_gets_the_solo_labels(vh, tmp_pat
         assert in_engine.wait(60), results
         assert (out / WORK_DIR / "ct.lock").read_text() == f"{os.getpid()}\n"
         assert wait_for(lambda: any((out / f"{WORK_DIR}/ct/out.zarr/c/").rglob("*")))  # mid-segment: a block written
-        before = snapshot(out)
+        before = settled_snapshot(out)
         with pytest.raises(InputError) as caught:
             segment_volume(study, spec, out, OPTIONS, model=vh.per_voxel_model())
         assert str(caught.value) == f"{study}: {LOCKED} (pid {os.getpid()}; --out {out}) (wait for it to finish, or use another --out)"
