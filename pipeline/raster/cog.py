@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from rasterio.enums import Resampling
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
@@ -41,6 +42,28 @@ TEMP_PROFILE = {
     "num_threads": "ALL_CPUS",
 }
 COG_OPTIONS = {"compress": "DEFLATE", "blocksize": TILE, "overviews": "FORCE_USE_EXISTING", "bigtiff": "IF_SAFER", "num_threads": "ALL_CPUS"}
+
+
+def refuse_foreign_labels(path: Path) -> None:
+    """Refuse to replace a ``<stem>.labels.tif`` that segpipe did not write (it has no
+    ``SEGPIPE_CLASSES`` tag): a user's own classification under that name was silently overwritten.
+
+    Raises:
+        InputError: naming the file and the fix (move it, another --out, or --force to replace it).
+    """
+    if not path.is_file():
+        return
+    try:
+        with rasterio.open(path) as src:
+            ours = "SEGPIPE_CLASSES" in src.tags()
+            what = "it has no SEGPIPE_CLASSES tag"
+    except rasterio.errors.RasterioIOError:
+        ours, what = False, "not a readable raster"
+    if not ours:
+        raise InputError(
+            path, f"exists and was not written by segpipe ({what}); segmenting would replace it",
+            "move it away or give another --out (--force replaces it)",
+        )
 
 
 def overview_factors(width: int, height: int, tile: int = TILE) -> list[int]:

@@ -34,7 +34,7 @@ from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty, remove_stale_temporaries, temporary_name
 from pipeline.raster.blocks import MAX_BLOCK
-from pipeline.raster.cog import write_label_cog
+from pipeline.raster.cog import refuse_foreign_labels, write_label_cog
 from pipeline.raster.entries import check_store_accepts, entry_done
 from pipeline.raster.ingest import band_stats, every_pixel_valid, ingest_raster, read_preview
 from pipeline.raster.probe import RasterInfo, probe_raster, scene_stem
@@ -137,6 +137,7 @@ def segment_raster(
             (without ``force``), or a model whose classes contradict the store's (all checked before
             any work; nothing is written).
         InputError: another run is segmenting this scene into ``out_dir`` (its lock is held); nothing is touched.
+        InputError: ``out_dir/<stem>.labels.tif`` exists and segpipe did not write it (without ``force``).
         EngineError: ``device`` names a CUDA device this machine does not have (checked first).
         ModelSpecError, CheckpointError: bad model.
     """
@@ -190,6 +191,8 @@ def _segment_raster(
     )
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
     block = min(block, max(info.shape))  # a block beyond the scene is one block: zarr would allocate all of it per chunk
+    if not force:
+        refuse_foreign_labels(out_dir / f"{stem}.labels.tif")
     if not force and snapshot is not None:
         done = _done_already(out_dir, stem, snapshot, run_time, provenance, info, started)
         if done is not None:

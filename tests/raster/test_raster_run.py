@@ -401,3 +401,27 @@ def test_full_disk_mid_run_names_the_output_folder_and_the_fix(naip, tmp_path, m
     monkeypatch.setattr(run_module, "write_label_cog", unreadable_input)
     with pytest.raises(PermissionError):
         segment_raster(naip, spec_for(4), out, block=256, model=model)
+
+
+def test_a_users_own_label_raster_under_the_output_name_is_not_replaced(make_geotiff, tmp_path):
+    """``out/<stem>.labels.tif`` made by another tool (a reference classification) was overwritten
+    without a word; segpipe's own label COGs carry the ``SEGPIPE_CLASSES`` tag."""
+    pixels = np.random.default_rng(3).integers(0, 200, (3, 96, 80), dtype=np.uint8)
+    scene = make_geotiff(tmp_path / "scene.tif", pixels)
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = out / "scene.labels.tif"
+    with rasterio.open(scene) as src:
+        profile = {**src.profile, "count": 1}
+    with rasterio.open(theirs, "w", **profile) as dst:
+        dst.write(np.ones((1, 96, 80), np.uint8))
+    before = theirs.read_bytes()
+    model = per_pixel_model(*LANDSAT_W)
+    with pytest.raises(InputError, match="exists and was not written by segpipe"):
+        segment_raster(scene, spec_for(3), out, device="cpu", model=model, time="2024-06-01")
+    assert theirs.read_bytes() == before and not (out / "stats.zarr").exists() and not (out / "scene.quicklook.png").exists()
+    result = segment_raster(scene, spec_for(3), out, device="cpu", model=model, time="2024-06-01", force=True)  # force replaces it
+    with rasterio.open(result.labels_path) as lab:
+        np.testing.assert_array_equal(lab.read(1), expected_labels(pixels, *LANDSAT_W))
+    # ours now: a later night writes it again without --force
+    assert not segment_raster(scene, spec_for(3), out, device="cpu", model=model, time="2024-06-02").skipped
