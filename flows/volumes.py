@@ -45,7 +45,7 @@ from flows._runtime import (
     submit_bounded,
     with_library_logs,
 )
-from flows.catalog import expand, list_studies, load_study_catalog, model_ref
+from flows.catalog import expand, list_studies, load_study_catalog, spec_path
 from pipeline.errors import InputError
 from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
@@ -238,15 +238,9 @@ def plan_studies(studies: str | list[str] | None, model: str | None, out: str | 
         raise InputError(str(cat.source) if cat else "model", "no model given", "pass model=<name or spec.yaml> or set model: in the catalog")
     base = cat.source.parent if (cat is not None and not model) else Path.cwd()
     todo, failures = distinct_names(items, output_stem)
-    spec_path = _spec_path(model_name, base)
-    require_checkpoint(spec_path)
-    return StudyPlan(out_dir=out_dir, model=spec_path, todo=tuple(todo), failures=tuple(failures))
-
-
-def _spec_path(model: str, base: Path) -> str:
-    from models.spec import resolve_spec_path
-
-    return str(resolve_spec_path(model_ref(model, base)).resolve())
+    spec = spec_path(model_name, base)
+    require_checkpoint(spec)
+    return StudyPlan(out_dir=out_dir, model=spec, todo=tuple(todo), failures=tuple(failures))
 
 
 def volume_rows(outputs: tuple[StudyOutput, ...]) -> list[dict]:
