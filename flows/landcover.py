@@ -26,12 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows._runtime import (
-    GPU_TAG,
     AllItemsFailedError,
     Failure,
     cached_model,
@@ -42,9 +40,9 @@ from flows._runtime import (
     finished,
     flow_wording,
     in_flight,
+    item_task,
     output_root,
     require_checkpoint,
-    retry_on_io_error,
     run_logger,
     submit_bounded,
     with_library_logs,
@@ -95,16 +93,7 @@ class LandcoverReport:
     failures: tuple[Failure, ...]
 
 
-@task(
-    name="segment-scene",
-    task_run_name="segment-{name}",
-    tags=[GPU_TAG],
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_on_io_error,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@item_task("segment-scene")
 @with_library_logs
 def segment_scene(
     name: str,

@@ -23,12 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows._runtime import (
-    GPU_TAG,
     AllItemsFailedError,
     Failure,
     cached_model,
@@ -38,9 +36,9 @@ from flows._runtime import (
     failures_table,
     finished,
     in_flight,
+    item_task,
     output_root,
     require_checkpoint,
-    retry_on_io_error,
     run_logger,
     submit_bounded,
     with_library_logs,
@@ -90,16 +88,7 @@ class StudyPlan:
     failures: tuple[Failure, ...]
 
 
-@task(
-    name="segment-study",
-    task_run_name="segment-{name}",
-    tags=[GPU_TAG],
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_on_io_error,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@item_task("segment-study")
 @with_library_logs
 def segment_study(
     name: str, study: str, model: str, out_dir: str, device: str = "auto", force: bool = False,
