@@ -81,7 +81,7 @@ def read_region(
     if clipped_lo != lo or clipped_hi != hi:
         array.fill(0)
     as_channels_first = np.moveaxis(array, -1, 0) if channels_last else array
-    inside = as_channels_first[(slice(None), *(slice(a - l, b - l) for a, b, l in zip(clipped_lo, clipped_hi, lo)))]
+    inside = as_channels_first[(slice(None), *(slice(a - low, b - low) for a, b, low in zip(clipped_lo, clipped_hi, lo)))]
     write_into = getattr(preprocess, "into", None)
     if write_into is not None:
         write_into(raw, inside)
@@ -93,7 +93,8 @@ def read_region(
 
 
 def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Image-coordinate read region ``(lo, hi)`` of block ``b``'s windows (may extend past the image when padded)."""
+    """Image-coordinate read region ``(lo, hi)`` of block ``b``'s windows, in pixels/voxels per spatial axis
+    (``(Y, X)`` or ``(Z, Y, X)``); it may extend past the image (negative ``lo``, ``hi`` beyond the shape) when padded."""
     starts = plan.windows(b)
     lo = tuple(min(s[a] for s in starts) - plan.grid.pad_before[a] for a in range(len(plan.block)))
     hi = tuple(max(s[a] for s in starts) + w - plan.grid.pad_before[a] for a, w in enumerate(plan.grid.window))
@@ -103,19 +104,21 @@ def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ..
 def compute_block(plan: BlockPlan, b: Block, region: torch.Tensor, runner: WindowRunner) -> list[Piece]:
     """Run block ``b``'s windows over its read region and cut the result into pieces per target block.
 
-    ``region`` is :func:`read_region`'s tensor in the runner's layout. Pieces hold tensors on the
-    runner's device; the piece for ``b`` itself is a view of the runner's accumulator: with
-    ``reuse_buffers`` it is valid until the next block runs.
+    ``region`` is :func:`read_region`'s tensor in the runner's layout (``(C, *region)``, or
+    ``(*region, C)`` for channels-last 2D models). Each piece holds ``(K, *piece)`` weighted logits
+    (``(K + 1, ...)`` with the weight channel for ``output="logits"``) on the runner's device; the
+    piece for ``b`` itself is a view of the runner's accumulator: with ``reuse_buffers`` it is valid
+    until the next block runs.
     """
     lo, _ = region_of(plan, b)
-    offsets = [tuple(s - p - l for s, p, l in zip(start, plan.grid.pad_before, lo)) for start in plan.windows(b)]
+    offsets = [tuple(s - p - low for s, p, low in zip(start, plan.grid.pad_before, lo)) for start in plan.windows(b)]
     acc = runner.accumulate(region, offsets)
     pieces = []
     for t in plan.targets(b):
         t_slices = plan.slices(t)
         box = plan.box(b)
         inter = [(max(bx[0], ts.start), min(bx[1], ts.stop)) for bx, ts in zip(box, t_slices)]
-        src = tuple(slice(a - l, c - l) for (a, c), l in zip(inter, lo))
+        src = tuple(slice(a - low, c - low) for (a, c), low in zip(inter, lo))
         dst = tuple(slice(a - ts.start, c - ts.start) for (a, c), ts in zip(inter, t_slices))
         view = acc[(slice(None), *src)]
         # a spill piece is copied so it does not keep the whole accumulator alive while it waits;
@@ -134,8 +137,10 @@ def finalize_block(
 ) -> np.ndarray:
     """Sum the pieces that land in block ``t`` (in source order) and turn them into labels or mean logits.
 
-    ``workspace``: where to keep the block's sum between calls (fresh memory when ``None``); the sum
-    is formed on the workspace's device (the engine's: on a GPU only the labels come back).
+    Returns the block's labels ``(*block)`` (``(Y, X)`` or ``(Z, Y, X)``, ``config.label_dtype``, class
+    ids from ``class_ids``) or its mean logits ``(K, *block)`` float32. ``workspace``: where to keep
+    the block's sum between calls (fresh memory when ``None``); the sum is formed on the workspace's
+    device (the engine's: on a GPU only the labels come back).
     """
     return block_output(sum_block(plan, t, pieces, config, workspace).cpu().numpy(), config, class_ids)
 
@@ -163,7 +168,8 @@ def sum_block(plan: BlockPlan, t: Block, pieces: list[Piece], config: EngineConf
 
 
 def block_output(summed: np.ndarray, config: EngineConfig, class_ids: np.ndarray | None) -> np.ndarray:
-    """The host half of :func:`finalize_block`: class indices -> label ids in the label dtype (logits pass)."""
+    """The host half of :func:`finalize_block`: class indices ``(*block)`` -> label ids in the label dtype
+    (mean logits ``(K, *block)`` pass unchanged)."""
     if config.output == "logits":
         return summed
     if class_ids is None or (len(class_ids) and class_ids[0] == 0 and np.array_equal(class_ids, np.arange(len(class_ids)))):
@@ -172,7 +178,8 @@ def block_output(summed: np.ndarray, config: EngineConfig, class_ids: np.ndarray
 
 
 def write_block(plan: BlockPlan, t: Block, result: np.ndarray, out: Any, done: Any | None) -> None:
-    """Write one finalised block (whole chunks), then record it as done."""
+    """Write one finalised block (whole chunks) into ``out`` (labels ``(*spatial)`` or logits
+    ``(K, *spatial)``), then record it as done in ``done`` (uint8, shaped like the block grid)."""
     key = plan.slices(t) if result.ndim == len(t) else (slice(None), *plan.slices(t))
     out[key] = result
     if done is not None:
@@ -200,6 +207,12 @@ def plan_for(source_shape: tuple[int, ...], config: EngineConfig) -> BlockPlan:
 
 
 def check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: int | None) -> None:
+    """Refuse an ``out`` array the engine cannot fill block by block: labels must be shaped
+    ``(*spatial)`` with chunks ``== plan.block``, logits ``(K, *spatial)`` with chunks ``(K, *block)``.
+
+    Raises:
+        EngineError: the shape or the chunks differ.
+    """
     spatial = plan.grid.shape
     if config.output == "labels":
         expected_shape, expected_chunks = spatial, plan.block
@@ -214,6 +227,11 @@ def check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: int
 
 
 def class_table(config: EngineConfig) -> np.ndarray | None:
+    """``config.class_ids`` as an int64 lookup table (logit channel -> label value), or None when not given.
+
+    Raises:
+        EngineError: an id does not fit ``config.label_dtype``.
+    """
     if config.class_ids is None:
         return None
     ids = np.asarray(config.class_ids, dtype=np.int64)
