@@ -111,6 +111,26 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
     return retry
 
 
+def item_task(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """The Prefect ``@task`` decorator of a flow's per-item task (one scene, one study): run name
+    ``segment-<name>``, the :data:`GPU_TAG`, two retries (after 10 s, then 60 s) on I/O errors only
+    (:func:`retry_on_io_error`), no result caching or persistence (tasks return paths, the outputs
+    are the files)."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return task(
+        name=name,
+        task_run_name="segment-{name}",
+        tags=[GPU_TAG],
+        retries=2,
+        retry_delay_seconds=[10, 60],
+        retry_condition_fn=retry_on_io_error,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
+
+
 def failure_of(item: str, exc: BaseException | None, state_message: str | None = None) -> Failure:
     """A :class:`Failure` record from a task run's exception (or its state message when there is none);
     the message names flow parameters where the library's names command-line options (:func:`flow_wording`)."""

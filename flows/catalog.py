@@ -108,6 +108,14 @@ def model_ref(value: str, base: Path) -> str:
     return value
 
 
+def spec_path(model: str, base: Path) -> str:
+    """A model name or spec path (relative to ``base``, see :func:`model_ref`) as an absolute spec path,
+    so that every worker loads the same file."""
+    from models.spec import resolve_spec_path
+
+    return str(resolve_spec_path(model_ref(model, base)).resolve())
+
+
 def load_scene_catalog(path: str | Path) -> SceneCatalog:
     """Read and check a scene catalog (see the module docstring).
 

@@ -26,12 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows._runtime import (
-    GPU_TAG,
     AllItemsFailedError,
     Failure,
     cached_model,
@@ -42,14 +40,14 @@ from flows._runtime import (
     finished,
     flow_wording,
     in_flight,
+    item_task,
     output_root,
     require_checkpoint,
-    retry_on_io_error,
     run_logger,
     submit_bounded,
     with_library_logs,
 )
-from flows.catalog import check_bands, expand, is_remote, load_scene_catalog, model_ref
+from flows.catalog import check_bands, expand, is_remote, load_scene_catalog, spec_path
 from pipeline.errors import InputError
 from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
@@ -95,16 +93,7 @@ class LandcoverReport:
     failures: tuple[Failure, ...]
 
 
-@task(
-    name="segment-scene",
-    task_run_name="segment-{name}",
-    tags=[GPU_TAG],
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_on_io_error,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@item_task("segment-scene")
 @with_library_logs
 def segment_scene(
     name: str,
@@ -309,11 +298,11 @@ def plan_scenes(
     layer = region_layer or (cat.region_layer if cat and not regions else None)
     _check_regions(region_file, field, layer, "the regions= parameter" if regions else f"{CATALOG_REGIONS}{cat.source}" if cat else "regions=")
     todo, failures = distinct_names(items, scene_stem)
-    spec_path = _spec_path(model_name, base if not model else Path.cwd())
-    require_checkpoint(spec_path)
+    spec = spec_path(model_name, base if not model else Path.cwd())
+    require_checkpoint(spec)
     return ScenePlan(
         out_dir=out_dir,
-        model=spec_path,
+        model=spec,
         todo=tuple(todo),
         failures=tuple(failures),
         regions=region_file,
@@ -350,13 +339,6 @@ def _check_regions(region_file: str | None, region_field: str | None, region_lay
         if given_by.startswith(CATALOG_REGIONS):
             fix += f" or region_layer: in {given_by.removeprefix(CATALOG_REGIONS)}"
         raise InputError(exc.path, exc.problem, fix) from exc
-
-
-def _spec_path(model: str, base: Path) -> str:
-    """A model name or path as an absolute spec path, so every worker loads the same file."""
-    from models.spec import resolve_spec_path
-
-    return str(resolve_spec_path(model_ref(model, base)).resolve())
 
 
 def _run_time(given: str | None) -> str:

@@ -23,12 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows._runtime import (
-    GPU_TAG,
     AllItemsFailedError,
     Failure,
     cached_model,
@@ -38,14 +36,14 @@ from flows._runtime import (
     failures_table,
     finished,
     in_flight,
+    item_task,
     output_root,
     require_checkpoint,
-    retry_on_io_error,
     run_logger,
     submit_bounded,
     with_library_logs,
 )
-from flows.catalog import expand, list_studies, load_study_catalog, model_ref
+from flows.catalog import expand, list_studies, load_study_catalog, spec_path
 from pipeline.errors import InputError
 from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
@@ -90,16 +88,7 @@ class StudyPlan:
     failures: tuple[Failure, ...]
 
 
-@task(
-    name="segment-study",
-    task_run_name="segment-{name}",
-    tags=[GPU_TAG],
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_on_io_error,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@item_task("segment-study")
 @with_library_logs
 def segment_study(
     name: str, study: str, model: str, out_dir: str, device: str = "auto", force: bool = False,
@@ -238,15 +227,9 @@ def plan_studies(studies: str | list[str] | None, model: str | None, out: str | 
         raise InputError(str(cat.source) if cat else "model", "no model given", "pass model=<name or spec.yaml> or set model: in the catalog")
     base = cat.source.parent if (cat is not None and not model) else Path.cwd()
     todo, failures = distinct_names(items, output_stem)
-    spec_path = _spec_path(model_name, base)
-    require_checkpoint(spec_path)
-    return StudyPlan(out_dir=out_dir, model=spec_path, todo=tuple(todo), failures=tuple(failures))
-
-
-def _spec_path(model: str, base: Path) -> str:
-    from models.spec import resolve_spec_path
-
-    return str(resolve_spec_path(model_ref(model, base)).resolve())
+    spec = spec_path(model_name, base)
+    require_checkpoint(spec)
+    return StudyPlan(out_dir=out_dir, model=spec, todo=tuple(todo), failures=tuple(failures))
 
 
 def volume_rows(outputs: tuple[StudyOutput, ...]) -> list[dict]:

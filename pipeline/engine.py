@@ -14,142 +14,42 @@ Axis order: sources are ``(C, Y, X)`` or ``(C, Z, Y, X)``; outputs ``(Y, X)``/``
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.chunk_cache import ChunkCache
-from pipeline.engine_types import Block, Piece
+from pipeline.engine_types import (
+    DEFAULT_BLOCK_2D,
+    DEFAULT_BLOCK_3D,
+    ArraySource,
+    Block,
+    EngineConfig,
+    EngineReport,
+    Output,
+    Piece,
+    Preprocess,
+)
 from pipeline.errors import EngineError
 from pipeline.grid import STRIP_BLOCKS, BlockPlan, WindowGrid
 from pipeline.pending import PendingPieces
 from pipeline.staging import Fetched, PinnedBuffers, RegionStaging, Staged, fetch
-from pipeline.windows import Blend, Compile, Precision, SpanTimer, WindowRunner, auto_device
+from pipeline.windows import SpanTimer, WindowRunner, auto_device
 from pipeline.workspace import BufferPool, Workspace
 
 log = logging.getLogger(__name__)
 
-Output = Literal["labels", "logits"]
-Preprocess = Callable[[np.ndarray], np.ndarray]
-
-DEFAULT_BLOCK_2D = 1024
-DEFAULT_BLOCK_3D = 128
-
-
-class ArraySource(Protocol):
-    """What the engine reads: ``shape == (C, *spatial)`` and numpy-style slicing."""
-
-    shape: tuple[int, ...]
-
-    def __getitem__(self, key: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How to slide windows over an image.
-
-    Args:
-        window: window size per spatial axis, ``(Y, X)`` or ``(Z, Y, X)``, pixels/voxels.
-        overlap: fraction of a window shared with its neighbour (MONAI semantics).
-        blend: ``gaussian`` importance map (sigma = ``sigma_scale`` x window) or ``constant``.
-        block: output block (zarr chunk) size per spatial axis; ``None`` picks a default.
-        batch_size: windows per model call; ``0`` = 4, or 16 for 2D windows on a GPU. Halved for
-            the rest of the run when the device runs out of memory.
-        device: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        output: ``labels`` (argmax as class ids) or ``logits`` (weighted mean logits, float32).
-        class_ids: label value of each logit channel; ``None`` means ``0..K-1``.
-        label_dtype: numpy dtype of the labels.
-        precision: ``auto`` = bf16/fp16 autocast on GPU, float32 on CPU.
-        sigma_scale: gaussian sigma as a fraction of the window.
-        prefetch: blocks read ahead on background threads (at least one per reader).
-        readers: reader threads (decode, normalise, copy to the device); ``0`` = one on CPU, where
-            the model needs the cores, and up to 4 on a GPU, where one thread would starve it.
-        pending_memory_mb: memory for pieces waiting for their block; beyond it they wait on local
-            disk. ``0`` = 128 MB on CPU; on a GPU (where the pieces wait in device memory and a trip
-            to disk stalls the device) 10 % of the device's memory, at most 8 GB: a row of blocks
-            of a 100k-pixel-wide raster with 10 classes.
-        compile: ``torch.compile`` mode for the model (``none`` = eager).
-    """
-
-    window: tuple[int, ...]
-    overlap: float = 0.25
-    blend: Blend = "gaussian"
-    block: tuple[int, ...] | None = None
-    batch_size: int = 0
-    device: str = "auto"
-    output: Output = "labels"
-    class_ids: tuple[int, ...] | None = None
-    label_dtype: str = "uint8"
-    precision: Precision = "auto"
-    sigma_scale: float = 0.125
-    prefetch: int = 2
-    readers: int = 0
-    pending_memory_mb: int = 0
-    compile: Compile = "none"
-
-    def block_for(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        """The block size to use for an image of spatial shape ``spatial``."""
-        if self.block is not None:
-            if len(self.block) != len(spatial):
-                raise EngineError(f"block {self.block} has {len(self.block)} axes, image has {len(spatial)}")
-            return tuple(int(b) for b in self.block)
-        default = DEFAULT_BLOCK_2D if len(spatial) == 2 else DEFAULT_BLOCK_3D
-        return tuple(max(default, w) for w in self.window)
-
-    def batch_for(self, device: torch.device) -> int:
-        """Windows per model call on ``device`` (see ``batch_size``)."""
-        if self.batch_size > 0:
-            return self.batch_size
-        return 16 if device.type == "cuda" and len(self.window) == 2 else 4
-
-    def pending_bytes(self, device: torch.device) -> int:
-        """Memory for waiting pieces on ``device`` (see ``pending_memory_mb``)."""
-        if self.pending_memory_mb > 0:
-            return self.pending_memory_mb * 2**20
-        if device.type != "cuda":
-            return 128 * 2**20
-        return min(8 * 2**30, torch.cuda.get_device_properties(device).total_memory // 10)
-
-    def reader_threads(self, device: torch.device) -> int:
-        """How many reader threads to run on ``device`` (see ``readers``)."""
-        if self.readers > 0:
-            return self.readers
-        return 1 if device.type != "cuda" else max(1, min(4, (os.cpu_count() or 1) // 4))
-
-
-@dataclass
-class EngineReport:
-    """What a run did: window counts (to check that no window runs twice) and timings in seconds.
-
-    ``seconds_model`` is time in the model's forward; ``seconds_stitch`` weighting, accumulating,
-    cutting pieces and finalising (argmax); on a GPU both are device time from CUDA events.
-    ``seconds_read`` (summed over the reader threads) and ``seconds_write`` run on background
-    threads and overlap the others.
-    """
-
-    windows_total: int = 0
-    windows_run: int = 0
-    blocks_total: int = 0
-    blocks_run: int = 0
-    blocks_skipped: int = 0
-    seconds: float = 0.0
-    seconds_read: float = 0.0
-    seconds_model: float = 0.0
-    seconds_stitch: float = 0.0
-    seconds_write: float = 0.0
-    pieces_on_disk: int = 0
-    peak_pending_bytes: int = 0
-
-    @property
-    def duplication(self) -> float:
-        """Windows run / windows in the global grid (1.0 = no window ran twice)."""
-        return self.windows_run / self.windows_total if self.windows_total else 0.0
+# the engine's settings, report and types live in pipeline.engine_types (pipeline.windows needs them too);
+# they are imported from here, as before
+__all__ = [
+    "DEFAULT_BLOCK_2D", "DEFAULT_BLOCK_3D", "ArraySource", "EngineConfig", "EngineReport", "Output", "Preprocess",
+    "auto_device", "block_output", "check_output", "class_table", "compute_block", "finalize_block", "plan_for",
+    "read_region", "region_of", "run_engine", "sum_block", "write_block",
+]
 
 
 def read_region(
@@ -181,7 +81,7 @@ def read_region(
     if clipped_lo != lo or clipped_hi != hi:
         array.fill(0)
     as_channels_first = np.moveaxis(array, -1, 0) if channels_last else array
-    inside = as_channels_first[(slice(None), *(slice(a - l, b - l) for a, b, l in zip(clipped_lo, clipped_hi, lo)))]
+    inside = as_channels_first[(slice(None), *(slice(a - low, b - low) for a, b, low in zip(clipped_lo, clipped_hi, lo)))]
     write_into = getattr(preprocess, "into", None)
     if write_into is not None:
         write_into(raw, inside)
@@ -193,7 +93,8 @@ def read_region(
 
 
 def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Image-coordinate read region ``(lo, hi)`` of block ``b``'s windows (may extend past the image when padded)."""
+    """Image-coordinate read region ``(lo, hi)`` of block ``b``'s windows, in pixels/voxels per spatial axis
+    (``(Y, X)`` or ``(Z, Y, X)``); it may extend past the image (negative ``lo``, ``hi`` beyond the shape) when padded."""
     starts = plan.windows(b)
     lo = tuple(min(s[a] for s in starts) - plan.grid.pad_before[a] for a in range(len(plan.block)))
     hi = tuple(max(s[a] for s in starts) + w - plan.grid.pad_before[a] for a, w in enumerate(plan.grid.window))
@@ -203,19 +104,21 @@ def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ..
 def compute_block(plan: BlockPlan, b: Block, region: torch.Tensor, runner: WindowRunner) -> list[Piece]:
     """Run block ``b``'s windows over its read region and cut the result into pieces per target block.
 
-    ``region`` is :func:`read_region`'s tensor in the runner's layout. Pieces hold tensors on the
-    runner's device; the piece for ``b`` itself is a view of the runner's accumulator: with
-    ``reuse_buffers`` it is valid until the next block runs.
+    ``region`` is :func:`read_region`'s tensor in the runner's layout (``(C, *region)``, or
+    ``(*region, C)`` for channels-last 2D models). Each piece holds ``(K, *piece)`` weighted logits
+    (``(K + 1, ...)`` with the weight channel for ``output="logits"``) on the runner's device; the
+    piece for ``b`` itself is a view of the runner's accumulator: with ``reuse_buffers`` it is valid
+    until the next block runs.
     """
     lo, _ = region_of(plan, b)
-    offsets = [tuple(s - p - l for s, p, l in zip(start, plan.grid.pad_before, lo)) for start in plan.windows(b)]
+    offsets = [tuple(s - p - low for s, p, low in zip(start, plan.grid.pad_before, lo)) for start in plan.windows(b)]
     acc = runner.accumulate(region, offsets)
     pieces = []
     for t in plan.targets(b):
         t_slices = plan.slices(t)
         box = plan.box(b)
         inter = [(max(bx[0], ts.start), min(bx[1], ts.stop)) for bx, ts in zip(box, t_slices)]
-        src = tuple(slice(a - l, c - l) for (a, c), l in zip(inter, lo))
+        src = tuple(slice(a - low, c - low) for (a, c), low in zip(inter, lo))
         dst = tuple(slice(a - ts.start, c - ts.start) for (a, c), ts in zip(inter, t_slices))
         view = acc[(slice(None), *src)]
         # a spill piece is copied so it does not keep the whole accumulator alive while it waits;
@@ -234,8 +137,10 @@ def finalize_block(
 ) -> np.ndarray:
     """Sum the pieces that land in block ``t`` (in source order) and turn them into labels or mean logits.
 
-    ``workspace``: where to keep the block's sum between calls (fresh memory when ``None``); the sum
-    is formed on the workspace's device (the engine's: on a GPU only the labels come back).
+    Returns the block's labels ``(*block)`` (``(Y, X)`` or ``(Z, Y, X)``, ``config.label_dtype``, class
+    ids from ``class_ids``) or its mean logits ``(K, *block)`` float32. ``workspace``: where to keep
+    the block's sum between calls (fresh memory when ``None``); the sum is formed on the workspace's
+    device (the engine's: on a GPU only the labels come back).
     """
     return block_output(sum_block(plan, t, pieces, config, workspace).cpu().numpy(), config, class_ids)
 
@@ -263,7 +168,8 @@ def sum_block(plan: BlockPlan, t: Block, pieces: list[Piece], config: EngineConf
 
 
 def block_output(summed: np.ndarray, config: EngineConfig, class_ids: np.ndarray | None) -> np.ndarray:
-    """The host half of :func:`finalize_block`: class indices -> label ids in the label dtype (logits pass)."""
+    """The host half of :func:`finalize_block`: class indices ``(*block)`` -> label ids in the label dtype
+    (mean logits ``(K, *block)`` pass unchanged)."""
     if config.output == "logits":
         return summed
     if class_ids is None or (len(class_ids) and class_ids[0] == 0 and np.array_equal(class_ids, np.arange(len(class_ids)))):
@@ -272,7 +178,8 @@ def block_output(summed: np.ndarray, config: EngineConfig, class_ids: np.ndarray
 
 
 def write_block(plan: BlockPlan, t: Block, result: np.ndarray, out: Any, done: Any | None) -> None:
-    """Write one finalised block (whole chunks), then record it as done."""
+    """Write one finalised block (whole chunks) into ``out`` (labels ``(*spatial)`` or logits
+    ``(K, *spatial)``), then record it as done in ``done`` (uint8, shaped like the block grid)."""
     key = plan.slices(t) if result.ndim == len(t) else (slice(None), *plan.slices(t))
     out[key] = result
     if done is not None:
@@ -300,6 +207,12 @@ def plan_for(source_shape: tuple[int, ...], config: EngineConfig) -> BlockPlan:
 
 
 def check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: int | None) -> None:
+    """Refuse an ``out`` array the engine cannot fill block by block: labels must be shaped
+    ``(*spatial)`` with chunks ``== plan.block``, logits ``(K, *spatial)`` with chunks ``(K, *block)``.
+
+    Raises:
+        EngineError: the shape or the chunks differ.
+    """
     spatial = plan.grid.shape
     if config.output == "labels":
         expected_shape, expected_chunks = spatial, plan.block
@@ -314,6 +227,11 @@ def check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: int
 
 
 def class_table(config: EngineConfig) -> np.ndarray | None:
+    """``config.class_ids`` as an int64 lookup table (logit channel -> label value), or None when not given.
+
+    Raises:
+        EngineError: an id does not fit ``config.label_dtype``.
+    """
     if config.class_ids is None:
         return None
     ids = np.asarray(config.class_ids, dtype=np.int64)

@@ -66,10 +66,12 @@ class WindowGrid:
 
     @cached_property
     def padded_shape(self) -> tuple[int, ...]:
+        """The image shape padded (symmetrically, as MONAI) so that every axis holds at least one window, pixels/voxels."""
         return tuple(max(s, w) for s, w in zip(self.shape, self.window))
 
     @cached_property
     def pad_before(self) -> tuple[int, ...]:
+        """Padding before the image on each spatial axis, pixels/voxels (``padded_shape - shape`` split evenly, the extra one after)."""
         return tuple((p - s) // 2 for p, s in zip(self.padded_shape, self.shape))
 
     @cached_property
@@ -79,6 +81,7 @@ class WindowGrid:
 
     @property
     def n_windows(self) -> int:
+        """Windows in the whole grid."""
         return math.prod(len(s) for s in self.starts)
 
 
@@ -103,9 +106,11 @@ class AxisPlan:
 
     @property
     def n_blocks(self) -> int:
+        """Blocks along this axis."""
         return len(self.anchored)
 
     def block_extent(self, b: int) -> tuple[int, int]:
+        """Image-coordinate extent ``(lo, hi)`` of block ``b`` along this axis, pixels/voxels (the last block is clipped to the image)."""
         return b * self.block, min((b + 1) * self.block, self.size)
 
 
@@ -146,6 +151,11 @@ class BlockPlan:
 
     @classmethod
     def build(cls, grid: WindowGrid, block: tuple[int, ...]) -> BlockPlan:
+        """The plan of ``grid`` cut into blocks of ``block`` pixels/voxels per spatial axis (same axis order as ``grid.shape``).
+
+        Raises:
+            EngineError: ``block`` does not give one positive size per spatial axis.
+        """
         if len(block) != len(grid.shape) or min(block) < 1:
             raise EngineError(f"block {block} must give one positive size per spatial axis of {grid.shape}")
         axes = tuple(
@@ -161,6 +171,7 @@ class BlockPlan:
 
     @property
     def n_blocks(self) -> int:
+        """Blocks in the whole plan."""
         return math.prod(self.shape)
 
     def order(self, strip: int | None = None) -> list[tuple[int, ...]]:
@@ -203,7 +214,9 @@ class BlockPlan:
         return tuple(a.box[bi] for a, bi in zip(self.axes, b))
 
     def targets(self, b: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Blocks that block ``b``'s windows write into (``b`` among them when it anchors windows), C order."""
         return list(product(*(a.targets[bi] for a, bi in zip(self.axes, b))))
 
     def sources(self, b: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Blocks whose windows write into block ``b``, C order: ``b`` is final once all of them have run."""
         return list(product(*(a.sources[bi] for a, bi in zip(self.axes, b))))

@@ -11,19 +11,12 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from pipeline.engine_types import Blend, Compile, EngineConfig, Precision
 from pipeline.errors import EngineError
 from pipeline.workspace import Workspace
-
-if TYPE_CHECKING:
-    from pipeline.engine import EngineConfig
-
-Blend = Literal["gaussian", "constant"]
-Precision = Literal["auto", "float32", "bfloat16", "float16"]
-Compile = Literal["none", "default", "reduce-overhead", "max-autotune"]
 
 log = logging.getLogger(__name__)
 
