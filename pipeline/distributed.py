@@ -29,12 +29,14 @@ from pipeline.engine import (
     WindowRunner,
     auto_device,
     check_output,
+    check_valid,
     class_table,
     compute_block,
     finalize_block,
     plan_for,
     read_region,
     region_of,
+    windows_with_data,
     write_block,
 )
 from pipeline.engine_types import Block, Piece
@@ -100,14 +102,17 @@ def _plan(source_shape: tuple[int, ...], config: EngineConfig) -> BlockPlan:
 
 def _compute_task(
     source: SourceRef, config: EngineConfig, key: str, factory: ModelFactory, preprocess: Preprocess | None,
-    b: Block, wanted: frozenset[Block],
+    b: Block, wanted: frozenset[Block], valid: SourceRef | None = None,
 ) -> list[Piece]:
     array = source.open()
     plan = _plan(tuple(array.shape), config)
+    starts = windows_with_data(plan, b, None if valid is None else valid.open())
+    if not starts:
+        return []
     lo, hi = region_of(plan, b)
     runner = WindowRunner(worker_model(key, factory), config, auto_device(config.device))
     region = read_region(array, lo, hi, preprocess, channels_last=runner.channels_last)
-    return [p.on_host() for p in compute_block(plan, b, region, runner) if p.target in wanted]
+    return [p.on_host() for p in compute_block(plan, b, region, runner, starts) if p.target in wanted]
 
 
 def _finalize_task(
@@ -132,6 +137,7 @@ def run_engine_dask(
     done: ZarrRef | None = None,
     preprocess: Preprocess | None = None,
     progress: Callable[[int, int], None] | None = None,
+    valid: SourceRef | None = None,
 ) -> EngineReport:
     """Like :func:`pipeline.engine.run_engine`, with blocks as tasks on the Dask ``client``'s cluster.
 
@@ -141,6 +147,9 @@ def run_engine_dask(
         model_key: names the model in the per-worker cache (e.g. the spec path and device).
         model_factory: picklable callable building the model on a worker.
         out, done: zarr arrays as for the local engine, writable from every worker.
+        valid: reference to the ``(*spatial)`` mask of pixels with data, as ``run_engine``'s ``valid``:
+            the workers leave out windows over nodata only. ``windows_run`` then counts the windows
+            scheduled, not those run (the workers decide).
     """
     from distributed import as_completed
 
@@ -150,6 +159,7 @@ def run_engine_dask(
     plan = _plan(shape, config)
     ids = class_table(config)
     check_output(out.open(), plan, config, None if ids is None else len(ids))
+    check_valid(None if valid is None else valid.open(), plan, config)
     finished = np.asarray(done.open()[...], dtype=bool) if done is not None else np.zeros(plan.shape, dtype=bool)
     report = EngineReport(windows_total=plan.grid.n_windows, blocks_total=plan.n_blocks, blocks_skipped=int(finished.sum()))
 
@@ -162,7 +172,7 @@ def run_engine_dask(
         wanted = frozenset(t for t in plan.targets(b) if not finished[t])
         if wanted:
             computes[b] = client.submit(
-                _compute_task, source, config, model_key, model_factory, preprocess, b, wanted,
+                _compute_task, source, config, model_key, model_factory, preprocess, b, wanted, valid,
                 key=f"segpipe-compute-{'-'.join(map(str, b))}-{id(report)}", resources=resources, pure=False,
             )
             report.windows_run += len(plan.windows(b))

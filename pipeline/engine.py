@@ -101,17 +101,49 @@ def region_of(plan: BlockPlan, b: Block) -> tuple[tuple[int, ...], tuple[int, ..
     return lo, hi
 
 
-def compute_block(plan: BlockPlan, b: Block, region: torch.Tensor, runner: WindowRunner) -> list[Piece]:
+def windows_with_data(plan: BlockPlan, b: Block, valid: ArraySource | None) -> list[tuple[int, ...]]:
+    """The starts (padded-grid coordinates) of block ``b``'s windows that cover at least one valid pixel.
+
+    ``valid``: ``(Y, X)`` or ``(Z, Y, X)``, nonzero where the image has data; None = every window.
+    A window over nodata only changes no valid pixel's sum (it covers none), so leaving it out
+    gives valid pixels bit-identical sums; the engine's pieces then hold 0 there.
+    """
+    starts = plan.windows(b)
+    if valid is None or not starts:
+        return starts
+    lo, hi = region_of(plan, b)
+    spatial = plan.grid.shape
+    clipped_lo = tuple(max(a, 0) for a in lo)
+    clipped_hi = tuple(min(c, n) for c, n in zip(hi, spatial))
+    has_data = np.zeros(tuple(c - a for a, c in zip(lo, hi)), dtype=bool)  # padding has no data
+    inside = tuple(slice(a - low, c - low) for a, c, low in zip(clipped_lo, clipped_hi, lo))
+    has_data[inside] = np.asarray(valid[tuple(slice(a, c) for a, c in zip(clipped_lo, clipped_hi))]) != 0
+    window = plan.grid.window
+    kept = []
+    for start in starts:
+        offset = [s - p - low for s, p, low in zip(start, plan.grid.pad_before, lo)]
+        if has_data[tuple(slice(o, o + w) for o, w in zip(offset, window))].any():
+            kept.append(start)
+    return kept
+
+
+def compute_block(
+    plan: BlockPlan, b: Block, region: torch.Tensor, runner: WindowRunner, starts: list[tuple[int, ...]] | None = None
+) -> list[Piece]:
     """Run block ``b``'s windows over its read region and cut the result into pieces per target block.
 
     ``region`` is :func:`read_region`'s tensor in the runner's layout (``(C, *region)``, or
-    ``(*region, C)`` for channels-last 2D models). Each piece holds ``(K, *piece)`` weighted logits
-    (``(K + 1, ...)`` with the weight channel for ``output="logits"``) on the runner's device; the
-    piece for ``b`` itself is a view of the runner's accumulator: with ``reuse_buffers`` it is valid
-    until the next block runs.
+    ``(*region, C)`` for channels-last 2D models). ``starts``: the windows to run (a subset of
+    ``plan.windows(b)``, see :func:`windows_with_data`); None = all; none = no pieces. Each piece
+    holds ``(K, *piece)`` weighted logits (``(K + 1, ...)`` with the weight channel for
+    ``output="logits"``) on the runner's device; the piece for ``b`` itself is a view of the
+    runner's accumulator: with ``reuse_buffers`` it is valid until the next block runs.
     """
+    starts = plan.windows(b) if starts is None else starts
+    if not starts:
+        return []
     lo, _ = region_of(plan, b)
-    offsets = [tuple(s - p - low for s, p, low in zip(start, plan.grid.pad_before, lo)) for start in plan.windows(b)]
+    offsets = [tuple(s - p - low for s, p, low in zip(start, plan.grid.pad_before, lo)) for start in starts]
     acc = runner.accumulate(region, offsets)
     pieces = []
     for t in plan.targets(b):
@@ -150,9 +182,13 @@ def sum_block(plan: BlockPlan, t: Block, pieces: list[Piece], config: EngineConf
     pixel's best logit channel as the smallest integer type that holds it (so a GPU sends 1 byte
     per pixel back, not 8). A fresh tensor, not a workspace view."""
     shape = tuple(s.stop - s.start for s in plan.slices(t))
+    workspace = workspace or Workspace()
+    if not pieces:  # every window over the block covered nodata only (see windows_with_data): index 0 throughout
+        if config.output == "logits":
+            raise EngineError(f"block {t} has no window's logits; skipping windows without data needs output='labels'")
+        return torch.zeros(shape, dtype=torch.uint8, device=workspace.device)
     ordered = sorted(pieces, key=lambda p: p.source)
     channels = ordered[0].data.shape[0]
-    workspace = workspace or Workspace()
     device = workspace.device
     # torch (multi-threaded) rather than numpy (one thread): these passes are memory-bound
     acc = workspace.get("sum", (channels, *shape)).zero_()
@@ -226,6 +262,17 @@ def check_output(out: Any, plan: BlockPlan, config: EngineConfig, n_classes: int
         raise EngineError(f"output chunks {tuple(chunks)} != block {tuple(expected_chunks)}: each block must be whole chunks")
 
 
+def check_valid(valid: ArraySource | None, plan: BlockPlan, config: EngineConfig) -> None:
+    """``valid`` must have the image's spatial shape, and only labels can leave windows out (mean
+    logits would be 0/0 where no window ran)."""
+    if valid is None:
+        return
+    if tuple(valid.shape) != plan.grid.shape:
+        raise EngineError(f"valid mask shape {tuple(valid.shape)} != image {plan.grid.shape}")
+    if config.output != "labels":
+        raise EngineError("a valid mask (windows without data left out) needs output='labels'")
+
+
 def class_table(config: EngineConfig) -> np.ndarray | None:
     """``config.class_ids`` as an int64 lookup table (logit channel -> label value), or None when not given.
 
@@ -250,18 +297,25 @@ def run_engine(
     done: Any | None = None,
     preprocess: Preprocess | None = None,
     progress: Callable[[int, int], None] | None = None,
+    valid: ArraySource | None = None,
 ) -> EngineReport:
     """Segment ``source`` ``(C, *spatial)`` into ``out`` block by block; see the module docstring.
 
     ``done`` (uint8 array shaped like the block grid, one chunk per element) records finished
     blocks: blocks already marked are skipped, and windows are only run for blocks that still feed
     an unfinished block, so a killed run resumes without redoing finished work.
+
+    ``valid`` (``output="labels"`` only): ``(*spatial)``, nonzero where the image has data. Windows
+    over nodata only are not run (a scene's nodata collar: ~28 % of the windows of a Landsat
+    scene's rotated footprint); valid pixels get exactly the labels of a run without ``valid``, and
+    pixels that no run window covers get ``class_ids[0]``: the caller masks nodata afterwards.
     """
     started = time.perf_counter()
     plan = plan_for(source.shape, config)
     grid = plan.grid
     class_ids = class_table(config)
     check_output(out, plan, config, None if class_ids is None else len(class_ids))
+    check_valid(valid, plan, config)
     if done is not None and tuple(done.shape) != plan.shape:
         raise EngineError(f"done array shape {tuple(done.shape)} != block grid {plan.shape}")
     finished = np.asarray(done[...], dtype=bool) if done is not None else np.zeros(plan.shape, dtype=bool)
@@ -285,13 +339,16 @@ def run_engine(
     write_seconds = [0.0]
     main_timer = SpanTimer(device)  # compute and finalize on the main thread; minus the model = stitching
 
-    def read(b: Block) -> Staged:
+    def read(b: Block) -> tuple[Staged | None, list[tuple[int, ...]]]:
         t0 = time.perf_counter()
-        lo, hi = region_of(plan, b)
-        region = read_region(reader_source, lo, hi, preprocess, channels_last=runner.channels_last, pool=staging.host_buffers)
-        staged = staging.send(region)  # on a GPU: copied on the reader's stream, off the main thread
+        starts = windows_with_data(plan, b, valid)
+        staged = None
+        if starts:
+            lo, hi = region_of(plan, b)
+            region = read_region(reader_source, lo, hi, preprocess, channels_last=runner.channels_last, pool=staging.host_buffers)
+            staged = staging.send(region)  # on a GPU: copied on the reader's stream, off the main thread
         read_seconds[0] += time.perf_counter() - t0  # summed over the reader threads
-        return staged
+        return staged, starts
 
     def write(t: Block, summed: Fetched) -> None:
         t0 = time.perf_counter()
@@ -315,16 +372,18 @@ def run_engine(
         for b in order:
             if b in needs_compute:
                 schedule_reads()
-                region = staging.receive(reads.pop(b).result())
+                staged, starts = reads.pop(b).result()
                 schedule_reads()
-                n_windows = len(plan.windows(b))
-                with main_timer.span():
-                    pieces = compute_block(plan, b, region, runner)
-                staging.release(region)
+                pieces = []
+                if staged is not None:
+                    region = staging.receive(staged)
+                    with main_timer.span():
+                        pieces = compute_block(plan, b, region, runner, starts)
+                    staging.release(region)
                 for piece in pieces:
                     if not finished[piece.target]:
                         pending.add(piece)
-                report.windows_run += n_windows
+                report.windows_run += len(starts)
                 report.blocks_run += 1
             if not finished[b]:
                 pieces = pending.pop(b)

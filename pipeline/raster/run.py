@@ -365,15 +365,17 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
         key = f"{spec.name}-{device}-{id(model) if model is not None else spec.checkpoint}"
         return run_engine_dask(
             dask_client, source, key, factory, config, ZarrRef(store, "labels"),
-            done=ZarrRef(store, "labels_done"), preprocess=preprocess, progress=progress,
+            done=ZarrRef(store, "labels_done"), preprocess=preprocess, progress=progress, valid=ZarrRef(store, "mask") if filled else None,
         )
     if hasattr(model, "to") and hasattr(model, "eval"):
         model = model.to(auto_device(device)).eval()
+    valid = None
     if filled:
         from pipeline.raster.fill import open_filled
 
         image = open_filled(work, fill)
-    return run_engine(image, model, config, labels, done=done, preprocess=preprocess, progress=progress)
+        valid = zarr.open_group(work, mode="r", use_consolidated=False)["mask"]  # windows over nodata only are left out
+    return run_engine(image, model, config, labels, done=done, preprocess=preprocess, progress=progress, valid=valid)
 
 
 def mark_empty_blocks(work: Path, done: Any, block: int) -> int:

@@ -71,6 +71,7 @@ from pipeline.volume.preprocess import (
     labels_to_native,
     logits_to_native,
     plan_grid,
+    reorient,
     to_model,
 )
 from pipeline.volume.readers import is_nifti, read_volume, study_stem
@@ -418,7 +419,10 @@ def _labels_on_native_grid(
             attrs={"source": str(volume.source), "modality": volume.modality},
         )
         preprocess = intensity_for(spec, volume.data, nodata=volume.nodata)
-        report = run_engine(image[None], model, config, out, done=done, preprocess=preprocess, progress=progress)
+        # windows over nodata only (DICOM pixel padding, NaN) are left out; not across a resampling,
+        # where the logits of voxels next to the data are interpolated into it
+        valid = None if volume.nodata is None or grid.resampled else ~reorient(volume.nodata, grid)
+        report = run_engine(image[None], model, config, out, done=done, preprocess=preprocess, progress=progress, valid=valid)
         stored.result()
     if grid.resampled:
         labels = logits_to_native(out, grid, spec.class_ids, dtype)

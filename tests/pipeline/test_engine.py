@@ -350,3 +350,86 @@ def test_reader_threads_default_by_device(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert config.reader_threads(torch.device("cuda")) == 1
     assert EngineConfig(window=(64, 64), readers=3).reader_threads(torch.device("cpu")) == 3
+
+def _collar(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A valid mask like a scene's rotated footprint: a tilted band of data, nodata around it, and
+    a few isolated valid pixels in the nodata (each must keep every window that covers it)."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    valid = np.abs(grids[-1] - 0.6 * grids[-2] - shape[-1] * 0.2) < shape[-1] * 0.25
+    for _ in range(5):
+        valid[tuple(int(rng.integers(0, n)) for n in shape)] = True
+    return valid
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_windows_over_nodata_only_are_left_out_and_change_no_valid_label(dims):
+    """``valid``: windows without a valid pixel are not run; every valid pixel keeps exactly the
+    label of a run without the mask (the same windows, summed in the same order), whatever the block."""
+    rng = np.random.default_rng(5)
+    shape = (3, 600, 700) if dims == 2 else (2, 48, 96, 120)
+    window = (64, 64) if dims == 2 else (16, 32, 32)
+    image = rng.normal(size=shape).astype(np.float32)
+    valid = _collar(shape[1:], seed=dims)
+    net = random_cnn(dims, shape[0], 4, seed=dims)
+    blocks = [(128, 128), (200, 150)] if dims == 2 else [(16, 48, 48), (24, 40, 56)]
+    full, full_report = run_labels(image, net, window=window, block=blocks[0], class_ids=(0, 3, 5, 7))
+    for block in blocks:
+        cfg = EngineConfig(window=window, block=block, device="cpu", class_ids=(0, 3, 5, 7))
+        out = labels_array(shape[1:], block)
+        report = run_engine(image, net, cfg, out, valid=zarr.create_array(store={}, data=valid.astype(np.uint8), chunks=block))
+        assert np.array_equal(out[...][valid], full[valid])
+        assert report.windows_run < 0.9 * full_report.windows_run  # the nodata collar's windows were left out
+    assert full_report.windows_run == full_report.windows_total
+
+
+def test_a_block_no_run_window_covers_gets_the_first_class_id():
+    image = np.zeros((1, 300, 300), np.float32)
+    valid = np.zeros((300, 300), bool)
+    valid[:40, :40] = True
+    cfg = EngineConfig(window=(32, 32), block=(100, 100), device="cpu", class_ids=(4, 9))
+    out = labels_array((300, 300), (100, 100))
+    conv = torch.nn.Conv2d(1, 2, 1).eval()
+    with torch.no_grad():
+        conv.bias.copy_(torch.tensor([0.0, 1.0]))  # class 9 everywhere a window ran
+    report = run_engine(image, conv, cfg, out, valid=valid)
+    labels = out[...]
+    assert (labels[:40, :40] == 9).all() and (labels[100:, :] == 4).all() and (labels[:, 100:] == 4).all()
+    assert 0 < report.windows_run < report.windows_total
+
+
+def test_a_valid_mask_needs_labels_and_the_image_shape():
+    image = np.zeros((1, 64, 64), np.float32)
+    conv = torch.nn.Conv2d(1, 2, 1).eval()
+    cfg = EngineConfig(window=(32, 32), block=(64, 64), device="cpu")
+    with pytest.raises(EngineError, match="valid mask shape"):
+        run_engine(image, conv, cfg, labels_array((64, 64), (64, 64)), valid=np.ones((64, 63), bool))
+    logits = EngineConfig(window=(32, 32), block=(64, 64), device="cpu", output="logits")
+    with pytest.raises(EngineError, match="needs output='labels'"):
+        run_engine(image, conv, logits, zarr.create_array(store={}, shape=(2, 64, 64), chunks=(2, 64, 64), dtype="float32"), valid=np.ones((64, 64), bool))
+
+
+@pytest.mark.parametrize(
+    "shape,window,block", [((300, 410), (64, 64), (100, 128)), ((20, 30), (64, 64), (64, 64)), ((30, 90, 130), (16, 32, 32), (20, 40, 30))]
+)
+def test_windows_with_data_keeps_exactly_the_windows_that_touch_a_valid_pixel(shape, window, block):
+    """Against a brute force over the global grid: a window is kept iff its image box (padding
+    excluded) holds a valid pixel, at its very edge too (a window meeting one valid pixel with its
+    last row still adds to that pixel's sum)."""
+    from pipeline.engine import plan_for, windows_with_data
+
+    valid = _collar(shape, seed=7)
+    edge = tuple(min(w, n) - 1 for w, n in zip(window, shape))
+    valid[edge] = True  # the last pixel of the first window: only windows reaching it keep it
+    plan = plan_for((1, *shape), EngineConfig(window=window, block=block))
+    kept = []
+    for b in plan.order():
+        kept += windows_with_data(plan, b, valid)
+    expected = []
+    for b in plan.order():
+        for start in plan.windows(b):
+            box = tuple(slice(max(s - p, 0), max(s - p + w, 0)) for s, p, w in zip(start, plan.grid.pad_before, window))
+            if valid[box].any():
+                expected.append(start)
+    assert kept == expected and kept
+    assert len(kept) < plan.grid.n_windows or plan.grid.n_windows == 1

@@ -150,6 +150,7 @@ def _holed_scene(tmp_path, make_geotiff):
     holed = pixels.copy()
     holed[:, 20:26, 10:15] = -9999.0
     holed[:, 33:40, 40:48] = -9999.0
+    holed[:, 24:40, 0:17] = -9999.0  # a collar: the window at (24, 0) holds no valid pixel and is left out
     tif = make_geotiff(tmp_path / "holed.tif", holed, nodata=-9999.0)
     invalid = holed[0] == -9999.0
     return tif, pixels, invalid
@@ -180,7 +181,9 @@ def test_overlapping_windows_see_the_neutral_value_locally_and_on_dask(tmp_path,
     tif, pixels, invalid = _holed_scene(tmp_path, make_geotiff)
     model = conv_model(seed=5)
     s = spec(window=(16, 16), normalize=MEANSTD)
-    local = labels_of(segment_raster(tif, s, tmp_path / "local", block=16, device="cpu", model=model, time="2024-06-01"))
+    result = segment_raster(tif, s, tmp_path / "local", block=16, device="cpu", model=model, time="2024-06-01")
+    assert result.engine.windows_run < result.engine.windows_total  # the collar's window was left out
+    local = labels_of(result)
     config = EngineConfig(window=(16, 16), overlap=0.25, blend="gaussian", block=(16, 16), device="cpu", class_ids=tuple(IDS), label_dtype="uint8")
     np.testing.assert_array_equal(local, _engine_on_filled(pixels, invalid, config, model, MEANSTD))
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=processes, dashboard_address=None) as cluster:

@@ -328,3 +328,28 @@ def test_older_store_without_nodata_still_merges(tmp_path):
     assert ds.nodata_voxel_count.sel(study="new").item() == 20 and ds.nodata_voxel_count.sel(study="old").item() == -1
     assert ds.nodata_volume_ml.sel(study="new").item() == pytest.approx(0.02) and math.isnan(ds.nodata_volume_ml.sel(study="old").item())
     assert ds.voxel_count.sel(study="new", label="background").item() == 34
+
+
+def test_windows_over_nan_only_are_left_out_and_change_no_valid_label(vh, tmp_path):
+    """Slabs of NaN (a volume padded to a fixed extent): windows there are not run, and every voxel
+    with data gets exactly the label of the same volume with the fill value in place of NaN, where
+    every window runs. A 3x3x3 convolution: labels near the NaN depend on the windows around them."""
+    import torch
+
+    shape = (16, 40, 48)
+    hu = vh.ct_crop(shape).astype(np.float32)
+    mask = np.zeros(shape, bool)
+    mask[:7] = True  # 7 padded slices: whole windows [4, 16, 16] of nothing
+    mask[:, :, :17] = True
+    mask[2, 20, 30] = False  # one voxel with data inside the padding
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, kernel_size=3, padding=1).eval()
+    spec = vh.per_voxel_spec(tmp_path, window=[4, 16, 16])
+    nan = vh.write_nifti(tmp_path / "nan.nii.gz", np.where(mask, np.float32(np.nan), hu), vh.axis_affine("RAS"))
+    filled = vh.write_nifti(tmp_path / "filled.nii.gz", np.where(mask, hu[~mask].min(), hu), vh.axis_affine("RAS"))
+    result = segment_volume(nan, spec, tmp_path / "out", CPU, model=net)
+    plain = segment_volume(filled, spec, tmp_path / "out", CPU, model=net)
+    assert result.engine.windows_run < 0.75 * plain.engine.windows_run
+    labels = labels_of(result)
+    assert np.array_equal(labels == 255, mask)
+    assert np.array_equal(labels[~mask], labels_of(plain)[~mask])
