@@ -1,23 +1,29 @@
 """What both flows share: output roots, the I/O retry rule, bounded submission, outcomes, a model cache.
 
+The flows' words and the library's logs in Prefect run logs (:func:`flow_wording`,
+:func:`library_logs_to_run`, :func:`with_library_logs`, :func:`run_logger`) live in
+:mod:`flows._logs` and are re-exported here.
+
 Nothing here reads configuration at import time; :func:`output_root` reads ``$SEGPIPE_OUT`` when a
 flow run starts.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import logging
 import os
-import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows._logs import LIBRARY_LOGGERS as LIBRARY_LOGGERS
+from flows._logs import flow_wording as flow_wording
+from flows._logs import library_logs_to_run as library_logs_to_run
+from flows._logs import run_logger as run_logger
+from flows._logs import with_library_logs as with_library_logs
 from pipeline.errors import SegpipeError
 
 log = logging.getLogger(__name__)
@@ -27,8 +33,6 @@ OUT_ENV = "SEGPIPE_OUT"
 DEFAULT_OUT = Path("segpipe-demo")
 """Output root when neither a parameter, a catalog nor ``$SEGPIPE_OUT`` names one (relative to the working directory)."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LIBRARY_LOGGERS = ("pipeline", "models", "flows")
-"""Loggers of the library whose records go to the Prefect run's logs (as ``PREFECT_LOGGING_EXTRA_LOGGERS``)."""
 GPU_TAG = "segpipe-gpu"
 """Tag of every model-running task: ``prefect concurrency-limit create segpipe-gpu 1`` runs one at a time across all runs."""
 # OSErrors that retrying cannot fix: the file is not there or not ours to read
@@ -137,27 +141,6 @@ def failure_of(item: str, exc: BaseException | None, state_message: str | None =
     if exc is None:
         return Failure(item=item, error="Failed", message=flow_wording(state_message or "task run failed without an exception"))
     return Failure(item=item, error=type(exc).__name__, message=flow_wording(str(exc) or repr(exc)))
-
-
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (\d[\w.,:]*|FILE|DIR|N|UID|NAME)\b)?")
-_PLACEHOLDERS = ("FILE", "DIR", "N", "UID", "NAME")
-
-
-def flow_wording(message: str) -> str:
-    """``message`` with the command-line options the library names turned into the flows' parameters
-    (same names, ``_`` for ``-``): ``--regions`` -> ``regions=``, ``--bands 4,3,2`` -> ``bands=[4,3,2]``,
-    ``--force`` -> ``force=True``, ``--volume-index 1`` -> ``volume_index=1``,
-    ``--region-layer NAME`` -> ``region_layer=<name>``."""
-
-    def parameter(match: re.Match) -> str:
-        name, value = match.group(1).replace("-", "_"), match.group(2)
-        if value is None:
-            return "force=True" if name == "force" else f"{name}="
-        if value in _PLACEHOLDERS:
-            return f"{name}=<{value.lower()}>"
-        return f"{name}=[{value}]" if name == "bands" else f"{name}={value}"
-
-    return _FLAG.sub(parameter, message)
 
 
 def failures_table(failures: Sequence[Failure]) -> list[dict[str, str]]:
@@ -276,105 +259,6 @@ def cached_model(spec: Any, device: str) -> Any:
                 _MODELS.pop(next(iter(_MODELS)))
             _MODELS[key] = load_model(spec, auto_device(device))
         return _MODELS[key]
-
-
-_LOGS_LOCK = threading.Lock()
-_LOGS_ACTIVE = 0
-_LOGS_SAVED: list[tuple[logging.Logger, int, logging.Handler | None]] = []
-
-
-def _in_run_context(record: logging.LogRecord) -> bool:
-    """Keep a record only inside a Prefect flow or task run (elsewhere the API handler would warn)."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return bool(getattr(record, "flow_run_id", None) or TaskRunContext.get() or FlowRunContext.get())
-
-
-def _flow_wording_handler_class() -> type:
-    from prefect.logging.handlers import APILogHandler
-
-    class FlowWordingHandler(APILogHandler):
-        """Prefect's API log handler sending the library's records in the flows' words
-        (:func:`flow_wording`: ``--regions`` -> ``regions=``); other handlers keep the record as it is."""
-
-        def emit(self, record: logging.LogRecord) -> None:
-            reworded = copy.copy(record)
-            reworded.msg, reworded.args = flow_wording(record.getMessage()), None
-            super().emit(reworded)
-
-    return FlowWordingHandler
-
-
-def _flow_wording_handler() -> logging.Handler:
-    """A new :class:`FlowWordingHandler` (the class is made on first use: Prefect is imported lazily)."""
-    global _HANDLER_CLASS
-    if _HANDLER_CLASS is None:
-        _HANDLER_CLASS = _flow_wording_handler_class()
-    return _HANDLER_CLASS()
-
-
-_HANDLER_CLASS: type | None = None
-
-
-@contextmanager
-def library_logs_to_run(level: int = logging.INFO) -> Iterator[None]:
-    """Send the library's log records (:data:`LIBRARY_LOGGERS`, ``level`` and above) to the current
-    Prefect run's logs while the block runs (``prefect flow-run logs``, the UI).
-
-    Prefect only forwards its own loggers; ``PREFECT_LOGGING_EXTRA_LOGGERS`` adds others but must be
-    set before Prefect starts and keeps them at the root's WARNING level. This attaches Prefect's API
-    log handler (unless one is attached already) and lowers the loggers' level to ``level`` while at
-    least one task of this process is inside the block (threads share it), then restores both.
-    """
-    global _LOGS_ACTIVE
-    from prefect.logging.handlers import APILogHandler
-
-    with _LOGS_LOCK:
-        if _LOGS_ACTIVE == 0:
-            for name in LIBRARY_LOGGERS:
-                logger = logging.getLogger(name)
-                handler = None
-                if not any(isinstance(h, APILogHandler) for h in logger.handlers):
-                    handler = _flow_wording_handler()
-                    handler.addFilter(_in_run_context)
-                    logger.addHandler(handler)
-                _LOGS_SAVED.append((logger, logger.level, handler))
-                if logger.level == logging.NOTSET or logger.level > level:
-                    logger.setLevel(level)
-        _LOGS_ACTIVE += 1
-    try:
-        yield
-    finally:
-        with _LOGS_LOCK:
-            _LOGS_ACTIVE -= 1
-            if _LOGS_ACTIVE == 0:
-                while _LOGS_SAVED:
-                    logger, old_level, handler = _LOGS_SAVED.pop()
-                    logger.setLevel(old_level)
-                    if handler is not None:
-                        logger.removeHandler(handler)
-
-
-def with_library_logs(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator (under ``@task``): the task body runs inside :func:`library_logs_to_run`."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with library_logs_to_run():
-            return function(*args, **kwargs)
-
-    return wrapper
-
-
-def run_logger(name: str) -> Any:
-    """The Prefect run logger inside a flow or task run (its records reach the run's logs), else ``logging.getLogger(name)``."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    if FlowRunContext.get() or TaskRunContext.get():
-        from prefect import get_run_logger
-
-        return get_run_logger()
-    return logging.getLogger(name)
 
 
 def require_checkpoint(spec_path: str) -> None:

@@ -173,7 +173,8 @@ def list_studies(where: str | Path) -> list[str]:
     else:
         folder = Path(text).expanduser()
         if not folder.is_dir():
-            raise InputError(text, "not a folder, a glob pattern or a catalog YAML", "give a folder of studies, a pattern like 'ct/*.nii.gz' or a .yaml catalog")
+            fix = "give a folder of studies, a pattern like 'ct/*.nii.gz' or a .yaml catalog"
+            raise InputError(text, "not a folder, a glob pattern or a catalog YAML", fix)
         matches = sorted(folder.iterdir())
         hint = "put NIfTI files or DICOM series folders in it"
     studies = [str(p.resolve()) for p in matches if _is_study(p)]
@@ -199,7 +200,8 @@ def check_bands(value: Any, source: str | Path) -> tuple[int, ...] | None:
     if value is None:
         return None
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value):
-        raise InputError(source, f"'bands' must be a list of 1-based band numbers, got {value!r}", "write bands: [4, 3, 2, 8] (the bands the model takes, in order) or leave it out")
+        fix = "write bands: [4, 3, 2, 8] (the bands the model takes, in order) or leave it out"
+        raise InputError(source, f"'bands' must be a list of 1-based band numbers, got {value!r}", fix)
     return tuple(value)
 
 

@@ -8,6 +8,7 @@ Public API (torch-dependent names load on first use, so ``import models.spec`` s
 - :mod:`models.probe`: ``probe_network``, ``check_logits`` (the load-time forward check)
 - :mod:`models.normalize`: ``normalizer``, ``foreground_stats``, ``NormStats``
 - :mod:`models.train`: ``train`` (import it from there: ``models.train`` is the module), ``TrainConfig``, ``TrainResult``, ``TrainProgress``
+  (training pairs are read and checked by :mod:`models.train_data`: ``load_pair``, ``Sample``, ``IGNORE``)
 - :mod:`models.catalog`: ``list_catalog``, ``CatalogEntry``
 """
 

@@ -21,26 +21,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
 
 from models.checkpoint import save_state_dict
-from models.normalize import foreground_stats, normalizer
 from models.probe import check_logits, probe_network
 from models.registry import build_network
 from models.spec import ModelSpec
+from models.train_data import IGNORE, Pair, Sample, load_pair
 from pipeline.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
 
-#: Label index of pixels the loss ignores: window padding and ``nodata`` (unlabelled) pixels.
-IGNORE = -100
-
-# (image, label): two file paths (GeoTIFFs for rasters, NIfTI for volumes), or arrays
-# image (C, Y, X) / (C, Z, Y, X) and label (Y, X) / (Z, Y, X) holding class ids
-Pair = Union[tuple[Union[str, Path], Union[str, Path]], tuple[np.ndarray, np.ndarray]]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -94,15 +88,6 @@ class TrainResult:
     seconds: float
 
 
-@dataclass(frozen=True, eq=False)
-class _Sample:
-    """A normalised image ``(C, *spatial)`` float32 and its label indices ``(*spatial)`` int64."""
-
-    name: str
-    image: np.ndarray
-    label: np.ndarray
-
-
 def train(
     spec: ModelSpec,
     pairs: Sequence[Pair],
@@ -123,7 +108,7 @@ def train(
     if out_path.suffix != ".safetensors":
         raise CheckpointError(out_path, "checkpoints are written as safetensors", "give an output path ending in .safetensors")
     _check_config(config)
-    samples = [_load_pair(spec, pair, i) for i, pair in enumerate(pairs)]
+    samples = [load_pair(spec, pair, i) for i, pair in enumerate(pairs)]
     if not samples:
         raise InputError("pairs", "no training pairs given", "give at least one (image, label) pair")
     _seed(config.seed)
@@ -209,117 +194,6 @@ def mean_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores)) if scores else 1.0
 
 
-# --- data -------------------------------------------------------------------------------------------
-
-
-def _load_pair(spec: ModelSpec, pair: Pair, index: int) -> _Sample:
-    try:
-        image, label = pair
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"pair {index}", "is not an (image, label) pair", "give a list of (image, label) tuples") from exc
-    if isinstance(image, np.ndarray) and isinstance(label, np.ndarray):
-        name = f"pair {index}"
-    elif isinstance(image, (str, Path)) and isinstance(label, (str, Path)):
-        name = str(image)
-        reader = _read_raster_pair if spec.task == "raster" else _read_volume_pair
-        image, label = reader(spec, Path(image), Path(label))
-    else:
-        raise InputError(f"pair {index}", "mixes arrays and paths", "give two paths or two arrays")
-    _check_arrays(spec, name, image, label)
-    stats = foreground_stats(image) if spec.normalize.kind == "zscore" else None
-    return _Sample(name, normalizer(spec.normalize, stats)(image), _to_indices(spec, name, label))
-
-
-def _check_arrays(spec: ModelSpec, name: str, image: np.ndarray, label: np.ndarray) -> None:
-    dims = spec.spatial_dims
-    axes = "(C, Y, X)" if dims == 2 else "(C, Z, Y, X)"
-    if image.ndim != dims + 1:
-        raise InputError(name, f"image has shape {image.shape}, expected {axes}", f"give a {dims + 1}-D image array")
-    if image.shape[0] != spec.in_channels:
-        raise InputError(name, f"{image.shape[0]} channels, model '{spec.name}' needs {spec.in_channels}", "set in_channels or pick channels")
-    if label.shape != image.shape[1:]:
-        raise InputError(name, f"label shape {label.shape} differs from image shape {image.shape[1:]}", "give a label on the image grid")
-
-
-def _to_indices(spec: ModelSpec, name: str, label: np.ndarray) -> np.ndarray:
-    ids = {c: i for i, c in enumerate(spec.class_ids)}
-    values = np.unique(label)
-    unknown = [v for v in values.tolist() if v not in ids and v != spec.nodata]
-    if unknown:
-        raise InputError(
-            name, f"label values {unknown[:10]} are not class ids {list(spec.class_ids)}", f"remap labels to the spec's ids (or {spec.nodata} = unlabelled)"
-        )
-    out = np.zeros(label.shape, dtype=np.int64)
-    for value in values.tolist():
-        if value == spec.nodata:
-            out[label == value] = IGNORE
-        elif ids[value]:
-            out[label == value] = ids[value]
-    unlabelled = int(np.count_nonzero(label == spec.nodata))
-    if unlabelled:
-        log.info("%s: %d nodata label pixels are unlabelled (left out of the loss)", name, unlabelled)
-    return out
-
-
-def _read_raster_pair(spec: ModelSpec, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with _open_raster(image_path) as img, _open_raster(label_path) as lab:
-        if lab.count != 1:
-            raise InputError(label_path, f"label raster has {lab.count} bands", "give a single-band label raster")
-        if (lab.height, lab.width) != (img.height, img.width) or not lab.transform.almost_equals(img.transform) or lab.crs != img.crs:
-            raise InputError(label_path, f"label grid differs from {image_path.name}'s (shape, transform or CRS)", "rasterise the labels on the image grid")
-        return img.read(), lab.read(1)
-
-
-def _open_raster(path: Path):
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    try:
-        return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise InputError(path, f"cannot read raster: {exc}", "give a readable GeoTIFF") from exc
-
-
-def _read_volume_pair(spec: ModelSpec, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    image_nii, label_nii = _load_nifti(image_path), _load_nifti(label_path)
-    if spec.orientation:
-        image_nii, label_nii = _reorient(image_nii, spec.orientation), _reorient(label_nii, spec.orientation)
-    if label_nii.shape[:3] != image_nii.shape[:3] or not np.allclose(label_nii.affine, image_nii.affine, atol=1e-3):
-        raise InputError(label_path, f"label grid differs from {image_path.name}'s (shape or affine)", "give labels on the image grid")
-    zooms = tuple(float(z) for z in image_nii.header.get_zooms()[:3][::-1])
-    if spec.spacing is not None and not np.allclose(zooms, spec.spacing, rtol=0.01):
-        raise InputError(
-            image_path,
-            f"voxel spacing {zooms} mm (z, y, x) differs from the model's {spec.spacing}",
-            "resample the pair to the model spacing first, or set spacing: null",
-        )
-    data = np.asarray(image_nii.dataobj)
-    if data.ndim == 3:
-        data = data[..., None]
-    if data.ndim != 4:
-        raise InputError(image_path, f"image has shape {data.shape}", "give a 3D volume (or 4D with channels last)")
-    label = np.asarray(label_nii.dataobj)
-    if label.ndim != 3:
-        raise InputError(label_path, f"label has shape {label.shape}", "give a 3D label volume")
-    # NIfTI voxel axes (i, j, k[, c]) -> (C, Z, Y, X), as the volume readers do
-    return np.ascontiguousarray(data.transpose(3, 2, 1, 0)), np.ascontiguousarray(label.T)
-
-
-def _load_nifti(path: Path):
-    import nibabel as nib
-
-    try:
-        return nib.load(str(path))
-    except (FileNotFoundError, nib.filebasedimages.ImageFileError) as exc:
-        raise InputError(path, f"cannot read NIfTI: {exc}", "give a readable .nii or .nii.gz file") from exc
-
-
-def _reorient(nii, axcodes: str):
-    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
-
-    return nii.as_reoriented(ornt_transform(io_orientation(nii.affine), axcodes2ornt(tuple(axcodes))))
-
-
 # --- loop helpers -----------------------------------------------------------------------------------
 
 
@@ -338,7 +212,7 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _split(samples: list[_Sample], fraction: float, rng: np.random.Generator) -> tuple[list[_Sample], list[_Sample]]:
+def _split(samples: list[Sample], fraction: float, rng: np.random.Generator) -> tuple[list[Sample], list[Sample]]:
     if fraction == 0:
         return samples, []
     if len(samples) == 1:
@@ -349,12 +223,12 @@ def _split(samples: list[_Sample], fraction: float, rng: np.random.Generator) ->
     return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
 
 
-def _default_steps(samples: list[_Sample], window: tuple[int, ...], batch: int) -> int:
+def _default_steps(samples: list[Sample], window: tuple[int, ...], batch: int) -> int:
     pixels = sum(s.label.size for s in samples)
     return max(1, math.ceil(pixels / math.prod(window) / batch))
 
 
-def _batch(samples: list[_Sample], weights: np.ndarray, window: tuple[int, ...], batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(samples: list[Sample], weights: np.ndarray, window: tuple[int, ...], batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for i in rng.choice(len(samples), size=batch, p=weights):
         image, label = _crop(samples[i], window, rng)
@@ -363,7 +237,7 @@ def _batch(samples: list[_Sample], weights: np.ndarray, window: tuple[int, ...],
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)[:, None])
 
 
-def _crop(sample: _Sample, window: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _crop(sample: Sample, window: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     shape = sample.label.shape
     starts = [int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(shape, window)]
     region = tuple(slice(a, a + w) for a, w in zip(starts, window))
@@ -375,7 +249,7 @@ def _crop(sample: _Sample, window: tuple[int, ...], rng: np.random.Generator) ->
 
 
 @torch.no_grad()
-def _validate(network: torch.nn.Module, samples: list[_Sample], spec: ModelSpec, batch: int, device: torch.device) -> float:
+def _validate(network: torch.nn.Module, samples: list[Sample], spec: ModelSpec, batch: int, device: torch.device) -> float:
     from monai.inferers import sliding_window_inference
 
     network.eval()

@@ -288,6 +288,44 @@ def class_table(config: EngineConfig) -> np.ndarray | None:
     return ids
 
 
+def _finished_blocks(done: Any | None, plan: BlockPlan) -> np.ndarray:
+    """The blocks already finished (bool, shaped like the block grid): ``done``'s marks, or none.
+
+    Raises:
+        EngineError: ``done`` is not shaped like the block grid.
+    """
+    if done is None:
+        return np.zeros(plan.shape, dtype=bool)
+    if tuple(done.shape) != plan.shape:
+        raise EngineError(f"done array shape {tuple(done.shape)} != block grid {plan.shape}")
+    return np.asarray(done[...], dtype=bool)
+
+
+BlockRead = tuple[Staged | None, list[tuple[int, ...]]]  # a block's staged region (None: no window has data) and windows to run
+
+
+class _ReadAhead:
+    """The read regions of the blocks to compute, read in their order on the reader threads, at
+    most ``ahead + 1`` reads in flight beyond the block the main thread is running. A read gives
+    the staged region (None when no window of the block has data) and the windows to run."""
+
+    def __init__(self, readers: ThreadPoolExecutor, read: Callable[[Block], BlockRead], blocks: list[Block], ahead: int) -> None:
+        self._readers, self._read, self._blocks, self._ahead = readers, read, blocks, ahead
+        self._reads: dict[Block, Future] = {}
+        self._next = 0
+
+    def schedule(self) -> None:
+        """Submit the next blocks' reads until the read-ahead is full (or no block is left)."""
+        while self._next < len(self._blocks) and len(self._reads) <= self._ahead:
+            b = self._blocks[self._next]
+            self._reads[b] = self._readers.submit(self._read, b)
+            self._next += 1
+
+    def take(self, b: Block) -> BlockRead:
+        """Block ``b``'s read, once it has finished (it must have been scheduled)."""
+        return self._reads.pop(b).result()
+
+
 def run_engine(
     source: ArraySource,
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -316,9 +354,7 @@ def run_engine(
     class_ids = class_table(config)
     check_output(out, plan, config, None if class_ids is None else len(class_ids))
     check_valid(valid, plan, config)
-    if done is not None and tuple(done.shape) != plan.shape:
-        raise EngineError(f"done array shape {tuple(done.shape)} != block grid {plan.shape}")
-    finished = np.asarray(done[...], dtype=bool) if done is not None else np.zeros(plan.shape, dtype=bool)
+    finished = _finished_blocks(done, plan)
 
     device = auto_device(config.device)
     # reused buffers: each block's own piece is finalised in the same step, before the next block runs
@@ -339,7 +375,7 @@ def run_engine(
     write_seconds = [0.0]
     main_timer = SpanTimer(device)  # compute and finalize on the main thread; minus the model = stitching
 
-    def read(b: Block) -> tuple[Staged | None, list[tuple[int, ...]]]:
+    def read(b: Block) -> BlockRead:
         t0 = time.perf_counter()
         starts = windows_with_data(plan, b, valid)
         staged = None
@@ -358,22 +394,13 @@ def run_engine(
     with ThreadPoolExecutor(max_workers=n_readers, thread_name_prefix="segpipe-read") as readers, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="segpipe-write"
     ) as writers, PendingPieces(config.pending_bytes(device), rank=rank.__getitem__) as pending:
-        reads: dict[Block, Future] = {}
+        reads = _ReadAhead(readers, read, to_compute, ahead)
         writes: list[Future] = []
-        next_read = 0
-
-        def schedule_reads() -> None:
-            nonlocal next_read
-            while next_read < len(to_compute) and len(reads) <= ahead:
-                b = to_compute[next_read]
-                reads[b] = readers.submit(read, b)
-                next_read += 1
-
         for b in order:
             if b in needs_compute:
-                schedule_reads()
-                staged, starts = reads.pop(b).result()
-                schedule_reads()
+                reads.schedule()
+                staged, starts = reads.take(b)
+                reads.schedule()
                 pieces = []
                 if staged is not None:
                     region = staging.receive(staged)

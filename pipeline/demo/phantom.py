@@ -75,21 +75,7 @@ def synthetic_ct(
 
     hu = np.full(shape, -1000.0, np.float32)
     labels = np.zeros(shape, np.uint8)
-
-    # body: an ellipse (wider left-right), slowly varying along z; fat rim, muscle wall, bowel/fat core
-    half_w, half_d = 150 * jitter(0.06), 105 * jitter(0.06)
-    bulge = 1.0 + 0.04 * np.sin((s - z_bot) / (z_top - z_bot + 1e-6) * np.pi * jitter(0.3))
-    rho = np.sqrt((r / (half_w * bulge)) ** 2 + ((a + 10) / (half_d * bulge)) ** 2)
-    body = rho < 1.0 + 0.015 * _smooth(rng, shape, 3.0)
-    labels[body] = BODY
-    fat_depth = 0.12 * jitter(0.3)
-    hu[body] = 45.0  # muscle / soft tissue
-    hu[body & (rho > 1.0 - fat_depth)] = -100.0  # subcutaneous fat
-    inner = body & (rho < 1.0 - fat_depth - 0.08)
-    bowel = _smooth(rng, shape, 2.0)
-    hu[inner] = np.where(bowel[inner] > 0.3, 20.0, -90.0)  # bowel loops in visceral fat
-    gas = inner & (_smooth(rng, shape, 1.5) > 2.2)
-    hu[gas] = -950.0
+    body, half_w, half_d = _paint_body(hu, labels, r, a, s, rng, jitter)
 
     # organs, in anatomical position (world mm; z = 0 at the volume centre)
     dome = z_bot + (z_top - z_bot) * 0.55 * jitter(0.05)
@@ -97,15 +83,7 @@ def synthetic_ct(
     liver = _ellipsoid(r, a, s, (60 * jitter(0.1), 5.0, dome - 35), (75 * jitter(0.1), 70 * jitter(0.1), 55 * jitter(0.1)))
     liver &= ~_ellipsoid(r, a, s, (-10.0, 20.0, dome - 30), (45.0, 45.0, 60.0))  # notch at the midline
     spleen = _ellipsoid(r, a, s, (-85 * jitter(0.08), -40 * jitter(0.1), dome - 40), (28 * jitter(0.15), 38 * jitter(0.1), 40 * jitter(0.1)))
-    kid_z = dome - 95 * jitter(0.05)
-    kidneys = np.zeros(shape, bool)
-    cortex = np.zeros(shape, bool)
-    for side in (-1, 1):
-        centre = (side * 55 * jitter(0.08), -45 * jitter(0.08), kid_z - side * 10 * jitter(0.5))
-        radii = (25 * jitter(0.1), 22 * jitter(0.1), 48 * jitter(0.1))
-        outer = _ellipsoid(r, a, s, centre, radii)
-        kidneys |= outer
-        cortex |= outer & ~_ellipsoid(r, a, s, centre, tuple(x - 6.0 for x in radii))
+    kidneys, cortex = _kidneys(r, a, s, dome, jitter)
     spine, bone_core = _spine(r, a, s, half_d, rng)
 
     texture = _smooth(rng, shape, 2.0)
@@ -126,11 +104,51 @@ def synthetic_ct(
     hu[spine & body] = 900.0
     hu[bone_core & body] = 420.0 + 60.0 * texture[bone_core & body]
 
-    # reconstruction: partial-volume blur, then quantum noise blurred by the kernel
+    return _reconstruct(hu, rng), labels, affine
+
+
+def _paint_body(hu, labels, r, a, s, rng, jitter) -> tuple[np.ndarray, float, float]:
+    """Paint the body into ``hu`` and ``labels`` (in place): an ellipse (wider left-right), slowly
+    varying along z; fat rim, muscle wall, bowel/fat core. Returns ``(body mask, half width, half
+    depth)``, the half axes in mm."""
+    shape = r.shape
+    z_top, z_bot = s.max(), s.min()
+    half_w, half_d = 150 * jitter(0.06), 105 * jitter(0.06)
+    bulge = 1.0 + 0.04 * np.sin((s - z_bot) / (z_top - z_bot + 1e-6) * np.pi * jitter(0.3))
+    rho = np.sqrt((r / (half_w * bulge)) ** 2 + ((a + 10) / (half_d * bulge)) ** 2)
+    body = rho < 1.0 + 0.015 * _smooth(rng, shape, 3.0)
+    labels[body] = BODY
+    fat_depth = 0.12 * jitter(0.3)
+    hu[body] = 45.0  # muscle / soft tissue
+    hu[body & (rho > 1.0 - fat_depth)] = -100.0  # subcutaneous fat
+    inner = body & (rho < 1.0 - fat_depth - 0.08)
+    bowel = _smooth(rng, shape, 2.0)
+    hu[inner] = np.where(bowel[inner] > 0.3, 20.0, -90.0)  # bowel loops in visceral fat
+    gas = inner & (_smooth(rng, shape, 1.5) > 2.2)
+    hu[gas] = -950.0
+    return body, half_w, half_d
+
+
+def _kidneys(r, a, s, dome, jitter) -> tuple[np.ndarray, np.ndarray]:
+    """Both kidneys below the diaphragm ``dome`` (S mm); returns (kidneys, their 6 mm cortex)."""
+    kid_z = dome - 95 * jitter(0.05)
+    kidneys = np.zeros(r.shape, bool)
+    cortex = np.zeros(r.shape, bool)
+    for side in (-1, 1):
+        centre = (side * 55 * jitter(0.08), -45 * jitter(0.08), kid_z - side * 10 * jitter(0.5))
+        radii = (25 * jitter(0.1), 22 * jitter(0.1), 48 * jitter(0.1))
+        outer = _ellipsoid(r, a, s, centre, radii)
+        kidneys |= outer
+        cortex |= outer & ~_ellipsoid(r, a, s, centre, tuple(x - 6.0 for x in radii))
+    return kidneys, cortex
+
+
+def _reconstruct(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Reconstruction: partial-volume blur, then quantum noise blurred by the kernel; int16 HU clipped to -1024..3071."""
     hu = ndimage.gaussian_filter(hu, sigma=(0.5, 0.6, 0.6))
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.6)
+    noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 0.6)
     hu += NOISE_HU * noise / max(float(noise.std()), 1e-6)
-    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), labels, affine
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
 
 def _world_grid(shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

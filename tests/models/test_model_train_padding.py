@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.train import IGNORE, TrainConfig, _batch, _Sample, _to_indices, dice_ce_loss, mean_dice, train
+from models.train import IGNORE, TrainConfig, _batch, dice_ce_loss, mean_dice, train
+from models.train_data import Sample as _Sample
+from models.train_data import to_indices as _to_indices
 
 PIXEL_MODEL = {"in_channels": 2, "out_channels": 3, "kernel_size": 1}
 
