@@ -271,3 +271,8 @@ def require_checkpoint(spec_path: str) -> None:
     from models.spec import load_spec
 
     require(load_spec(spec_path))
+
+
+def markdown_cell(text: str) -> str:
+    """Text safe inside one markdown table cell (a failure's message in a run summary): ``|`` escaped, one line."""
+    return text.replace("|", "\\|").replace("\n", " ")

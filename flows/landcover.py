@@ -39,6 +39,7 @@ from flows._runtime import (
     finished,
     in_flight,
     item_task,
+    markdown_cell,
     run_logger,
     submit_bounded,
     with_library_logs,
@@ -297,10 +298,5 @@ def _publish(report: LandcoverReport) -> None:
     lines += [f"| {o.name} | `{o.labels}` | `{o.quicklook}` | {o.seconds:.1f} |" for o in report.outputs]
     if report.failures:
         lines += ["", "## Failed scenes", "", "| scene | error | message |", "|---|---|---|"]
-        lines += [f"| `{f.item}` | {f.error} | {_cell(f.message)} |" for f in report.failures]
+        lines += [f"| `{f.item}` | {f.error} | {markdown_cell(f.message)} |" for f in report.failures]
     create_markdown_artifact("\n".join(lines), key="landcover-summary", description=f"Land-cover run at {report.time}")
-
-
-def _cell(text: str) -> str:
-    """Text safe inside one markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")

@@ -37,6 +37,7 @@ from flows._runtime import (
     finished,
     in_flight,
     item_task,
+    markdown_cell,
     output_root,
     require_checkpoint,
     run_logger,
@@ -273,5 +274,5 @@ def _publish(report: VolumesReport) -> None:
     lines += [f"| {o.name} | `{o.labels}` | {'yes' if o.skipped else 'no'} | {o.seconds:.1f} |" for o in report.outputs]
     if report.failures:
         lines += ["", "## Failed studies", "", "| study | error | message |", "|---|---|---|"]
-        lines += [f"| `{f.item}` | {f.error} | {f.message.replace('|', '/').replace(chr(10), ' ')} |" for f in report.failures]
+        lines += [f"| `{f.item}` | {f.error} | {markdown_cell(f.message)} |" for f in report.failures]
     create_markdown_artifact("\n".join(lines), key="segment-volumes-summary", description="Volume segmentation run")

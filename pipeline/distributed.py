@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import zarr
 from distributed import WorkerPlugin
@@ -33,6 +32,7 @@ from pipeline.engine import (
     class_table,
     compute_block,
     finalize_block,
+    finished_blocks,
     plan_for,
     read_region,
     region_of,
@@ -160,7 +160,7 @@ def run_engine_dask(
     ids = class_table(config)
     check_output(out.open(), plan, config, None if ids is None else len(ids))
     check_valid(None if valid is None else valid.open(), plan, config)
-    finished = np.asarray(done.open()[...], dtype=bool) if done is not None else np.zeros(plan.shape, dtype=bool)
+    finished = finished_blocks(None if done is None else done.open(), plan)
     report = EngineReport(windows_total=plan.grid.n_windows, blocks_total=plan.n_blocks, blocks_skipped=int(finished.sum()))
 
     client.register_plugin(ModelPlugin(model_key, model_factory))

@@ -288,7 +288,7 @@ def class_table(config: EngineConfig) -> np.ndarray | None:
     return ids
 
 
-def _finished_blocks(done: Any | None, plan: BlockPlan) -> np.ndarray:
+def finished_blocks(done: Any | None, plan: BlockPlan) -> np.ndarray:
     """The blocks already finished (bool, shaped like the block grid): ``done``'s marks, or none.
 
     Raises:
@@ -354,7 +354,7 @@ def run_engine(
     class_ids = class_table(config)
     check_output(out, plan, config, None if class_ids is None else len(class_ids))
     check_valid(valid, plan, config)
-    finished = _finished_blocks(done, plan)
+    finished = finished_blocks(done, plan)
 
     device = auto_device(config.device)
     # reused buffers: each block's own piece is finalised in the same step, before the next block runs

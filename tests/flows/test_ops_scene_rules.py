@@ -134,3 +134,13 @@ def test_region_layer_messages_name_the_flow_parameter():
     assert failure_of("t.tif", raised).message.endswith("(pick the layer with region_layer=<name>)")
     raised = InputError("x", "--region-layer given without --regions", "add --regions FILE")
     assert failure_of("t.tif", raised).message == "x: region_layer= given without regions= (add regions=<file>)"
+
+
+def test_failure_messages_keep_their_text_in_both_flows_summary_tables():
+    """One escape for both flows' markdown summaries: ``|`` stays visible (the volumes flow turned it into ``/``)."""
+    from flows._runtime import markdown_cell
+
+    message = "ct|1.nii.gz: 3 dims\nneed 3 | 4"
+    assert markdown_cell(message) == "ct\\|1.nii.gz: 3 dims need 3 \\| 4"
+    row = f"| {markdown_cell(message)} |"
+    assert len([c for c in row.replace("\\|", "") if c == "|"]) == 2  # one cell

@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 
 from models.checkpoint import load_model
 from models.spec import ModelSpec, spec_from_dict
-
 from pipeline.distributed import ZarrRef, run_engine_dask
 from pipeline.engine import EngineConfig, run_engine
 
@@ -65,3 +64,18 @@ def test_local_cluster_labels_identical_to_local_run(client, tmp_path, dims):
     assert np.array_equal(zarr.open_array(store, path="labels")[...], local[...])
     assert zarr.open_array(store, path="done")[...].all()
     assert report.windows_run == report.windows_total
+
+
+def test_a_done_record_of_another_block_grid_is_refused_before_any_task(tmp_path):
+    """As run_engine: a ``done`` array not shaped like the block grid (a store made with another
+    block size) is an EngineError before anything is submitted (the client is never used)."""
+    from pipeline.errors import EngineError
+
+    store = str(tmp_path / "run.zarr")
+    root = zarr.open_group(store, mode="w")
+    root.create_array("image", shape=(1, 100, 100), chunks=(1, 50, 50), dtype="float32")
+    root.create_array("labels", shape=(100, 100), chunks=(50, 50), dtype="uint8")
+    root.create_array("done", shape=(3, 3), chunks=(1, 1), dtype="uint8", fill_value=0)
+    cfg = EngineConfig(window=(32, 32), block=(50, 50), device="cpu")
+    with pytest.raises(EngineError, match=r"done array shape \(3, 3\) != block grid \(2, 2\)"):
+        run_engine_dask(None, ZarrRef(store, "image"), "m", torch.nn.Identity, cfg, ZarrRef(store, "labels"), done=ZarrRef(store, "done"))
