@@ -50,3 +50,19 @@ def test_cut_pixels_count_their_ellipsoidal_part(pixel):
     b_pixels = [shapely.box(*(t @ (c, r + 1)), *(t @ (c + 1, r))) for r, c in zip(*np.nonzero(labels == 1))]
     b_inside = shapely.intersection(shapely.union_all(b_pixels), region)
     assert float(ds["area_m2"].sel(region="R", **{"class": "b"})) == pytest.approx(_geod_area(b_inside), rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [Affine(0.3, 0, 19.0, 0, 0.3, 57.0), Affine(-0.25, 0, 29.5, 0, 0.25, 57.5)],
+    ids=["south-up", "east-to-west-south-up"],
+)
+def test_flipped_geographic_grids_place_cut_pixels_right(transform):
+    # exactextract counts rows from the top and columns from the west: the cut pixels' parts must be
+    # measured at the pixels the flipped cell ids name
+    region = shapely.Polygon([(20.13, 58.07), (27.91, 59.33), (26.52, 64.88), (21.2, 63.1)], [[(23.05, 60.41), (24.93, 60.77), (24.2, 62.02)]])
+    h = w = 60
+    info = RasterInfo("geo.tif", w, h, 1, "uint8", RioCRS.from_epsg(4326), transform, None, ("b",), (1,))
+    labels = np.zeros((h, w), np.uint8)
+    ds = compute_stats(labels, None, info, Regions(names=("R",), geometries=(region,), total_areas_m2=(1.0,)), CLASSES, block=16)
+    assert float(ds["region_area_m2"].sel(region="R")) == pytest.approx(_geod_area(region), rel=1e-8)
