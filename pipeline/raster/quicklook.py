@@ -21,6 +21,9 @@ from pipeline.known_warnings import known_warnings_ignored
 
 MAX_SIZE = 1024  # pixels on the long side
 STRETCH = (2.0, 98.0)  # percentiles mapped to black and white
+# widest image part of the figure, as a multiple of its height: a thin strip (1 x 300 px) otherwise made a
+# 1800-inch, 198,000-pixel-wide figure (a minute and ~0.5 GB to render); it is drawn small in a bounded figure instead
+MAX_ASPECT = 3.0
 
 
 def write_quicklook(
@@ -72,7 +75,7 @@ def write_quicklook(
     overlay = np.ma.masked_less(index, 0)
     cmap = ListedColormap([np.array(c.rgb) / 255.0 for c in classes])
     height_in = 6.0
-    width_in = max(4.0, height_in * shape[1] / shape[0]) + 2.2
+    width_in = max(4.0, height_in * min(shape[1] / shape[0], MAX_ASPECT)) + 2.2
     fig, ax = plt.subplots(figsize=(width_in, height_in), dpi=110)
     try:
         ax.imshow(base, interpolation="nearest")

@@ -2,7 +2,9 @@
 
 A pixel cut by a region boundary counts by the fraction of it the region covers (exactextract's
 coverage fraction, exact for polygons); its area is its true ellipsoidal area
-(:func:`pipeline.raster.areas.pixel_area_m2`). exactextract takes north-up grids only, so on a
+(:func:`pipeline.raster.areas.pixel_area_m2`). On a geographic grid the area of a cut pixel's part is
+measured on the ellipsoid itself (:func:`_ellipsoidal_cover`): the planar fraction in degrees is not the
+share of the pixel's area there. exactextract takes north-up grids only, so on a
 rotated (or sheared) grid the regions are mapped into the block's own pixel coordinates, where the
 grid is the unit square grid: an affine map keeps ratios of areas, so the fractions are the same
 exact ones (:func:`_pixel_space_coverage`).
@@ -31,7 +33,7 @@ from affine import Affine
 
 from models.spec import ClassInfo
 from pipeline.errors import InputError
-from pipeline.raster.areas import pixel_area_m2
+from pipeline.raster.areas import geographic_polygon_areas, is_geographic, pixel_area_m2
 from pipeline.raster.entries import (
     check_class_table,
     check_replacement,
@@ -90,6 +92,7 @@ def compute_stats(
     tree = shapely.STRtree(regions.geometries)
     shapely.prepare(list(regions.geometries))
     grid = list(tiles(info.height, info.width, block))
+    geographic = is_geographic(info.crs)
     for i, (rows, cols) in enumerate(grid):
         lab = np.asarray(labels[rows, cols])
         bucket = _buckets(lab, lut)
@@ -103,7 +106,9 @@ def compute_stats(
                 pixels[j] += np.bincount(bucket, minlength=k + 2)
             else:
                 b = bucket[cells]
-                area[j] += np.bincount(b, weights=px_area[cells] * cover, minlength=k + 2)
+                # a cut pixel's area is its part inside the region: on a geographic grid not its planar fraction
+                share = _ellipsoidal_cover(regions.geometries[j], info.transform, rows, cols, cells, cover, info.crs) if geographic else cover
+                area[j] += np.bincount(b, weights=px_area[cells] * share, minlength=k + 2)
                 pixels[j] += np.bincount(b, weights=cover, minlength=k + 2)
         if progress is not None:
             progress(i + 1, len(grid))
@@ -167,6 +172,33 @@ def block_coverage(regions: Regions, tree: shapely.STRtree, info: RasterInfo, ro
         yield from _exact_coverage(regions, partial, window, (h, w), info)
     else:
         yield from _pixel_space_coverage(regions, partial, window, (h, w))
+
+
+def _ellipsoidal_cover(geom, transform: Affine, rows: slice, cols: slice, cells: np.ndarray, cover: np.ndarray, crs) -> np.ndarray:
+    """On a geographic grid, the share of each cut pixel's *ellipsoidal* area inside ``geom``, for the
+    block ``rows, cols`` and its covered ``cells`` (flat, row-major in the block) with exactextract's ``cover``.
+
+    exactextract's fraction is the share of the pixel's area in longitude/latitude, but the ellipsoid's
+    area element (``M N cos(phi)``) changes across a pixel (at 60 N by 1.8 % over half a degree), so the
+    planar share of a cut pixel is not its share of the pixel's true area: the Bahamas on a 0.25-degree
+    grid came out 2.9e-5 too small. Each cut pixel's part inside ``geom`` is measured in equal-area
+    coordinates (:func:`~pipeline.raster.areas.geographic_polygon_areas`) instead; whole pixels keep 1.
+    ``pixel_count`` keeps exactextract's fractions (a share of the pixel grid).
+    """
+    cut = np.flatnonzero(cover < 1.0)
+    if cut.size == 0:
+        return cover
+    window = transform @ Affine.translation(cols.start, rows.start)
+    r, c = np.divmod(cells[cut], cols.stop - cols.start)
+    corners = [window @ (c + dc, r + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1), (0, 0))]
+    rings = np.stack([np.column_stack(xy) for xy in corners], axis=1)  # (n, 5, 2)
+    pixels = shapely.polygons(rings)
+    local = shapely.intersection(geom, shapely.box(*shapely.total_bounds(pixels)))  # a country's outline, cut to the block once
+    inside = geographic_polygon_areas(shapely.intersection(pixels, local), crs)
+    whole = geographic_polygon_areas(pixels, crs)
+    out = cover.copy()
+    out[cut] = np.clip(inside / whole, 0.0, 1.0)
+    return out
 
 
 def _exact_coverage(regions: Regions, indexes: list[int], window, shape: tuple[int, int], info: RasterInfo) -> Iterator[Coverage]:
