@@ -42,6 +42,7 @@ from pipeline.raster.provenance import Provenance, provenance_of
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
+from pipeline.resume import forget_damaged_blocks
 from pipeline.stats_store import open_stats
 from pipeline.timing import Stopwatch
 from pipeline.work_lock import discard_unreadable_store, work_lock
@@ -309,8 +310,11 @@ def _label_arrays(work: Path, fingerprint: dict[str, Any], shape: tuple[int, int
     import zarr
 
     group = zarr.open_group(work, mode="r+", use_consolidated=False)
-    if group.attrs.get(LABELS_ATTR) == fingerprint and "labels" in group and "labels_done" in group:
-        return fast_writes(group["labels"]), fast_writes(group["labels_done"])
+    try:
+        if group.attrs.get(LABELS_ATTR) == fingerprint and "labels" in group and "labels_done" in group:
+            return fast_writes(group["labels"]), fast_writes(group["labels_done"])
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for damaged metadata (a crash's leftover)
+        log.warning("%s: the labels of an interrupted run do not open (%s: %s); segmenting the scene again", work, type(exc).__name__, exc)
     labels = group.create_array("labels", shape=shape, chunks=(block, block), dtype=dtype, fill_value=0, dimension_names=("y", "x"), overwrite=True)
     done = group.create_array("labels_done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0, dimension_names=("block_y", "block_x"), overwrite=True)
     group.attrs[LABELS_ATTR] = fingerprint
@@ -343,7 +347,9 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
     grid = plan_for(tuple(image.shape), config).shape
     preprocess, fill = _preprocess(spec, work, info.count)
     labels, done = _label_arrays(work, _fingerprint(spec, info, block, label_dtype, fill), info.shape, block, grid, label_dtype)
-    skipped = mark_empty_blocks(work, done, block)
+    empty = empty_blocks(work, grid, block)
+    forget_damaged_blocks(labels, done, ignore=empty, what=str(work))  # a finished block's lost labels are not read back as class 0
+    skipped = mark_empty_blocks(work, done, block, empty=empty)
     if skipped:
         log.info("%s: %d of %d blocks hold no valid pixel; the model skips them", info.path, skipped, done.size)
     filled = not every_pixel_valid(work)  # the model sees the neutral value, not the raw nodata (pipeline.raster.fill)
@@ -373,29 +379,37 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
     return run_engine(image, model, config, labels, done=done, preprocess=preprocess, progress=progress)
 
 
-def mark_empty_blocks(work: Path, done: Any, block: int) -> int:
+def empty_blocks(work: Path, grid: tuple[int, int], block: int) -> np.ndarray | None:
+    """Bool ``(by, bx)``: the blocks of the block grid ``grid`` without a single valid pixel; None when every pixel is valid."""
+    import zarr
+
+    if every_pixel_valid(work):
+        return None
+    mask = zarr.open_group(work, mode="r", use_consolidated=False)["mask"]
+    empty = np.zeros(grid, dtype=bool)
+    for by, bx in np.ndindex(*grid):
+        empty[by, bx] = not np.asarray(mask[by * block : (by + 1) * block, bx * block : (bx + 1) * block]).any()
+    return empty
+
+
+def mark_empty_blocks(work: Path, done: Any, block: int, *, empty: np.ndarray | None = None) -> int:
     """Record the blocks without a single valid pixel as finished in ``done`` (block grid ``(by, bx)``).
 
     Their labels are never seen (the COG writes nodata and the statistics count nodata wherever the
     mask is False), so the engine need not run the model there: it only runs windows that feed an
     unfinished block. A mostly-nodata scene (a swath in a large grid, a wide collar) then costs its
     valid area, not its bounding box. Valid blocks get the same labels as before: every window that
-    touches them still runs. Returns the number of empty blocks.
+    touches them still runs. ``empty``: :func:`empty_blocks`, when the caller has it. Returns the
+    number of empty blocks.
     """
-    import zarr
-
-    if every_pixel_valid(work):
+    if empty is None:
+        empty = empty_blocks(work, tuple(done.shape), block)
+    if empty is None:
         return 0
-    mask = zarr.open_group(work, mode="r", use_consolidated=False)["mask"]
     finished = np.asarray(done[...], dtype=bool)
-    empty = 0
-    for by, bx in np.ndindex(*finished.shape):
-        rows, cols = slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block)
-        if not np.asarray(mask[rows, cols]).any():
-            empty += 1
-            if not finished[by, bx]:
-                done[by : by + 1, bx : bx + 1] = np.ones((1, 1), dtype=np.uint8)
-    return empty
+    for by, bx in zip(*np.nonzero(empty & ~finished)):
+        done[by : by + 1, bx : bx + 1] = np.ones((1, 1), dtype=np.uint8)
+    return int(empty.sum())
 
 
 def _given_model(model: Any) -> Any:
