@@ -194,6 +194,7 @@ def _segment_raster(
     if not force and snapshot is not None:
         done = _done_already(out_dir, stem, snapshot, run_time, provenance, info, started)
         if done is not None:
+            _remove_finished_work(out_dir, stem, image)
             return done
     region_set = _regions_for(regions, info, region_field, region_layer, stem)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
@@ -253,6 +254,22 @@ def _done_already(
     stats = snapshot.sel(time=run_time, scene=stem)
     log.info("%s: done already for %s (same input, model and regions); skipped (force redoes it)", stem, np.datetime_as_string(run_time, unit="s"))
     return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
+
+
+def _remove_finished_work(out_dir: Path, stem: str, image: Any) -> None:
+    """Remove the work store of a scene that is done: a run killed after appending its statistics
+    entry leaves it (the whole ingested image), and nothing resumes from it now. Under the scene's
+    lock; a live run of the scene (``force``) holds it and keeps its store."""
+    work = out_dir / WORK_DIR / f"{stem}.zarr"
+    if not work.exists():
+        return
+    try:
+        with work_lock(out_dir / WORK_DIR, stem, subject=image, out_dir=out_dir, what="scene"):
+            log.info("%s: removing %s, left by a run interrupted after it finished", stem, work)
+            shutil.rmtree(work, ignore_errors=True)
+    except InputError:
+        return
+    remove_if_empty(out_dir / WORK_DIR)
 
 
 def _regions_for(regions: str | Path | None, info: RasterInfo, field: str | None, layer: str | None, stem: str) -> Regions | None:

@@ -241,6 +241,7 @@ def _segment_study(
         previous, redone = _previous_outputs(outputs, spec, asked, conflict=True)
         if previous is not None:
             _ensure_row(previous, out_dir / STATS_STORE)
+            _remove_work(outputs)  # left by a run killed after its S.stats.json: nothing resumes from it now
             log.info("%s: outputs present, skipped (use force to redo)", stem)
             return VolumeResult(
                 stem, Path(asked.source), outputs, previous, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file()

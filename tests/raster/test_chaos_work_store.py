@@ -105,3 +105,30 @@ def test_an_intact_work_store_resumes_with_nothing_redone(scene, tmp_path, caplo
     assert "damaged" not in caplog.text  # the block without a valid pixel has no labels chunk, and that is no damage
     with rasterio.open(result.labels_path) as src:
         assert np.array_equal(src.read(1), reference)
+
+
+def test_a_work_store_left_after_the_scene_was_done_is_removed_by_the_next_run(scene, tmp_path, monkeypatch):
+    """Killed after the statistics entry (the scene is done) but before the work store was removed:
+    the next run skips the scene and removes the store. Before: skipped, the store (the whole
+    ingested image) stayed for good."""
+    import pipeline.raster.run as run
+
+    tif, spec, reference, _, _ = scene
+    out = tmp_path / "out"
+    real = run.shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if Path(path).name == "s.zarr":
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(run.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        segment_raster(tif, spec, out, block=128, device="cpu", time=TIME)
+    monkeypatch.undo()
+    assert (out / "s.labels.tif").is_file() and (out / ".work" / "s.zarr").is_dir()
+
+    again = segment_raster(tif, spec, out, block=128, device="cpu", time=TIME)
+
+    assert again.skipped
+    assert not (out / ".work").exists()

@@ -59,3 +59,28 @@ def test_a_damaged_work_folder_is_redone_not_read_back(vh, tmp_path, pv_model, d
     got, want = open_stats(out / "stats.zarr"), open_stats(tmp_path / "ref" / "stats.zarr")
     assert np.array_equal(got["voxel_count"].values, want["voxel_count"].values)
     assert not work.exists()
+
+
+def test_a_work_folder_left_after_the_study_was_done_is_removed_by_the_next_run(vh, tmp_path, pv_model, monkeypatch):
+    """Killed after ``S.stats.json`` (the study is done) but before its work folder was removed: the
+    next run skips the study and removes the folder. Before: skipped, the folder stayed for good (a
+    CT's engine arrays: hundreds of MB, GB of logits for a resampling model)."""
+    import pipeline.volume.run as run
+
+    spec = vh.per_voxel_spec(tmp_path)
+    study = vh.write_nifti(tmp_path / "case.nii.gz", vh.ct_crop(), vh.axis_affine("RAS"))
+    out = tmp_path / "out"
+
+    def killed(outputs):
+        raise _Killed
+
+    monkeypatch.setattr(run, "_remove_work", killed)
+    with pytest.raises(_Killed):
+        segment_volume(study, spec, out, OPTIONS, model=pv_model)
+    monkeypatch.undo()
+    assert (out / "case.stats.json").is_file() and (out / WORK_DIR / "case" / "done.zarr").is_dir()
+
+    again = segment_volume(study, spec, out, OPTIONS, model=pv_model)
+
+    assert again.skipped
+    assert not (out / WORK_DIR).exists()
