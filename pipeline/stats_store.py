@@ -132,7 +132,10 @@ def open_stats(store: str | Path) -> xr.Dataset:
 
     with lock(store, "shared"), _quiet():
         try:
-            with xr.open_zarr(store, consolidated=None) as ds:
+            # chunks=None: numpy, not dask. Inside a Dask task (a study of `segpipe volume --dask-address`)
+            # a dask load seceded from the worker's thread pool while holding this lock, and a study started
+            # in the freed thread then waited on the lock while the load waited for that thread: deadlock
+            with xr.open_zarr(store, consolidated=None, chunks=None) as ds:
                 loaded = ds.load()
             _check_every_chunk(store, loaded.attrs.pop(EVERY_CHUNK_ATTR, False))
         except (FileNotFoundError, InputError):

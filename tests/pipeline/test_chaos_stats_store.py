@@ -100,3 +100,22 @@ def _study(name: str):
     labels[1, 1:3, 1:4] = 1
     image = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
     return study_statistics(name, labels, image, np.eye(4), [(0, "background"), (1, "liver")], source=f"/data/{name}.nii.gz", modality="CT", model="demo-ct")
+
+
+@pytest.mark.slow
+def test_stats_updates_in_dask_tasks_on_one_worker_thread_do_not_deadlock(tmp_path):
+    """Two studies' statistics merged by Dask tasks on a one-thread worker (``segpipe volume
+    --dask-address`` with more studies than worker threads). Before: the first task's read of the
+    store, under its lock, went through the cluster and seceded from the worker's thread; the second
+    task started in that thread and waited on the lock, the first waited for the thread: both hung."""
+    from functools import partial
+
+    from distributed import Client, LocalCluster
+
+    store = tmp_path / "stats.zarr"
+    merge_into_store(_study("first"), store)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        futures = [client.submit(partial(merge_into_store, _study(name), store), key=f"merge-{name}") for name in ("a", "b")]
+        for future in futures:
+            future.result(timeout=120)
+    assert sorted(open_stats(store).study.values.tolist()) == ["a", "b", "first"]
