@@ -202,6 +202,7 @@ def _segment_raster(
     created = [p for p in (*reversed(out_dir.parents), out_dir, out_dir / WORK_DIR) if not p.exists()]
     prepare_output_dir(out_dir)
     watch = Stopwatch()
+    ingested = False  # from the ingest to the work store's removal: its disappearance is the output folder's doing
     try:
         with work_lock(out_dir / WORK_DIR, stem, subject=image, out_dir=out_dir, what="scene"):  # held until the work store is gone
             if model is None and dask_client is None:
@@ -214,6 +215,7 @@ def _segment_raster(
                 info = ingest_raster(
                     image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"),
                 )
+            ingested = True
             release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
             with watch.stage("segment"):
                 report = _segment(
@@ -224,6 +226,7 @@ def _segment_raster(
             entry = Entry(time=run_time, scene=stem, provenance=provenance, force=force)
             result = _write_outputs(work, image, spec, info, region_set, out_dir, entry=entry, block=block, progress=progress, watch=watch)
             if not keep_work:
+                ingested = False
                 shutil.rmtree(work, ignore_errors=True)  # under the lock: no run of this scene is using it
     except BaseException as exc:
         for path in reversed(created):  # leave no empty folders behind a failed first run
@@ -232,6 +235,11 @@ def _segment_raster(
         error = output_write_error(out_dir, exc, writing=f"the outputs of {stem}") if isinstance(exc, OSError) else None
         if error is not None:  # a full disk or read-only --out met mid-run: the user's to fix, said so
             raise error from exc
+        if ingested and isinstance(exc, Exception) and not (work / "zarr.json").is_file():  # was "unexpected GroupNotFoundError"
+            raise InputError(
+                out_dir, f"{work} disappeared while this run was writing it (the output folder or a parent was deleted or moved)",
+                "keep --out in place until the run ends, then run again",
+            ) from exc
         raise
     if not keep_work:
         remove_if_empty(out_dir / WORK_DIR)

@@ -19,6 +19,7 @@ import torch
 from rasterio.transform import Affine
 from safetensors.torch import save_file
 
+from pipeline.errors import InputError
 from pipeline.raster.run import segment_raster
 from pipeline.stats_store import open_stats
 
@@ -132,3 +133,25 @@ def test_a_work_store_left_after_the_scene_was_done_is_removed_by_the_next_run(s
 
     assert again.skipped
     assert not (out / ".work").exists()
+
+
+def test_an_output_folder_removed_mid_run_is_reported_as_such_and_the_next_run_works(scene, tmp_path):
+    """``--out`` deleted (or moved) while the engine writes: the error names the folder, the problem
+    and the fix. Before: "unexpected GroupNotFoundError: No group found in store ...". The engine's
+    writer may recreate part of the work store on its way out; the next run discards it."""
+    tif, spec, reference, _, _ = scene
+    out = tmp_path / "parent" / "out"
+
+    def remove_parent(stage: str, done: int, total: int) -> None:
+        if stage == "segment" and done == 2:
+            shutil.rmtree(tmp_path / "parent")
+
+    with pytest.raises(InputError) as caught:
+        segment_raster(tif, spec, out, block=128, device="cpu", time=TIME, progress=remove_parent)
+    assert caught.value.path == str(out)
+    assert "disappeared while this run was writing it" in caught.value.problem
+    assert caught.value.fix == "keep --out in place until the run ends, then run again"
+
+    result = segment_raster(tif, spec, out, block=128, device="cpu", time=TIME)
+    with rasterio.open(result.labels_path) as src:
+        assert np.array_equal(src.read(1), reference)
