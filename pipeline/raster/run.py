@@ -194,7 +194,8 @@ def _segment_raster(
     if not force and snapshot is not None:
         done = _done_already(out_dir, stem, snapshot, run_time, provenance, info, started)
         if done is not None:
-            _remove_finished_work(out_dir, stem, image)
+            if not keep_work:
+                _remove_finished_work(out_dir, stem, image)
             return done
     region_set = _regions_for(regions, info, region_field, region_layer, stem)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
