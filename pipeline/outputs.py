@@ -30,6 +30,10 @@ WRITE_PROBLEMS: dict[int, tuple[str, str]] = {
     errno.EDQUOT: ("disk quota exceeded", "free space or choose another --out"),
     errno.EROFS: ("read-only file system", "choose another --out"),
     errno.EACCES: ("permission denied", "choose another --out, or make it writable"),
+    errno.EFBIG: (
+        "file too large (the file system's largest file, e.g. 4 GB on FAT32, or the shell's `ulimit -f`)",
+        "choose another --out on a file system that takes large files, or raise `ulimit -f`",
+    ),
 }
 
 

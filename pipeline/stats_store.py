@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from pipeline.errors import InputError
 from pipeline.known_warnings import known_warnings_ignored
 from pipeline.outputs import remove_stale_temporaries, stale_temporaries, stats_store_kind, temporary_name
 
@@ -50,6 +51,9 @@ LockMode = Literal["exclusive", "shared"]
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
 _NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}  # kernel or file system without it
+
+# root attribute of a store written with every chunk (a missing chunk file is then damage, not a fill value)
+EVERY_CHUNK_ATTR = "segpipe_every_chunk"
 
 # per thread: the folders (device, inode) this thread holds a lock on, and how
 _held = threading.local()
@@ -120,12 +124,44 @@ def open_stats(store: str | Path) -> xr.Dataset:
 
     Raises:
         FileNotFoundError: no store at ``store`` (or no folder).
+        InputError: the store is damaged (metadata that does not parse, a chunk that does not
+            decode, or, in a store written with every chunk, a chunk file missing): its numbers are
+            never returned, nor added to.
     """
     import xarray as xr
 
     with lock(store, "shared"), _quiet():
-        with xr.open_zarr(store, consolidated=None) as ds:
-            return fixed_width_strings(ds.load())
+        try:
+            # chunks=None: numpy, not dask. Inside a Dask task (a study of `segpipe volume --dask-address`)
+            # a dask load seceded from the worker's thread pool while holding this lock, and a study started
+            # in the freed thread then waited on the lock while the load waited for that thread: deadlock
+            with xr.open_zarr(store, consolidated=None, chunks=None) as ds:
+                loaded = ds.load()
+            _check_every_chunk(store, loaded.attrs.pop(EVERY_CHUNK_ATTR, False))
+        except (FileNotFoundError, InputError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - json, codecs and zarr raise several types for a damaged store
+            raise _damaged(store, f"{type(exc).__name__}: {exc}") from exc
+        return fixed_width_strings(loaded)
+
+
+def _check_every_chunk(store: str | Path, every_chunk: bool) -> None:
+    """In a store :func:`replace_store` wrote with every chunk, a missing chunk file is damage: zarr
+    would read it back as the fill value (NaN areas, empty names) without a word."""
+    if not every_chunk:  # written by an older segpipe: all-fill chunks were left out, so absence says nothing
+        return
+    import zarr
+
+    for name, array in zarr.open_group(store, mode="r").arrays():
+        if array.nchunks_initialized != array.nchunks:
+            raise _damaged(store, f"{array.nchunks - array.nchunks_initialized} of the {array.nchunks} chunk(s) of '{name}' are missing")
+
+
+def _damaged(store: str | Path, problem: str) -> InputError:
+    return InputError(
+        store, f"statistics store is damaged ({problem})",
+        "restore it from a backup, or move it away to start a new one",
+    )
 
 
 # --- writing ---
@@ -142,13 +178,13 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
         ``store``.
     """
     store = Path(store)
-    ds = fixed_width_strings(ds)
+    ds = fixed_width_strings(ds).assign_attrs({EVERY_CHUNK_ATTR: True})
     for variable in ds.variables.values():
         variable.encoding = {}
     tmp = _sibling(store, "tmp")
     try:
-        with _quiet():
-            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+        with _quiet():  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True)
         swap_in(tmp, store)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -125,8 +125,11 @@ def ingest_raster(
             log.info("%s: band(s) %s tagged alpha are fed to the model as data (--bands): they mark no pixel transparent", path_or_url, fed_alpha)
         signature = _signature(path_or_url, info, block)
         if _existing_signature(store_path) == signature:
-            log.info("%s: reusing complete ingest %s", path_or_url, store_path)
-            return info
+            damage = _damage(store_path)
+            if damage is None:
+                log.info("%s: reusing complete ingest %s", path_or_url, store_path)
+                return info
+            log.warning("%s: %s; ingesting %s again", store_path, damage, path_or_url)
         remove_stale_temporaries(store_path)
         tmp = store_path.with_name(f"{store_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
@@ -189,6 +192,25 @@ def _existing_signature(store_path: Path) -> dict[str, Any] | None:
         return raw["attributes"][STORE_ATTR]["signature"]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _damage(store_path: Path) -> str | None:
+    """What is wrong with a complete ingest store (a chunk lost or an array's metadata damaged since), or None.
+
+    Every tile writes every chunk of ``image``, ``band_mask`` and ``mask``: a missing one would read
+    back as the fill value (nodata, "invalid"), silently changing labels and statistics.
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(store_path, mode="r", use_consolidated=False)
+        for name in ("image", "band_mask", "mask", "preview", "preview_mask"):
+            array = group[name]
+            if name in ("image", "band_mask", "mask") and array.nchunks_initialized != array.nchunks:
+                return f"{array.nchunks - array.nchunks_initialized} of the {array.nchunks} chunks of '{name}' are missing"
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for damaged metadata
+        return f"not a readable ingest ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _remove_store(store_path: Path) -> None:

@@ -42,6 +42,7 @@ from pipeline.raster.provenance import Provenance, provenance_of
 from pipeline.raster.quicklook import rgb_bands, write_quicklook
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
 from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
+from pipeline.resume import forget_damaged_blocks
 from pipeline.stats_store import open_stats
 from pipeline.timing import Stopwatch
 from pipeline.work_lock import discard_unreadable_store, work_lock
@@ -196,6 +197,8 @@ def _segment_raster(
     if not force and snapshot is not None:
         done = _done_already(out_dir, stem, snapshot, run_time, provenance, info, started)
         if done is not None:
+            if not keep_work:
+                _remove_finished_work(out_dir, stem, image)
             return done
     region_set = _regions_for(regions, info, region_field, region_layer, stem)
     label_dtype = "uint8" if max(*spec.class_ids, spec.nodata) <= 255 else "uint16"
@@ -203,6 +206,7 @@ def _segment_raster(
     created = [p for p in (*reversed(out_dir.parents), out_dir, out_dir / WORK_DIR) if not p.exists()]
     prepare_output_dir(out_dir)
     watch = Stopwatch()
+    ingested = False  # from the ingest to the work store's removal: its disappearance is the output folder's doing
     try:
         with work_lock(out_dir / WORK_DIR, stem, subject=image, out_dir=out_dir, what="scene"):  # held until the work store is gone
             if model is None and dask_client is None:
@@ -215,6 +219,7 @@ def _segment_raster(
                 info = ingest_raster(
                     image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"),
                 )
+            ingested = True
             release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
             with watch.stage("segment"):
                 report = _segment(
@@ -225,6 +230,7 @@ def _segment_raster(
             entry = Entry(time=run_time, scene=stem, provenance=provenance, force=force)
             result = _write_outputs(work, image, spec, info, region_set, out_dir, entry=entry, block=block, progress=progress, watch=watch)
             if not keep_work:
+                ingested = False
                 shutil.rmtree(work, ignore_errors=True)  # under the lock: no run of this scene is using it
     except BaseException as exc:
         for path in reversed(created):  # leave no empty folders behind a failed first run
@@ -233,6 +239,11 @@ def _segment_raster(
         error = output_write_error(out_dir, exc, writing=f"the outputs of {stem}") if isinstance(exc, OSError) else None
         if error is not None:  # a full disk or read-only --out met mid-run: the user's to fix, said so
             raise error from exc
+        if ingested and isinstance(exc, Exception) and not (work / "zarr.json").is_file():  # was "unexpected GroupNotFoundError"
+            raise InputError(
+                out_dir, f"{work} disappeared while this run was writing it (the output folder or a parent was deleted or moved)",
+                "keep --out in place until the run ends, then run again",
+            ) from exc
         raise
     if not keep_work:
         remove_if_empty(out_dir / WORK_DIR)
@@ -255,6 +266,22 @@ def _done_already(
     stats = snapshot.sel(time=run_time, scene=stem)
     log.info("%s: done already for %s (same input, model and regions); skipped (force redoes it)", stem, np.datetime_as_string(run_time, unit="s"))
     return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
+
+
+def _remove_finished_work(out_dir: Path, stem: str, image: Any) -> None:
+    """Remove the work store of a scene that is done: a run killed after appending its statistics
+    entry leaves it (the whole ingested image), and nothing resumes from it now. Under the scene's
+    lock; a live run of the scene (``force``) holds it and keeps its store."""
+    work = out_dir / WORK_DIR / f"{stem}.zarr"
+    if not work.exists():
+        return
+    try:
+        with work_lock(out_dir / WORK_DIR, stem, subject=image, out_dir=out_dir, what="scene"):
+            log.info("%s: removing %s, left by a run interrupted after it finished", stem, work)
+            shutil.rmtree(work, ignore_errors=True)
+    except InputError:
+        return
+    remove_if_empty(out_dir / WORK_DIR)
 
 
 def _regions_for(regions: str | Path | None, info: RasterInfo, field: str | None, layer: str | None, stem: str) -> Regions | None:
@@ -312,8 +339,11 @@ def _label_arrays(work: Path, fingerprint: dict[str, Any], shape: tuple[int, int
     import zarr
 
     group = zarr.open_group(work, mode="r+", use_consolidated=False)
-    if group.attrs.get(LABELS_ATTR) == fingerprint and "labels" in group and "labels_done" in group:
-        return fast_writes(group["labels"]), fast_writes(group["labels_done"])
+    try:
+        if group.attrs.get(LABELS_ATTR) == fingerprint and "labels" in group and "labels_done" in group:
+            return fast_writes(group["labels"]), fast_writes(group["labels_done"])
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for damaged metadata (a crash's leftover)
+        log.warning("%s: the labels of an interrupted run do not open (%s: %s); segmenting the scene again", work, type(exc).__name__, exc)
     labels = group.create_array("labels", shape=shape, chunks=(block, block), dtype=dtype, fill_value=0, dimension_names=("y", "x"), overwrite=True)
     done = group.create_array("labels_done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0, dimension_names=("block_y", "block_x"), overwrite=True)
     group.attrs[LABELS_ATTR] = fingerprint
@@ -346,7 +376,9 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
     grid = plan_for(tuple(image.shape), config).shape
     preprocess, fill = _preprocess(spec, work, info.count)
     labels, done = _label_arrays(work, _fingerprint(spec, info, block, label_dtype, fill), info.shape, block, grid, label_dtype)
-    skipped = mark_empty_blocks(work, done, block)
+    empty = empty_blocks(work, grid, block)
+    forget_damaged_blocks(labels, done, ignore=empty, what=str(work))  # a finished block's lost labels are not read back as class 0
+    skipped = mark_empty_blocks(work, done, block, empty=empty)
     if skipped:
         log.info("%s: %d of %d blocks hold no valid pixel; the model skips them", info.path, skipped, done.size)
     filled = not every_pixel_valid(work)  # the model sees the neutral value, not the raw nodata (pipeline.raster.fill)
@@ -378,29 +410,37 @@ def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, devic
     return run_engine(image, model, config, labels, done=done, preprocess=preprocess, progress=progress, valid=valid)
 
 
-def mark_empty_blocks(work: Path, done: Any, block: int) -> int:
+def empty_blocks(work: Path, grid: tuple[int, int], block: int) -> np.ndarray | None:
+    """Bool ``(by, bx)``: the blocks of the block grid ``grid`` without a single valid pixel; None when every pixel is valid."""
+    import zarr
+
+    if every_pixel_valid(work):
+        return None
+    mask = zarr.open_group(work, mode="r", use_consolidated=False)["mask"]
+    empty = np.zeros(grid, dtype=bool)
+    for by, bx in np.ndindex(*grid):
+        empty[by, bx] = not np.asarray(mask[by * block : (by + 1) * block, bx * block : (bx + 1) * block]).any()
+    return empty
+
+
+def mark_empty_blocks(work: Path, done: Any, block: int, *, empty: np.ndarray | None = None) -> int:
     """Record the blocks without a single valid pixel as finished in ``done`` (block grid ``(by, bx)``).
 
     Their labels are never seen (the COG writes nodata and the statistics count nodata wherever the
     mask is False), so the engine need not run the model there: it only runs windows that feed an
     unfinished block. A mostly-nodata scene (a swath in a large grid, a wide collar) then costs its
     valid area, not its bounding box. Valid blocks get the same labels as before: every window that
-    touches them still runs. Returns the number of empty blocks.
+    touches them still runs. ``empty``: :func:`empty_blocks`, when the caller has it. Returns the
+    number of empty blocks.
     """
-    import zarr
-
-    if every_pixel_valid(work):
+    if empty is None:
+        empty = empty_blocks(work, tuple(done.shape), block)
+    if empty is None:
         return 0
-    mask = zarr.open_group(work, mode="r", use_consolidated=False)["mask"]
     finished = np.asarray(done[...], dtype=bool)
-    empty = 0
-    for by, bx in np.ndindex(*finished.shape):
-        rows, cols = slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block)
-        if not np.asarray(mask[rows, cols]).any():
-            empty += 1
-            if not finished[by, bx]:
-                done[by : by + 1, bx : bx + 1] = np.ones((1, 1), dtype=np.uint8)
-    return empty
+    for by, bx in zip(*np.nonzero(empty & ~finished)):
+        done[by : by + 1, bx : bx + 1] = np.ones((1, 1), dtype=np.uint8)
+    return int(empty.sum())
 
 
 def _given_model(model: Any) -> Any:

@@ -56,6 +56,7 @@ from pipeline.outputs import (
     prepare_output_dir,
     remove_if_empty,
 )
+from pipeline.resume import forget_damaged_blocks
 from pipeline.timing import Stopwatch
 from pipeline.volume.made_with import (
     InputRecord,
@@ -241,8 +242,11 @@ def _segment_study(
         previous, redone = _previous_outputs(outputs, spec, asked, conflict=True)
         if previous is not None:
             _ensure_row(previous, out_dir / STATS_STORE)
+            _remove_work(outputs)  # left by a run killed after its S.stats.json: nothing resumes from it now
             log.info("%s: outputs present, skipped (use force to redo)", stem)
-            return VolumeResult(stem, Path(asked.source), outputs, previous, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file())
+            return VolumeResult(
+                stem, Path(asked.source), outputs, previous, skipped=True, seconds=time.perf_counter() - started, dicom_seg=outputs.seg.is_file()
+            )
         log.info("%s: segmenting again, the outputs present were %s", stem, redone)
     if not options.force:
         _refuse_foreign_labels(outputs.labels)
@@ -466,8 +470,10 @@ def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMappin
         out = zarr.open_array(store=str(out_path), mode="r+")
         done = zarr.open_array(store=str(done_path), mode="r+")
         if out.attrs.get("fingerprint") == json.loads(json.dumps(fingerprint)):
+            out, done = fast_writes(out), fast_writes(done)
+            forget_damaged_blocks(out, done, what=str(work))  # a finished block's lost chunk is not read back as label 0
             log.info("%s: resuming, %d of %d blocks already done", work.name, int(np.count_nonzero(done[...])), done.size)
-            return fast_writes(out), fast_writes(done)
+            return out, done
     except (FileNotFoundError, ValueError, KeyError, OSError):
         pass
     blk = tuple(config.block)
