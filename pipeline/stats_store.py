@@ -138,8 +138,8 @@ def open_stats(store: str | Path) -> xr.Dataset:
             with xr.open_zarr(store, consolidated=None, chunks=None) as ds:
                 loaded = ds.load()
             _check_every_chunk(store, loaded.attrs.pop(EVERY_CHUNK_ATTR, False))
-        except (FileNotFoundError, InputError):
-            raise
+        except (FileNotFoundError, PermissionError, MemoryError, InputError):
+            raise  # not the store's damage: no access, or too little memory to read it
         except Exception as exc:  # noqa: BLE001 - json, codecs and zarr raise several types for a damaged store
             raise _damaged(store, f"{type(exc).__name__}: {exc}") from exc
         return fixed_width_strings(loaded)

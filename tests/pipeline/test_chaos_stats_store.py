@@ -119,3 +119,17 @@ def test_stats_updates_in_dask_tasks_on_one_worker_thread_do_not_deadlock(tmp_pa
         for future in futures:
             future.result(timeout=120)
     assert sorted(open_stats(store).study.values.tolist()) == ["a", "b", "first"]
+
+
+@pytest.mark.parametrize("error", [MemoryError, PermissionError])
+def test_running_out_of_memory_or_access_while_reading_is_not_called_damage(tmp_path, monkeypatch, error):
+    """Only the store's own faults are 'damaged' (with 'restore it from a backup'): a MemoryError or
+    a PermissionError while reading it passes through as what it is."""
+    store = _store(tmp_path)
+
+    def fails(*args, **kwargs):
+        raise error("injected")
+
+    monkeypatch.setattr(xr, "open_zarr", fails)
+    with pytest.raises(error, match="injected"):
+        open_stats(store)
