@@ -1,7 +1,7 @@
 """Windows over nodata only are left out: what a scene's nodata collar costs with and without that.
 
 A Landsat scene in its UTM grid is a footprint rotated ~13 degrees with ~40 % nodata around it. The
-engine always skipped whole blocks without data (``pipeline.raster.run.mark_empty_blocks``); it now
+engine always skipped whole blocks without data (``pipeline.raster.segment.mark_empty_blocks``); it now
 also leaves out every window that covers no valid pixel (``run_engine(valid=...)``). This prints, for a
 synthetic footprint, the windows the model runs under each rule (counted from the engine's own plan,
 no model needed) and, with ``--time``, the engine's wall time with and without the mask on one size

@@ -9,19 +9,18 @@ from the ingest to the removal of the work store, and a second run fails at once
 work store that is not a readable zarr store (a crash's leftover) is removed. Every output is
 written under a temporary name and renamed when complete, and inputs are validated (raster,
 bands, regions) before anything is written.
+
+The engine run over the work store is :mod:`pipeline.raster.segment`; the outputs are written by
+:mod:`pipeline.raster.publish`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import re
 import shutil
 import time as _time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +29,25 @@ import xarray as xr
 
 from models.spec import ModelSpec, load_spec
 from pipeline.errors import InputError, ModelSpecError
-from pipeline.known_warnings import known_warnings_ignored
 from pipeline.memory import release_free_memory
-from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty, remove_stale_temporaries, temporary_name
+from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty
 from pipeline.raster.blocks import MAX_BLOCK
-from pipeline.raster.cog import refuse_foreign_labels, write_label_cog
+from pipeline.raster.cog import refuse_foreign_labels
 from pipeline.raster.entries import check_store_accepts, entry_done
-from pipeline.raster.ingest import band_stats, every_pixel_valid, ingest_raster, read_preview
+from pipeline.raster.ingest import ingest_raster
 from pipeline.raster.probe import RasterInfo, probe_raster, scene_stem
 from pipeline.raster.provenance import Provenance, provenance_of
-from pipeline.raster.quicklook import rgb_bands, write_quicklook
+from pipeline.raster.publish import STATS_STORE, Entry, Progress, _stage, _write_outputs
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
-from pipeline.raster.stats import append_stats, compute_stats, to_datetime64
-from pipeline.resume import forget_damaged_blocks
+from pipeline.raster.segment import _segment
+from pipeline.raster.stats import to_datetime64
 from pipeline.stats_store import open_stats
 from pipeline.timing import Stopwatch
 from pipeline.work_lock import discard_unreadable_store, work_lock
-from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: ingest, segment, stats
 WORK_DIR = ".work"
-STATS_STORE = "stats.zarr"
-LABELS_ATTR = "segpipe_labels"
 
 
 @dataclass(frozen=True)
@@ -303,218 +297,3 @@ def check_device(device: str) -> None:
     from pipeline.windows import auto_device
 
     auto_device(device)
-
-
-def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return functools.partial(progress, stage)
-
-
-def _fingerprint(spec: ModelSpec, info: RasterInfo, block: int, label_dtype: str, fill: tuple[float, ...]) -> dict[str, Any]:
-    """What the labels in the work store depend on; a mismatch discards them. (The ingested pixels
-    and masks are the work store's own: a changed input or ingest layout re-ingests it, labels included.)"""
-    ckpt = spec.checkpoint
-    stat = ckpt.stat() if ckpt is not None and Path(ckpt).is_file() else None
-    return {
-        "model": spec.name,
-        "architecture": spec.architecture,
-        "params": json.loads(json.dumps(spec.params, default=str)),
-        "checkpoint": None if ckpt is None else str(ckpt),
-        "checkpoint_stat": None if stat is None else [stat.st_size, stat.st_mtime_ns],
-        "window": list(spec.window),
-        "overlap": spec.overlap,
-        "blend": spec.blend,
-        "normalize": repr(spec.normalize),
-        "class_ids": list(spec.class_ids),
-        "bands": list(info.bands),
-        "block": block,
-        "dtype": label_dtype,
-        "nodata_fill": list(fill),  # what the model saw at invalid values (pipeline.raster.fill)
-    }
-
-
-def _label_arrays(work: Path, fingerprint: dict[str, Any], shape: tuple[int, int], block: int, grid: tuple[int, int], dtype: str):
-    """The ``labels`` and ``labels_done`` arrays of the work store, reused when the fingerprint matches."""
-    import zarr
-
-    group = zarr.open_group(work, mode="r+", use_consolidated=False)
-    try:
-        if group.attrs.get(LABELS_ATTR) == fingerprint and "labels" in group and "labels_done" in group:
-            return fast_writes(group["labels"]), fast_writes(group["labels_done"])
-    except Exception as exc:  # noqa: BLE001 - zarr raises several types for damaged metadata (a crash's leftover)
-        log.warning("%s: the labels of an interrupted run do not open (%s: %s); segmenting the scene again", work, type(exc).__name__, exc)
-    labels = group.create_array("labels", shape=shape, chunks=(block, block), dtype=dtype, fill_value=0, dimension_names=("y", "x"), overwrite=True)
-    done = group.create_array("labels_done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0, dimension_names=("block_y", "block_x"), overwrite=True)
-    group.attrs[LABELS_ATTR] = fingerprint
-    with known_warnings_ignored():
-        zarr.consolidate_metadata(work)
-    return fast_writes(labels), fast_writes(done)
-
-
-def _preprocess(spec: ModelSpec, work: Path, channels: int):
-    """The spec's normaliser and, per band, the raw value it maps to 0: what invalid values are read as."""
-    from models.normalize import NormStats, neutral_values, normalizer
-
-    stats = None
-    if spec.normalize.kind == "zscore":  # over each band's valid values (band_mask)
-        raw = band_stats(work)
-        stats = NormStats(tuple(raw["mean"]), tuple(s if s > 0 else 1.0 for s in raw["std"]))
-    return normalizer(spec.normalize, stats), neutral_values(spec.normalize, channels, stats)
-
-
-def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, device: str, label_dtype: str, model: Any, dask_client: Any, progress):
-    import zarr
-
-    from pipeline.engine import EngineConfig, auto_device, plan_for, run_engine
-
-    config = EngineConfig(
-        window=tuple(spec.window), overlap=spec.overlap, blend=spec.blend, block=(block, block), device=device,
-        output="labels", class_ids=tuple(spec.class_ids), label_dtype=label_dtype,
-    )
-    image = zarr.open_group(work, mode="r", use_consolidated=False)["image"]
-    grid = plan_for(tuple(image.shape), config).shape
-    preprocess, fill = _preprocess(spec, work, info.count)
-    labels, done = _label_arrays(work, _fingerprint(spec, info, block, label_dtype, fill), info.shape, block, grid, label_dtype)
-    empty = empty_blocks(work, grid, block)
-    forget_damaged_blocks(labels, done, ignore=empty, what=str(work))  # a finished block's lost labels are not read back as class 0
-    skipped = mark_empty_blocks(work, done, block, empty=empty)
-    if skipped:
-        log.info("%s: %d of %d blocks hold no valid pixel; the model skips them", info.path, skipped, done.size)
-    filled = not every_pixel_valid(work)  # the model sees the neutral value, not the raw nodata (pipeline.raster.fill)
-    if dask_client is not None:
-        from pipeline.distributed import ZarrRef, run_engine_dask
-        from pipeline.raster.fill import FilledRef
-
-        store = str(work.resolve())
-        source = FilledRef(store, fill) if filled else ZarrRef(store, "image")
-        if model is not None:
-            factory = functools.partial(_given_model, model)
-        else:
-            from models.checkpoint import load_model
-
-            factory = functools.partial(load_model, spec, device)
-        key = f"{spec.name}-{device}-{id(model) if model is not None else spec.checkpoint}"
-        return run_engine_dask(
-            dask_client, source, key, factory, config, ZarrRef(store, "labels"),
-            done=ZarrRef(store, "labels_done"), preprocess=preprocess, progress=progress, valid=ZarrRef(store, "mask") if filled else None,
-        )
-    if hasattr(model, "to") and hasattr(model, "eval"):
-        model = model.to(auto_device(device)).eval()
-    valid = None
-    if filled:
-        from pipeline.raster.fill import open_filled
-
-        image = open_filled(work, fill)
-        valid = zarr.open_group(work, mode="r", use_consolidated=False)["mask"]  # windows over nodata only are left out
-    return run_engine(image, model, config, labels, done=done, preprocess=preprocess, progress=progress, valid=valid)
-
-
-def empty_blocks(work: Path, grid: tuple[int, int], block: int) -> np.ndarray | None:
-    """Bool ``(by, bx)``: the blocks of the block grid ``grid`` without a single valid pixel; None when every pixel is valid."""
-    import zarr
-
-    if every_pixel_valid(work):
-        return None
-    mask = zarr.open_group(work, mode="r", use_consolidated=False)["mask"]
-    empty = np.zeros(grid, dtype=bool)
-    for by, bx in np.ndindex(*grid):
-        empty[by, bx] = not np.asarray(mask[by * block : (by + 1) * block, bx * block : (bx + 1) * block]).any()
-    return empty
-
-
-def mark_empty_blocks(work: Path, done: Any, block: int, *, empty: np.ndarray | None = None) -> int:
-    """Record the blocks without a single valid pixel as finished in ``done`` (block grid ``(by, bx)``).
-
-    Their labels are never seen (the COG writes nodata and the statistics count nodata wherever the
-    mask is False), so the engine need not run the model there: it only runs windows that feed an
-    unfinished block. A mostly-nodata scene (a swath in a large grid, a wide collar) then costs its
-    valid area, not its bounding box. Valid blocks get the same labels as before: every window that
-    touches them still runs. ``empty``: :func:`empty_blocks`, when the caller has it. Returns the
-    number of empty blocks.
-    """
-    if empty is None:
-        empty = empty_blocks(work, tuple(done.shape), block)
-    if empty is None:
-        return 0
-    finished = np.asarray(done[...], dtype=bool)
-    for by, bx in zip(*np.nonzero(empty & ~finished)):
-        done[by : by + 1, bx : bx + 1] = np.ones((1, 1), dtype=np.uint8)
-    return int(empty.sum())
-
-
-def _given_model(model: Any) -> Any:
-    return model.eval() if hasattr(model, "eval") else model
-
-
-@dataclass(frozen=True)
-class Entry:
-    """Where one scene's statistics go in ``stats.zarr`` and what made them."""
-
-    time: np.datetime64
-    scene: str
-    provenance: Provenance
-    force: bool = False
-
-
-def _write_outputs(
-    work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions | None, out_dir: Path, *, entry: Entry, block: int, progress, watch: Stopwatch
-):
-    """Write the label COG and the quicklook under temporary names, rename them into place, and only
-    then append the statistics: a scene that fails on the way leaves no output that looks complete
-    (no label COG, quicklook or ``stats.zarr`` entry of this run; a crash between the renames and
-    the append leaves files without an entry, which the next run redoes)."""
-    import zarr
-
-    stem = entry.scene
-    group = zarr.open_group(work, mode="r", use_consolidated=False)
-    # an all-valid mask changes nothing: skip reading it (twice) when the ingest saw no invalid pixel
-    labels, mask = group["labels"], None if every_pixel_valid(work) else group["mask"]
-    labels_path, quicklook_path = out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.quicklook.png"
-    staged = {path: temporary_name(path) for path in (labels_path, quicklook_path)}  # <name>.tmp-<8 hex>, renamed last
-    for path in staged:
-        _remove_stale_staging(path)
-    published: list[Path] = []
-    try:
-        with watch.stage("cog"):
-            write_label_cog(labels, mask, info, spec.classes, staged[labels_path], nodata=spec.nodata, model=spec.name)
-        stats, stats_path = xr.Dataset(), out_dir / STATS_STORE
-        if regions is not None:  # None: no region meets the scene, nothing to add to the store
-            with watch.stage("stats"):
-                stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
-        with watch.stage("quicklook"):
-            rgb = rgb_bands(image, info.bands)
-            write_quicklook(image, staged[labels_path], spec.classes, staged[quicklook_path], rgb=rgb, preview=read_preview(work))
-        moves = [(_aux(staged[labels_path]), _aux(labels_path)), (staged[labels_path], labels_path), (staged[quicklook_path], quicklook_path)]
-        for source, final in moves:  # the sidecar first: a COG in place has its class names
-            source.replace(final)
-            published.append(final)
-        if regions is not None:
-            with watch.stage("stats"):
-                stats_path = append_stats(stats, stats_path, time=entry.time, scene=stem, provenance=entry.provenance, force=entry.force)
-    except BaseException:
-        for path in published:  # this run's files, without their statistics entry: not left looking complete
-            path.unlink(missing_ok=True)
-        for path in staged.values():
-            for leftover in (path, _aux(path)):
-                leftover.unlink(missing_ok=True)
-        raise
-    return labels_path, stats_path, quicklook_path, stats
-
-
-def _aux(path: Path) -> Path:
-    return path.with_name(path.name + ".aux.xml")
-
-
-def _remove_stale_staging(final: Path) -> None:
-    """Remove what a killed run was writing for ``final``, and nothing else: the staged file
-    (``<name>.tmp-<8 hex>``) and its ``.aux.xml``, and the writers' own hidden temporaries
-    (``.<name>[.tmp-<8 hex>].<8 hex>.tmp.tif|cog.tif|aux.xml|png``, see :mod:`pipeline.raster.cog` and
-    :mod:`pipeline.raster.quicklook`). Called under the scene's work lock: no live run of this scene writes them."""
-    remove_stale_temporaries(final)
-    name = re.escape(final.name)
-    ours = re.compile(rf"{name}\.tmp-[0-9a-f]{{8}}\.aux\.xml|\.{name}(\.tmp-[0-9a-f]{{8}})?\.[0-9a-f]{{8}}\.(tmp\.tif|cog\.tif|aux\.xml|png)")
-    for stale in final.parent.glob(f"*{glob_escape(final.name)}*"):
-        if ours.fullmatch(stale.name):
-            log.info("removing %s, left by an interrupted run", stale)
-            stale.unlink(missing_ok=True)

@@ -30,23 +30,21 @@ removed once the study is done. One run at a time segments a study into a folder
 ``DIR/.segpipe-work/S.lock`` (:mod:`pipeline.work_lock`) from the skip check to the removal of its
 work folder, and a second run fails at once with an ``InputError`` (two runs sharing the work folder
 wrote wrong labels that looked complete: one run's clean-up removed blocks the other had finished).
+
+The engine run and its work folder are :mod:`pipeline.volume.segment`; the outputs are written by
+:mod:`pipeline.volume.publish`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from models.spec import ModelSpec
 from pipeline.errors import InputError, ModelSpecError
@@ -56,7 +54,6 @@ from pipeline.outputs import (
     prepare_output_dir,
     remove_if_empty,
 )
-from pipeline.resume import forget_damaged_blocks
 from pipeline.timing import Stopwatch
 from pipeline.volume.made_with import (
     InputRecord,
@@ -66,44 +63,20 @@ from pipeline.volume.made_with import (
     why_redo,
 )
 from pipeline.volume.options import DEFAULT_OPTIONS, VolumeOptions
-from pipeline.volume.preprocess import (
-    GridMapping,
-    intensity_for,
-    labels_to_native,
-    logits_to_native,
-    plan_grid,
-    reorient,
-    to_model,
-)
+from pipeline.volume.publish import _ensure_row, _refuse_foreign_labels, _remove_stale_temporaries, _write_outputs
 from pipeline.volume.readers import is_nifti, read_volume, study_stem
+from pipeline.volume.segment import BlockProgress, _labels_on_native_grid
 from pipeline.volume.stats import (
     StudyStats,
     read_stats_json,
     study_statistics,
-    write_stats_json,
-)
-from pipeline.volume.stats_zarr import merge_into_store, open_stats
-from pipeline.volume.store import write_volume_store
-from pipeline.volume.volume import Volume
-from pipeline.volume.writers import (
-    LABELS_DESCRIP,
-    itksnap_label_table,
-    label_dtype,
-    sidecar_json,
-    slicer_color_table,
-    stale_temporaries,
-    write_dicom_seg,
-    write_labels_nifti,
-    write_text_atomic,
 )
 from pipeline.work_lock import work_lock
-from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".segpipe-work"
 STATS_STORE = "stats.zarr"
-BlockProgress = Callable[[int, int], None]
 
 
 def output_stem(input_path: str | Path) -> str:
@@ -332,178 +305,6 @@ def _previous_outputs(outputs: StudyOutputs, spec: ModelSpec, asked: InputRecord
     return (previous, "") if reason is None else (None, reason)
 
 
-def _refuse_foreign_labels(path: Path) -> None:
-    """Refuse to replace a ``S.labels.nii.gz`` that segpipe did not write (its header description is
-    not ``segpipe labels``): a user's own segmentation under that name was silently overwritten.
-
-    Raises:
-        InputError: naming the file and the fix (move it, another --out, or --force to replace it).
-    """
-    if not path.is_file():
-        return
-    import nibabel as nib
-
-    try:
-        descrip = bytes(nib.load(path).header["descrip"]).rstrip(b"\0").decode("latin-1", "replace")
-    except Exception:  # not even a NIfTI file: certainly not ours
-        descrip = "(not a readable NIfTI header)"
-    if descrip != LABELS_DESCRIP:
-        raise InputError(
-            path, f"exists and was not written by segpipe (header description {descrip!r}); segmenting would replace it",
-            "move it away or give another --out (--force replaces it)",
-        )
-
-
-def _remove_stale_temporaries(outputs: StudyOutputs) -> None:
-    """Remove the half-written output files a run killed while writing them left (``.tmp-<pid>-S.*``;
-    a CT's labels are tens of MB): nothing renames them into place. Under the study's lock."""
-    for path in outputs.files():
-        for stale in stale_temporaries(path):
-            log.info("removing %s, left by an interrupted run", stale)
-            stale.unlink(missing_ok=True)
-
-
 def _remove_work(outputs: StudyOutputs) -> None:
     """Remove the study's work folder (under its lock; :func:`segment_volume` then removes ``WORK_DIR`` if empty)."""
     shutil.rmtree(outputs.work, ignore_errors=True)
-
-
-def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: StudyStats, outputs: StudyOutputs, store: Path) -> bool:
-    """Replace the study's outputs: old ``S.stats.json`` first (the study no longer looks done), new one last.
-
-    Returns whether a DICOM SEG was written. Any failure removes the study's files, so none is left
-    that looks finished.
-    """
-    try:
-        outputs.stats.unlink(missing_ok=True)
-        dicom_seg = _write_label_outputs(volume, spec, labels, outputs, source=stats.source)
-        if not dicom_seg:
-            outputs.seg.unlink(missing_ok=True)
-        merge_into_store(stats, store)
-        write_stats_json(stats, outputs.stats)  # last: marks the study complete
-    except BaseException:
-        for path in outputs.files():
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:  # a folder turned read-only: keep the first error
-                log.warning("%s: could not remove it after a failed write", path)
-        raise
-    return dicom_seg
-
-
-def _labels_on_native_grid(
-    volume: Volume, spec: ModelSpec, work: Path, model: Any, options: VolumeOptions, *, progress: BlockProgress | None, record: dict[str, Any]
-) -> tuple[np.ndarray, Any]:
-    """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``,
-    ``spec.nodata`` at the volume's nodata voxels."""
-    from pipeline.engine import EngineConfig, run_engine
-    from pipeline.grid import BlockPlan, WindowGrid
-
-    grid = plan_grid(volume.shape, volume.affine, orientation=spec.orientation, spacing=spec.spacing)
-    dtype = label_dtype(spec.class_ids, spec.nodata)
-    config = EngineConfig(
-        window=tuple(spec.window), overlap=spec.overlap, blend=spec.blend, block=options.block,
-        device=options.device, output="logits" if grid.resampled else "labels", class_ids=spec.class_ids, label_dtype=dtype,
-    )
-    blk = config.block_for(grid.model_shape)
-    if options.block is not None:  # a block beyond the image is one block: zarr would allocate all of it (--block 4000: 59.6 GiB)
-        blk = tuple(min(b, s) for b, s in zip(blk, grid.model_shape))
-    config = dataclasses.replace(config, block=blk)
-    plan = BlockPlan.build(WindowGrid(grid.model_shape, config.window, config.overlap), blk)
-    work.mkdir(parents=True, exist_ok=True)
-    image = to_model(volume.data, grid)
-    fingerprint = _fingerprint(volume, spec, grid, config, record)
-    out, done = _resumable_outputs(work, fingerprint, grid, config, plan.shape)
-    # The study is in memory already, so the engine reads the model-grid image from there; its zarr
-    # copy (chunked on the engine's blocks, with the affine) is written on a background thread
-    # meanwhile: encoding and decoding it on the engine's path cost ~2.5 s per 512x512x300 CT.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-store") as background:
-        stored = background.submit(
-            write_volume_store, image, work / "source.zarr", affine=grid.model_affine, block=blk,
-            attrs={"source": str(volume.source), "modality": volume.modality},
-        )
-        preprocess = intensity_for(spec, volume.data, nodata=volume.nodata)
-        # windows over nodata only (DICOM pixel padding, NaN) are left out; not across a resampling,
-        # where the logits of voxels next to the data are interpolated into it
-        valid = None if volume.nodata is None or grid.resampled else ~reorient(volume.nodata, grid)
-        report = run_engine(image[None], model, config, out, done=done, preprocess=preprocess, progress=progress, valid=valid)
-        stored.result()
-    if grid.resampled:
-        labels = logits_to_native(out, grid, spec.class_ids, dtype)
-    else:
-        labels = labels_to_native(out[...], grid)
-    labels = np.require(labels, requirements=("C", "W"))
-    if volume.nodata is not None:
-        labels[volume.nodata] = spec.nodata  # on the native grid: exact whatever the model grid was
-    return labels, report
-
-
-def _fingerprint(volume: Volume, spec: ModelSpec, grid: GridMapping, config: Any, record: dict[str, Any]) -> dict[str, Any]:
-    stat = Path(volume.source).stat()
-    checkpoint = spec.checkpoint
-    return {
-        "source": str(volume.source),
-        "source_mtime_ns": stat.st_mtime_ns,
-        "dicom_series": None if volume.dicom is None else [volume.dicom.series_uid, *volume.dicom.sop_instance_uids],
-        "model": spec.name,
-        "checkpoint_mtime_ns": checkpoint.stat().st_mtime_ns if checkpoint is not None and checkpoint.exists() else None,
-        "classes": list(spec.class_ids),
-        "window": list(config.window),
-        "overlap": config.overlap,
-        "blend": config.blend,
-        "block": list(config.block),
-        "output": config.output,
-        "dtype": config.label_dtype,
-        "model_shape": list(grid.model_shape),
-        "model_affine": np.asarray(grid.model_affine).round(6).tolist(),
-        "normalize": repr(spec.normalize),
-        "made_with": record,
-    }
-
-
-def _resumable_outputs(work: Path, fingerprint: dict[str, Any], grid: GridMapping, config: Any, block_grid: tuple[int, ...]):
-    """The engine's output and ``done`` arrays: reopened when the fingerprint matches, else created."""
-    import zarr
-
-    out_path, done_path = work / "out.zarr", work / "done.zarr"
-    try:
-        out = zarr.open_array(store=str(out_path), mode="r+")
-        done = zarr.open_array(store=str(done_path), mode="r+")
-        if out.attrs.get("fingerprint") == json.loads(json.dumps(fingerprint)):
-            out, done = fast_writes(out), fast_writes(done)
-            forget_damaged_blocks(out, done, what=str(work))  # a finished block's lost chunk is not read back as label 0
-            log.info("%s: resuming, %d of %d blocks already done", work.name, int(np.count_nonzero(done[...])), done.size)
-            return out, done
-    except (FileNotFoundError, ValueError, KeyError, OSError):
-        pass
-    blk = tuple(config.block)
-    if config.output == "labels":
-        out = zarr.create_array(store=str(out_path), shape=grid.model_shape, chunks=blk, dtype=config.label_dtype, zarr_format=3, overwrite=True)
-    else:
-        k = len(config.class_ids)
-        out = zarr.create_array(store=str(out_path), shape=(k, *grid.model_shape), chunks=(k, *blk), dtype="float32", zarr_format=3, overwrite=True)
-    done = zarr.create_array(store=str(done_path), shape=block_grid, chunks=(1,) * len(block_grid), dtype="uint8", zarr_format=3, overwrite=True, fill_value=0)
-    out.attrs["fingerprint"] = fingerprint
-    return fast_writes(out), fast_writes(done)
-
-
-def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, outputs: StudyOutputs, *, source: str) -> bool:
-    """Labels NIfTI, sidecar (naming the absolute ``source``), colour tables and (DICOM input) DICOM SEG. Returns whether a SEG was written."""
-    write_labels_nifti(labels, volume.header, outputs.labels)
-    write_text_atomic(sidecar_json(spec.classes, source=source, model=spec.name, nodata=spec.nodata), outputs.sidecar)
-    write_text_atomic(itksnap_label_table(spec.classes, spec.nodata), outputs.itksnap)
-    write_text_atomic(slicer_color_table(spec.classes, spec.nodata), outputs.slicer)
-    if volume.dicom is None:
-        return False
-    write_dicom_seg(labels, volume.dicom, spec.classes, outputs.seg, model_name=spec.name)
-    return True
-
-
-def _ensure_row(stats: StudyStats, store: Path) -> None:
-    """Put a finished study's statistics back into ``stats.zarr`` if its row is missing."""
-    try:
-        present = stats.study in set(open_stats(store).study.values.tolist())
-    except (FileNotFoundError, OSError, ValueError, KeyError):
-        present = False
-    if not present:
-        merge_into_store(stats, store)

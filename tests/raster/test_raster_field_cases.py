@@ -61,7 +61,7 @@ def test_blocks_without_valid_pixels_are_not_segmented(tmp_path, make_geotiff):
 def test_skipping_empty_blocks_changes_no_valid_label(tmp_path, make_geotiff, monkeypatch):
     """With a CNN whose receptive field crosses block edges, the labels of every valid pixel are
     the same whether empty blocks are skipped or segmented."""
-    from pipeline.raster import run
+    from pipeline.raster import segment
 
     rng = np.random.default_rng(4)
     data = rng.integers(1, 255, (4, 300, 300), dtype=np.uint8)
@@ -71,7 +71,7 @@ def test_skipping_empty_blocks_changes_no_valid_label(tmp_path, make_geotiff, mo
     torch.manual_seed(0)
     cnn = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 5, padding=2)).eval()
     skipping = segment_raster(tif, spec(window=(48, 48)), tmp_path / "skip", block=64, device="cpu", model=cnn, time="2024-06-01")
-    monkeypatch.setattr(run, "mark_empty_blocks", lambda *a, **k: 0)
+    monkeypatch.setattr(segment, "mark_empty_blocks", lambda *a, **k: 0)
     full = segment_raster(tif, spec(window=(48, 48)), tmp_path / "full", block=64, device="cpu", model=cnn, time="2024-06-01")
     assert skipping.engine.blocks_skipped == 13 and full.engine.blocks_skipped == 0  # 5 x 5 blocks, 4 x 3 hold data
     with rasterio.open(skipping.labels_path) as a, rasterio.open(full.labels_path) as b:

@@ -218,7 +218,7 @@ def test_labels_fingerprint_names_the_fill():
     """Labels kept for resume record the values the model saw in the holes: other values, other labels."""
     from types import SimpleNamespace
 
-    from pipeline.raster.run import _fingerprint
+    from pipeline.raster.segment import _fingerprint
 
     s, info = spec(normalize=MEANSTD), SimpleNamespace(bands=(1, 2, 3, 4))
     assert _fingerprint(s, info, 32, "uint8", (1.0, 2.0, 3.0, 4.0)) != _fingerprint(s, info, 32, "uint8", (0.0, 2.0, 3.0, 4.0))

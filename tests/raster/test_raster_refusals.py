@@ -112,7 +112,7 @@ def _names(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("stage", ["write_quicklook", "append_stats", "compute_stats"])
 def test_a_late_failure_leaves_no_label_cog_quicklook_or_stats_entry(tmp_path, make_geotiff, monkeypatch, stage):
-    from pipeline.raster import run as run_module
+    from pipeline.raster import publish
 
     tif = scene(tmp_path, make_geotiff)
     out = tmp_path / "out"
@@ -122,7 +122,7 @@ def test_a_late_failure_leaves_no_label_cog_quicklook_or_stats_entry(tmp_path, m
     def broken(*args, **kwargs):
         raise RuntimeError(f"{stage} broke")
 
-    monkeypatch.setattr(run_module, stage, broken)
+    monkeypatch.setattr(publish, stage, broken)
     with pytest.raises(RuntimeError, match="broke"):
         segment_raster(tif, spec_from_dict(RAW_SPEC), out, block=32, device="cpu", model=model(), time="2024-06-02")
     assert list(xr.open_zarr(out / "stats.zarr").time.values.astype("datetime64[D]").astype(str)) == ["2024-06-01"]
@@ -135,12 +135,12 @@ def test_a_late_failure_leaves_no_label_cog_quicklook_or_stats_entry(tmp_path, m
 
 
 def test_first_run_failing_in_the_quicklook_writes_nothing_that_looks_done(tmp_path, make_geotiff, monkeypatch):
-    from pipeline.raster import run as run_module
+    from pipeline.raster import publish
 
     def broken(*args, **kwargs):
         raise ValueError("quicklook broke")
 
-    monkeypatch.setattr(run_module, "write_quicklook", broken)
+    monkeypatch.setattr(publish, "write_quicklook", broken)
     out = tmp_path / "out"
     with pytest.raises(ValueError):
         segment_raster(scene(tmp_path, make_geotiff), spec_from_dict(RAW_SPEC), out, block=32, device="cpu", model=model(), time="2024-06-01")

@@ -116,13 +116,13 @@ def test_killed_run_resumes_without_redoing_blocks(naip, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr("pipeline.raster.run.compute_stats", crash)
+    monkeypatch.setattr("pipeline.raster.publish.compute_stats", crash)
     with pytest.raises(RuntimeError):
         segment_raster(naip, spec, tmp_path, block=256, device="cpu", model=model)
     work = tmp_path / ".work" / "naip_north_dakota_rgbn.zarr"
     assert work.is_dir()
     assert not (tmp_path / "stats.zarr").exists()
-    monkeypatch.setattr("pipeline.raster.run.compute_stats", stats_module.compute_stats)
+    monkeypatch.setattr("pipeline.raster.publish.compute_stats", stats_module.compute_stats)
     result = segment_raster(naip, spec, tmp_path, block=256, device="cpu", model=model)
     assert result.engine.windows_run == 0 and result.engine.blocks_skipped == result.engine.blocks_total
     assert not work.exists()
@@ -383,14 +383,14 @@ def test_full_disk_mid_run_names_the_output_folder_and_the_fix(naip, tmp_path, m
     about a file outside --out (the input) is left as it is."""
     import errno
 
-    from pipeline.raster import run as run_module
+    from pipeline.raster import publish
 
     out = tmp_path / "out"
 
     def full_disk(labels, mask, info, classes, path, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(run_module, "write_label_cog", full_disk)
+    monkeypatch.setattr(publish, "write_label_cog", full_disk)
     model = per_pixel_model(np.eye(3, 4).tolist(), [0, 0, 0])
     with pytest.raises(InputError, match=r"out: no space left on device writing the outputs of naip_north_dakota_rgbn \(free space or choose another --out\)"):
         segment_raster(naip, spec_for(4), out, block=256, model=model)
@@ -398,7 +398,7 @@ def test_full_disk_mid_run_names_the_output_folder_and_the_fix(naip, tmp_path, m
     def unreadable_input(labels, mask, info, classes, path, **kwargs):
         raise OSError(errno.EACCES, "Permission denied", str(naip))
 
-    monkeypatch.setattr(run_module, "write_label_cog", unreadable_input)
+    monkeypatch.setattr(publish, "write_label_cog", unreadable_input)
     with pytest.raises(PermissionError):
         segment_raster(naip, spec_for(4), out, block=256, model=model)
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import InputError
-from pipeline.volume import run
+from pipeline.volume import publish
 from pipeline.volume.batch import segment_volumes
 from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import WORK_DIR, segment_volume
@@ -27,7 +27,7 @@ def test_a_full_disk_while_writing_fails_the_study_clearly(vh, tmp_path, pv_mode
     study = vh.write_nifti(tmp_path / "ct.nii.gz", hu, vh.axis_affine("LPS"))
     out = tmp_path / "out"
     spec = vh.per_voxel_spec(tmp_path)
-    monkeypatch.setattr(run, "write_labels_nifti", _disk_full)
+    monkeypatch.setattr(publish, "write_labels_nifti", _disk_full)
     message = f"{out}: no space left on device writing the outputs of ct (free space or choose another --out)"
     with pytest.raises(InputError) as caught:
         segment_volume(study, spec, out, CPU, model=pv_model)
@@ -47,7 +47,7 @@ def test_an_error_of_another_kind_keeps_its_traceback_message(vh, tmp_path, pv_m
     def io_error(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(run, "write_labels_nifti", io_error)
+    monkeypatch.setattr(publish, "write_labels_nifti", io_error)
     report = segment_volumes([study], vh.per_voxel_spec(tmp_path), tmp_path / "out", CPU, model=pv_model)
     assert "unexpected OSError: [Errno 5] Input/output error" in report.failures[0].message
 
