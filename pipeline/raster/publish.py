@@ -35,7 +35,7 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: inge
 STATS_STORE = "stats.zarr"
 
 
-def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+def stage_progress(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
     return functools.partial(progress, stage)
@@ -50,7 +50,7 @@ class Entry:
     force: bool = False
 
 
-def _write_outputs(
+def write_outputs(
     work: Path, image, spec: ModelSpec, info: RasterInfo, regions: Regions | None, out_dir: Path, *, entry: Entry, block: int, progress, watch: Stopwatch
 ):
     """Write the label COG and the quicklook under temporary names, rename them into place, and only
@@ -74,7 +74,7 @@ def _write_outputs(
         stats, stats_path = xr.Dataset(), out_dir / STATS_STORE
         if regions is not None:  # None: no region meets the scene, nothing to add to the store
             with watch.stage("stats"):
-                stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=_stage(progress, "stats"))
+                stats = compute_stats(labels, mask, info, regions, spec.classes, block=block, progress=stage_progress(progress, "stats"))
         with watch.stage("quicklook"):
             rgb = rgb_bands(image, info.bands)
             write_quicklook(image, staged[labels_path], spec.classes, staged[quicklook_path], rgb=rgb, preview=read_preview(work))

@@ -37,9 +37,9 @@ from pipeline.raster.entries import check_store_accepts, entry_done
 from pipeline.raster.ingest import ingest_raster
 from pipeline.raster.probe import RasterInfo, probe_raster, scene_stem
 from pipeline.raster.provenance import Provenance, provenance_of
-from pipeline.raster.publish import STATS_STORE, Entry, Progress, _stage, _write_outputs
+from pipeline.raster.publish import STATS_STORE, Entry, Progress, stage_progress, write_outputs
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
-from pipeline.raster.segment import _segment
+from pipeline.raster.segment import segment_work_store
 from pipeline.raster.stats import to_datetime64
 from pipeline.stats_store import open_stats
 from pipeline.timing import Stopwatch
@@ -211,18 +211,18 @@ def _segment_raster(
             discard_unreadable_store(work)
             with watch.stage("ingest"):
                 info = ingest_raster(
-                    image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=_stage(progress, "ingest"),
+                    image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=stage_progress(progress, "ingest"),
                 )
             ingested = True
             release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
             with watch.stage("segment"):
-                report = _segment(
+                report = segment_work_store(
                     work, spec, info, block=block, device=device, label_dtype=label_dtype, model=model, dask_client=dask_client,
-                    progress=_stage(progress, "segment"),
+                    progress=stage_progress(progress, "segment"),
                 )
             release_free_memory()
             entry = Entry(time=run_time, scene=stem, provenance=provenance, force=force)
-            result = _write_outputs(work, image, spec, info, region_set, out_dir, entry=entry, block=block, progress=progress, watch=watch)
+            result = write_outputs(work, image, spec, info, region_set, out_dir, entry=entry, block=block, progress=progress, watch=watch)
             if not keep_work:
                 ingested = False
                 shutil.rmtree(work, ignore_errors=True)  # under the lock: no run of this scene is using it

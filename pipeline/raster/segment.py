@@ -80,7 +80,7 @@ def _preprocess(spec: ModelSpec, work: Path, channels: int):
     return normalizer(spec.normalize, stats), neutral_values(spec.normalize, channels, stats)
 
 
-def _segment(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, device: str, label_dtype: str, model: Any, dask_client: Any, progress):
+def segment_work_store(work: Path, spec: ModelSpec, info: RasterInfo, *, block: int, device: str, label_dtype: str, model: Any, dask_client: Any, progress):
     import zarr
 
     from pipeline.engine import EngineConfig, auto_device, plan_for, run_engine

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _refuse_foreign_labels(path: Path) -> None:
+def refuse_foreign_labels(path: Path) -> None:
     """Refuse to replace a ``S.labels.nii.gz`` that segpipe did not write (its header description is
     not ``segpipe labels``): a user's own segmentation under that name was silently overwritten.
 
@@ -57,7 +57,7 @@ def _refuse_foreign_labels(path: Path) -> None:
         )
 
 
-def _remove_stale_temporaries(outputs: StudyOutputs) -> None:
+def remove_stale_study_temporaries(outputs: StudyOutputs) -> None:
     """Remove the half-written output files a run killed while writing them left (``.tmp-<pid>-S.*``;
     a CT's labels are tens of MB): nothing renames them into place. Under the study's lock."""
     for path in outputs.files():
@@ -66,7 +66,7 @@ def _remove_stale_temporaries(outputs: StudyOutputs) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: StudyStats, outputs: StudyOutputs, store: Path) -> bool:
+def write_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, stats: StudyStats, outputs: StudyOutputs, store: Path) -> bool:
     """Replace the study's outputs: old ``S.stats.json`` first (the study no longer looks done), new one last.
 
     Returns whether a DICOM SEG was written. Any failure removes the study's files, so none is left
@@ -101,7 +101,7 @@ def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, ou
     return True
 
 
-def _ensure_row(stats: StudyStats, store: Path) -> None:
+def ensure_row(stats: StudyStats, store: Path) -> None:
     """Put a finished study's statistics back into ``stats.zarr`` if its row is missing."""
     try:
         present = stats.study in set(open_stats(store).study.values.tolist())

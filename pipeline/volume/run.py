@@ -63,9 +63,9 @@ from pipeline.volume.made_with import (
     why_redo,
 )
 from pipeline.volume.options import DEFAULT_OPTIONS, VolumeOptions
-from pipeline.volume.publish import _ensure_row, _refuse_foreign_labels, _remove_stale_temporaries, _write_outputs
+from pipeline.volume.publish import ensure_row, refuse_foreign_labels, remove_stale_study_temporaries, write_outputs
 from pipeline.volume.readers import is_nifti, read_volume, study_stem
-from pipeline.volume.segment import BlockProgress, _labels_on_native_grid
+from pipeline.volume.segment import BlockProgress, labels_on_native_grid
 from pipeline.volume.stats import (
     StudyStats,
     read_stats_json,
@@ -208,13 +208,13 @@ def _segment_study(
     """:func:`segment_volume` once the study's lock is held: skip it, or segment it and write its outputs."""
     outputs = StudyOutputs.for_input(input_path, out_dir)
     stem = output_stem(input_path)
-    _remove_stale_temporaries(outputs)
+    remove_stale_study_temporaries(outputs)
     asked = input_record(input_path, series_uid=options.series_uid, volume_index=options.volume_index, out_dir=out_dir)
     redone = ""
     if not options.force and outputs.complete():
         previous, redone = _previous_outputs(outputs, spec, asked, conflict=True)
         if previous is not None:
-            _ensure_row(previous, out_dir / STATS_STORE)
+            ensure_row(previous, out_dir / STATS_STORE)
             _remove_work(outputs)  # left by a run killed after its S.stats.json: nothing resumes from it now
             log.info("%s: outputs present, skipped (use force to redo)", stem)
             return VolumeResult(
@@ -222,7 +222,7 @@ def _segment_study(
             )
         log.info("%s: segmenting again, the outputs present were %s", stem, redone)
     if not options.force:
-        _refuse_foreign_labels(outputs.labels)
+        refuse_foreign_labels(outputs.labels)
     watch = Stopwatch()
     with watch.stage("read"):
         volume = read_volume(input_path, series_uid=options.series_uid, volume_index=options.volume_index)
@@ -238,14 +238,14 @@ def _segment_study(
             model = load_model(spec, auto_device(options.device))
     try:
         with watch.stage("segment"):
-            labels, engine_report = _labels_on_native_grid(volume, spec, outputs.work, model, options, progress=progress, record=record)
+            labels, engine_report = labels_on_native_grid(volume, spec, outputs.work, model, options, progress=progress, record=record)
         with watch.stage("stats"):
             stats = study_statistics(
                 stem, labels, volume.data, volume.affine, [(c.id, c.name) for c in spec.classes],
                 source=read.source, modality=volume.modality, model=spec.name, made_with=record, nodata=spec.nodata,
             )
         with watch.stage("write"):
-            dicom_seg = _write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
+            dicom_seg = write_outputs(volume, spec, labels, stats, outputs, out_dir / STATS_STORE)
     except OSError as exc:
         error = output_write_error(out_dir, exc, writing=f"the outputs of {stem}")
         if error is None:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 BlockProgress = Callable[[int, int], None]
 
 
-def _labels_on_native_grid(
+def labels_on_native_grid(
     volume: Volume, spec: ModelSpec, work: Path, model: Any, options: VolumeOptions, *, progress: BlockProgress | None, record: dict[str, Any]
 ) -> tuple[np.ndarray, Any]:
     """Run the engine on the model grid (resuming from ``work``) and return native labels ``(Z, Y, X)``,
