@@ -4,9 +4,7 @@ next run with room works. Before: "unexpected OSError: [Errno 27] File too large
 
 from __future__ import annotations
 
-import contextlib
 import json
-import resource
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +16,6 @@ from safetensors.torch import save_file
 
 from pipeline.errors import InputError
 from pipeline.raster.run import segment_raster
-
-
-@contextlib.contextmanager
-def file_size_limit(nbytes: int):
-    """``ulimit -f`` for this process (Python ignores SIGXFSZ, so a write past it fails with EFBIG)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def _raster_inputs(folder: Path) -> tuple[Path, Path]:
@@ -48,7 +35,7 @@ def _raster_inputs(folder: Path) -> tuple[Path, Path]:
     return tif, spec
 
 
-def test_raster_output_past_the_file_size_limit_names_the_folder_and_the_fix(tmp_path):
+def test_raster_output_past_the_file_size_limit_names_the_folder_and_the_fix(tmp_path, file_size_limit):
     tif, spec = _raster_inputs(tmp_path)
     out = tmp_path / "out"
     with file_size_limit(20_000), pytest.raises(InputError) as caught:  # the work store's chunks fit, the quicklook does not

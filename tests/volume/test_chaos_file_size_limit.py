@@ -4,9 +4,6 @@ next run with room works. Before: "unexpected OSError: [Errno 27] File too large
 
 from __future__ import annotations
 
-import contextlib
-import resource
-
 import pytest
 
 from pipeline.errors import InputError
@@ -14,18 +11,7 @@ from pipeline.volume.options import VolumeOptions
 from pipeline.volume.run import segment_volume
 
 
-@contextlib.contextmanager
-def file_size_limit(nbytes: int):
-    """``ulimit -f`` for this process (Python ignores SIGXFSZ, so a write past it fails with EFBIG)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
-def test_volume_output_past_the_file_size_limit_names_the_folder_and_the_fix(vh, tmp_path, pv_model):
+def test_volume_output_past_the_file_size_limit_names_the_folder_and_the_fix(vh, tmp_path, pv_model, file_size_limit):
     spec = vh.per_voxel_spec(tmp_path)
     study = vh.write_nifti(tmp_path / "case.nii.gz", vh.ct_crop(), vh.axis_affine("RAS"))
     out = tmp_path / "out"
