@@ -51,3 +51,13 @@ def test_landcover_throughput_bench_runs_on_cpu():
 def test_gpu_check_runs_cpu_against_cpu():
     out = run("gpu_check.py", "--device", "cpu", "--small")
     assert "7/7 checks passed" in out and "pieces via disk" in out
+
+
+def test_nodata_windows_bench_runs():
+    out = run("nodata_windows.py", "--side", "1200", "1400", "--time", "256")
+    assert "empty blocks" in out and "valid labels agree 100.0000%" in out
+
+
+def test_stats_append_bench_runs():
+    out = run("stats_append.py", "--shapes", "3x2x2x2", "5x3x2x4")
+    assert "3x2x2x2" in out and "5x3x2x4" in out and "append s" in out
