@@ -1,13 +1,16 @@
 """The ``stats.zarr`` statistics stores on disk: locking, reading, atomic replacement and recovery.
 
 Both statistics stores (rasters: :mod:`pipeline.raster.stats`, volumes: :mod:`pipeline.volume.stats_zarr`)
-are small, so every update rewrites the whole store into a fresh sibling folder and swaps it into
-place. This module holds what the two share:
+are built in a fresh sibling folder and swapped into place: the whole store rewritten, or
+(rasters) a copy whose unchanged chunk files are hard links to the old store's. This module holds
+what the two share:
 
 * :func:`lock`: an advisory ``flock`` on the store's folder, exclusive for writers (the whole
   read-modify-swap) and shared for readers;
 * :func:`open_stats`: a consistent in-memory snapshot of a store, read under the shared lock;
 * :func:`replace_store`: write a Dataset next to the store and swap it in atomically;
+* :func:`update_store`, :func:`linked_copy`: build a store from the old one's files and swap it in;
+* :func:`check_chunk_sizes`: every chunk file there with its size as written (no read);
 * :func:`recover`: undo what a run killed inside a swap left behind;
 * :func:`fixed_width_strings`: string coordinates and variables as fixed-width unicode (``<U{n}``).
 
@@ -28,7 +31,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from glob import escape as glob_escape
 from pathlib import Path
@@ -54,6 +57,17 @@ _NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}  # kernel or file 
 
 # root attribute of a store written with every chunk (a missing chunk file is then damage, not a fill value)
 EVERY_CHUNK_ATTR = "segpipe_every_chunk"
+
+# in each array's folder of a store written by segpipe: the size of each of its chunk files, so a fast
+# update (pipeline.raster.stats) tells a truncated chunk file from a sound one without reading it
+CHUNK_SIZES_FILE = "segpipe-chunk-sizes.json"
+
+# the dimension a store is chunked along, TIME_CHUNK steps per chunk: an update of one time step
+# writes the chunk files of those steps and links the others (see linked_copy). One step per chunk made
+# a store of a year of 50 scenes 5000 files, which took 8x longer to read (zarr's cost per chunk) and
+# to link (a folder per chunk); 32 steps keep the bytes an update rewrites small (a month of nights)
+TIME_DIM = "time"
+TIME_CHUNK = 32
 
 # per thread: the folders (device, inode) this thread holds a lock on, and how
 _held = threading.local()
@@ -152,9 +166,73 @@ def _check_every_chunk(store: str | Path, every_chunk: bool) -> None:
         return
     import zarr
 
-    for name, array in zarr.open_group(store, mode="r").arrays():
+    check_every_chunk(zarr.open_group(store, mode="r"), store)
+
+
+def check_every_chunk(group, store: str | Path) -> None:
+    """Raise :class:`InputError` (damaged) when an array of the zarr ``group`` (a store written with
+    every chunk) lacks chunk files. Lists the chunk files only; reads none."""
+    for name, array in group.arrays():
         if array.nchunks_initialized != array.nchunks:
             raise _damaged(store, f"{array.nchunks - array.nchunks_initialized} of the {array.nchunks} chunk(s) of '{name}' are missing")
+
+
+def record_chunk_sizes(store: str | Path) -> None:
+    """Write :data:`CHUNK_SIZES_FILE` into each array folder of the zarr store ``store``: ``{chunk key: bytes}``."""
+    import json
+
+    for entry in os.scandir(store):
+        if entry.is_dir(follow_symlinks=False):
+            sizes = {key: os.stat(path).st_size for key, path in _chunk_files(Path(entry.path))}
+            (Path(entry.path) / CHUNK_SIZES_FILE).write_text(json.dumps(sizes, separators=(",", ":")))
+
+
+def check_chunk_sizes(store: str | Path) -> dict[str, int] | None:
+    """The number of chunk files of each array of ``store``, after checking that each is there with the
+    size it was written with (a stat of each, no read); None where a size record is missing (a store
+    written before them: nothing to compare).
+
+    Raises:
+        InputError: a chunk file missing, added or of another size (damaged, as :func:`open_stats` says).
+    """
+    import json
+
+    counts = {}
+    for entry in os.scandir(store):
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        record = Path(entry.path) / CHUNK_SIZES_FILE
+        if not record.is_file():
+            return None
+        try:
+            sizes = json.loads(record.read_text())
+        except ValueError as exc:
+            raise _damaged(store, f"{record.name} of '{entry.name}' does not parse: {exc}") from exc
+        found = {key: os.stat(path).st_size for key, path in _chunk_files(Path(entry.path))}
+        if found != sizes:
+            bad = sorted(set(found) ^ set(sizes)) or sorted(k for k in found if found[k] != sizes[k])
+            raise _damaged(store, f"{len(bad)} chunk file(s) of '{entry.name}' missing, added or of another size than written, e.g. '{bad[0]}'")
+        counts[entry.name] = len(found)
+    return counts
+
+
+def _chunk_files(array_dir: Path) -> Iterator[tuple[str, str]]:
+    """``(key relative to the array folder, path)`` of each chunk file of ``array_dir``: under ``c/``
+    (``/`` chunk keys) or named ``c`` or ``c.*`` (``.`` chunk keys)."""
+    top = str(array_dir)
+    for entry in os.scandir(top):
+        if entry.name == "c" and entry.is_dir(follow_symlinks=False):
+            for root, _dirs, files in os.walk(entry.path):
+                rel = os.path.relpath(root, top).replace(os.sep, "/")
+                for name in files:
+                    yield f"{rel}/{name}", os.path.join(root, name)
+        elif entry.name == "c" or entry.name.startswith("c."):
+            yield entry.name, entry.path
+
+
+def damaged(store: str | Path, problem: str) -> InputError:
+    """The error for a damaged store (what :func:`open_stats` raises)."""
+    return _damaged(store, problem)
 
 
 def _damaged(store: str | Path, problem: str) -> InputError:
@@ -172,6 +250,9 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
 
     The caller holds ``lock(store, "exclusive")`` for the read-modify-swap. Strings are written
     fixed-width (:func:`fixed_width_strings`); encodings read from an older store are dropped.
+    Every variable with a ``time`` dimension (but the ``time`` coordinate, one chunk) is chunked
+    :data:`TIME_CHUNK` time steps per chunk (its other dimensions whole; chunk files ``c/<t>/0/...``),
+    so a later update of one time step can link the other chunk files (:func:`linked_copy`).
     Readers see the old store or the new one, never a half-written one.
 
     Returns:
@@ -179,17 +260,98 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
     """
     store = Path(store)
     ds = fixed_width_strings(ds).assign_attrs({EVERY_CHUNK_ATTR: True})
-    for variable in ds.variables.values():
+    for name, variable in ds.variables.items():
         variable.encoding = {}
+        if TIME_DIM in variable.dims and name != TIME_DIM:  # TIME_CHUNK steps per chunk: other nights' chunk files stay
+            variable.encoding["chunks"] = tuple(TIME_CHUNK if dim == TIME_DIM else max(size, 1) for dim, size in zip(variable.dims, variable.shape))
+    if TIME_DIM in ds.variables and ds.variables[TIME_DIM].dtype.kind == "M":
+        times = ds.variables[TIME_DIM].values
+        if (times.astype("datetime64[s]") == times).all():  # fixed units: a later time appended in place fits them
+            ds.variables[TIME_DIM].encoding.update(units="seconds since 1970-01-01", calendar="proleptic_gregorian")
     tmp = _sibling(store, "tmp")
     try:
         with _quiet():  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
             ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True)
+            record_chunk_sizes(tmp)
         swap_in(tmp, store)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return store
+
+
+def update_store(store: str | Path, build: Callable[[Path], None]) -> Path:
+    """Build a new store in a fresh sibling folder of ``store`` with ``build(tmp)``, consolidate its
+    metadata and swap it in as :func:`replace_store` does (the temporary folder is removed on any error).
+
+    The caller holds ``lock(store, "exclusive")``; ``build`` typically starts with :func:`linked_copy`.
+
+    Returns:
+        ``store``.
+    """
+    import zarr
+
+    store = Path(store)
+    tmp = _sibling(store, "tmp")
+    try:
+        with _quiet():
+            build(tmp)
+            record_chunk_sizes(tmp)
+            zarr.consolidate_metadata(str(tmp), zarr_format=3)
+        swap_in(tmp, store)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return store
+
+
+def linked_copy(store: str | Path, tmp: str | Path, *, rewrite: int | None) -> None:
+    """Copy the zarr store ``store`` to the new folder ``tmp``, hard-linking the chunk files that stay.
+
+    Copied: every metadata file (``zarr.json``; zarr rewrites them in place), every other file that
+    is no chunk file, and every file of an array without a ``time`` dimension and of the ``time``
+    coordinate itself. Hard-linked: the chunk files (``<array>/c/<t>/...``) of every other array, but
+    those of chunk index ``rewrite`` along ``time``, which are left out for the caller to write. zarr writes a chunk by opening its path for writing,
+    which through a link would change the old store's file too (the store that must stay intact
+    until the swap): the caller must write no chunk file in ``tmp`` but those of chunk index
+    ``rewrite`` along ``time`` or beyond the old shape. A store of one level of arrays in zarr v3 whose time arrays
+    have the default ``c/``-prefixed ``/`` chunk keys is assumed (:mod:`pipeline.raster.stats` checks it).
+    """
+    store, tmp = Path(store), Path(tmp)
+    tmp.mkdir()
+    skip = None if rewrite is None else str(int(rewrite))
+    for entry in os.scandir(store):
+        if not entry.is_dir(follow_symlinks=False):
+            shutil.copy2(entry.path, tmp / entry.name)
+            continue
+        src, dst = Path(entry.path), tmp / entry.name
+        if entry.name == TIME_DIM or TIME_DIM not in _dimension_names(src):
+            shutil.copytree(src, dst)
+            continue
+        dst.mkdir()
+        for file in os.scandir(src):
+            if file.name != "c":
+                shutil.copy2(file.path, dst / file.name)  # zarr.json, the chunk sizes
+                continue
+            for step in os.scandir(file.path):  # c/<t>/...: the chunk files of chunk <t> along time
+                if step.name == skip:
+                    continue
+                if not step.is_dir(follow_symlinks=False):
+                    os.makedirs(dst / "c", exist_ok=True)
+                    os.link(step.path, dst / "c" / step.name)
+                    continue
+                for root, _dirs, files in os.walk(step.path):
+                    out = os.path.join(dst, os.path.relpath(root, src))
+                    os.makedirs(out, exist_ok=True)
+                    for name in files:
+                        os.link(os.path.join(root, name), os.path.join(out, name))
+
+
+def _dimension_names(array_dir: Path) -> tuple[str, ...]:
+    import json
+
+    meta = json.loads((array_dir / "zarr.json").read_text())
+    return tuple(meta.get("dimension_names") or ())
 
 
 def swap_in(new: str | Path, store: str | Path) -> None:

@@ -12,13 +12,16 @@ exact ones (:func:`_pixel_space_coverage`).
 The store (``DIR/stats.zarr``) has dimensions ``(time, scene, region, class)``; appending the same
 ``time`` and ``scene`` again replaces that entry, unless another input made it, and the classes keep
 one table (both rules in :mod:`pipeline.raster.entries`). Each entry records what made it
-(:mod:`pipeline.raster.provenance`). Each append rewrites the (small) store into a
-temporary one and swaps it in under a lock, so readers never see a half-written store.
+(:mod:`pipeline.raster.provenance`). Each append builds a new store under a temporary name
+and swaps it in under a lock, so readers never see a half-written store: an entry of a scene already
+in the store, at an existing night or after the last one, as a hard-linked copy of the old store with
+only that night's chunks written (:func:`_append_fast`); any other by rewriting the whole store.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +47,18 @@ from pipeline.raster.ingest import tiles
 from pipeline.raster.probe import RasterInfo
 from pipeline.raster.provenance import PROVENANCE_VARS, Provenance
 from pipeline.raster.regions import Regions, ellipsoidal_area_m2
-from pipeline.stats_store import lock, open_stats, recover, replace_store
+from pipeline.stats_store import (
+    EVERY_CHUNK_ATTR,
+    TIME_DIM,
+    check_chunk_sizes,
+    damaged,
+    linked_copy,
+    lock,
+    open_stats,
+    recover,
+    replace_store,
+    update_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +362,10 @@ def append_stats(
     entry = ds.expand_dims(time=[t], scene=np.array([scene], dtype=object))
     with lock(store_path, "exclusive"):
         recover(store_path)
+        if FAST_APPEND and (store_path / "zarr.json").is_file():
+            source = None if provenance is None else provenance.source
+            if _append_fast(entry, ds, store_path, time=t, scene=scene, source=source, force=force):
+                return store_path
         if (store_path / "zarr.json").is_file():
             old = _fill_strings(_open(store_path).load())  # zarr reads them back as numpy StringDType, which joins refuse
             check_class_table(class_table(old), class_table(ds), store_path)
@@ -363,6 +381,206 @@ def append_stats(
 
 
 CLASS_COORDS = ("class_id", "class_color")
+
+# module switch: False makes every append read and rewrite the whole store (the tests compare both ways)
+FAST_APPEND = True
+
+
+def _append_fast(
+    entry: xr.Dataset, ds: xr.Dataset, store: Path, *, time: np.datetime64, scene: str, source: str | None, force: bool
+) -> bool:
+    """Append ``entry`` (dims ``time`` and ``scene`` of length 1) to ``store`` writing one night only; False
+    (nothing done) where only a whole rewrite can do it. The caller holds the exclusive lock.
+
+    Taken when the store was written with every chunk, chunked along ``time`` only (chunk sizes recorded); the entry's scene,
+    regions and classes are already in the store (colours alike), its variables, their dimensions and
+    attributes are the store's, its values fit the store's types (strings no wider); and its ``time`` is
+    in the store or after every stored time (and its encoding in the store's units is exact). The new
+    store is then a :func:`~pipeline.stats_store.linked_copy` of the old one whose chunks holding that
+    night are written afresh (the old night's values with the entry's scene replaced, as the whole rewrite
+    merges it), swapped in atomically. Reads the coordinates and those chunks, and stats every chunk file:
+    the bytes it reads and writes do not grow with the number of nights.
+
+    Raises:
+        InputError: as :func:`append_stats` (another source, contradicting classes, a damaged store).
+    """
+    import zarr
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            group = zarr.open_group(store, mode="r")
+            if not group.attrs.get(EVERY_CHUNK_ATTR, False):
+                return False  # an older store: the whole rewrite converts it
+            arrays = dict(group.arrays())
+            lazy = xr.open_zarr(store, consolidated=None, chunks=None)  # metadata and index coordinates only
+    except (FileNotFoundError, PermissionError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged store: the whole read reports it (open_stats)
+        log.debug("%s: fast append not possible (%s: %s)", store, type(exc).__name__, exc)
+        return False
+    with lazy:
+        plan = _fast_plan(entry, lazy, arrays, time=time, scene=scene)
+        if plan is None:
+            return False
+        index, grow, encoded_time, step = plan
+        first = index // step * step  # the first time index of the chunk written
+        # a missing chunk file would otherwise be linked into a valid-looking store, and a truncated one be
+        # added to: every chunk file is there with its size as written (a stat of each, no read)
+        counts = check_chunk_sizes(store)
+        if counts is None:
+            log.debug("fast append not possible: no chunk sizes recorded")
+            return False
+        for name, array in arrays.items():  # the record against the metadata: as open_stats's nchunks_initialized == nchunks
+            if counts.get(name) != array.nchunks:
+                raise damaged(store, f"{array.nchunks - counts.get(name, 0)} of the {array.nchunks} chunk(s) of '{name}' are missing")
+        check_class_table(class_table(lazy), class_table(ds), store)
+        if not grow and source is not None and "source" in lazy.variables:
+            check_replacement(lazy[["source"]].isel(time=[index]).load(), store, time=time, scene=scene, source=source, force=force)
+        night = _night_values(entry, lazy, arrays, index=None if grow else index, scene=scene, store=store)
+        blocks = {}  # each time variable's chunk along time that holds the night, whole (as far as the array reaches)
+        for name, values in night.items():
+            try:
+                block = np.asarray(arrays[name][first : index if grow else min(first + step, arrays[name].shape[0])])
+            except Exception as exc:  # noqa: BLE001 - a chunk that does not decode: damage, as open_stats says
+                raise damaged(store, f"{type(exc).__name__}: {exc}") from exc
+            if grow:
+                block = np.concatenate([block, values[None]])
+            else:
+                block = block.copy()
+                block[index - first] = values
+            blocks[name] = block
+
+    def build(tmp: Path) -> None:
+        linked_copy(store, tmp, rewrite=index // step)
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for name, block in blocks.items():
+                array = zarr.open_array(tmp, path=name, mode="r+")
+                if grow:
+                    array.resize((index + 1, *array.shape[1:]))
+                array[first : first + len(block)] = block  # the whole chunk: nothing read from tmp, where it is absent
+            if grow:  # the time coordinate is one chunk: written again, whole (tiny)
+                old = arrays[TIME_DIM]
+                times = np.append(old[:], np.asarray([encoded_time], dtype=old.dtype))
+                zarr.create_array(
+                    str(tmp), name=TIME_DIM, data=times, chunks=times.shape, fill_value=old.fill_value, attributes=old.attrs.asdict(),
+                    dimension_names=(TIME_DIM,), compressors=old.compressors, serializer=old.serializer,
+                    chunk_key_encoding=old.metadata.chunk_key_encoding, overwrite=True,
+                )  # fmt: skip
+
+    update_store(store, build)
+    log.debug("%s: fast append of scene '%s' at time index %d (%s)", store, scene, index, "new" if grow else "existing")
+    return True
+
+
+def _fast_plan(entry: xr.Dataset, lazy: xr.Dataset, arrays: dict[str, Any], *, time: np.datetime64, scene: str) -> tuple[int, bool, Any, int] | None:
+    """``(time index, whether it is a new one, its encoded value, time steps per chunk)`` when :func:`_append_fast` can append
+    ``entry`` to the store opened as ``lazy`` (``arrays``: its zarr arrays), else None (logged)."""
+
+    def no(why: str) -> None:
+        log.debug("fast append not possible: %s", why)
+
+    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+
+    dims = ("time", "scene", "region", "class")
+    if set(lazy.dims) != set(dims) or set(lazy.coords) != {*dims, *CLASS_COORDS} or set(entry.coords) != set(lazy.coords):
+        return no("other coordinates")
+    if set(entry.data_vars) != set(lazy.data_vars) or set(arrays) != set(lazy.variables):
+        return no("other variables")
+    for name, array in arrays.items():
+        array_dims = tuple(array.metadata.dimension_names or ())
+        if array.shards is not None or array.metadata.zarr_format != 3:
+            return no(f"'{name}' is sharded")
+        if name in lazy.data_vars and array_dims[:2] != (TIME_DIM, "scene"):
+            return no(f"'{name}' has other dimensions")
+        if TIME_DIM in array_dims and name != TIME_DIM:
+            encoding = array.metadata.chunk_key_encoding
+            if not isinstance(encoding, DefaultChunkKeyEncoding) or encoding.separator != "/":
+                return no(f"'{name}' has other chunk keys")
+            if array.chunks[1:] != tuple(max(n, 1) for n in array.shape[1:]) or array.chunks[0] != arrays[next(iter(lazy.data_vars))].chunks[0]:
+                return no(f"'{name}' is not chunked along time only, alike")
+    for name in entry.variables:
+        if name != TIME_DIM and entry[name].attrs != lazy[name].attrs:
+            return no(f"'{name}' has other attributes")
+        if name in entry.data_vars and set(entry[name].dims) != set(lazy[name].dims):
+            return no(f"'{name}' has other dimensions")
+    if entry.attrs != {k: v for k, v in lazy.attrs.items() if k != EVERY_CHUNK_ATTR}:
+        return no("other attributes")
+    for dim in ("scene", "region"):  # the whole rewrite's outer join must give the store's own order
+        stored = pd.Index(lazy[dim].values.astype(str).tolist())
+        if stored.has_duplicates or not stored.equals(stored.union(pd.Index([str(v) for v in entry[dim].values]))):
+            return no(f"a new {dim}")
+    names = [str(v) for v in lazy["class"].values]
+    colors = dict(zip(names, (str(c) for c in lazy["class_color"].values)))
+    for name, color in zip(entry["class"].values, entry["class_color"].values):
+        if str(name) not in colors or colors[str(name)] != str(color):
+            return no("a new class or colour")
+    for name in entry.data_vars:
+        kind, values = lazy[name].dtype, entry[name].values
+        if kind.kind == "U":
+            if not all(isinstance(v, str) and len(v) <= kind.itemsize // 4 for v in values.ravel().tolist()):
+                return no(f"'{name}' holds longer strings")
+        elif kind.kind != "f" or not np.can_cast(values.dtype, kind):
+            return no(f"'{name}' has another type")
+    times = lazy[TIME_DIM].values
+    step = int(arrays[next(iter(lazy.data_vars))].chunks[0])
+    if time in times:
+        return int(np.flatnonzero(times == time)[0]), False, None, step
+    if times.size and not time > times.max():
+        return no("an earlier time")
+    encoded = _encode_time(time, arrays[TIME_DIM])
+    if encoded is None:
+        return no("a time the store's units cannot hold")
+    return int(times.size), True, encoded, step
+
+
+def _encode_time(time: np.datetime64, array: Any) -> Any:
+    """``time`` encoded as the store's time coordinate ``array`` holds times (its units, calendar and
+    type), or None where that encoding would not give ``time`` back exactly."""
+    from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
+
+    attrs = array.attrs
+    units, calendar = attrs.get("units"), attrs.get("calendar")
+    if not units:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            number, _, _ = encode_cf_datetime(np.array([time], dtype="datetime64[ns]"), units, calendar, dtype=array.dtype)
+            back = decode_cf_datetime(number, units, calendar)
+    except Exception:  # noqa: BLE001 - xarray raises (warnings as errors here) where its units cannot hold the time
+        return None
+    if np.asarray(number).dtype != array.dtype or np.datetime64(back[0], "ns") != time:
+        return None
+    return np.asarray(number)[0]
+
+
+def _night_values(entry: xr.Dataset, lazy: xr.Dataset, arrays: dict[str, Any], *, index: int | None, scene: str, store: Path) -> dict[str, np.ndarray]:
+    """Each time variable's values for one night (dims as stored, without ``time``): the old night's
+    (``index``; None: a new night, all fill) with ``scene`` replaced by the entry's, NaN or ``""`` where
+    the entry has no region or class (as :func:`append_stats`'s whole rewrite merges it)."""
+    night = {}
+    j = [str(v) for v in lazy["scene"].values].index(scene)
+    for name in entry.data_vars:
+        array = arrays[name]
+        stored_dims = tuple(array.metadata.dimension_names)
+        if index is None:
+            values = np.full(array.shape[1:], "" if array.dtype.kind == "U" else np.nan, dtype=array.dtype)
+        else:
+            try:
+                values = np.asarray(array[index])
+            except Exception as exc:  # noqa: BLE001 - a chunk that does not decode: damage, as open_stats says
+                raise damaged(store, f"{type(exc).__name__}: {exc}") from exc
+        row = entry[name].isel(time=0).sel(scene=scene, drop=True)
+        row = row.drop_vars([c for c in row.coords if c not in row.dims]).transpose(*stored_dims[2:])
+        row = row.reindex({dim: lazy[dim].values.astype(object) for dim in row.dims})
+        row_values = np.asarray(row.values)
+        if array.dtype.kind == "U":
+            row_values = np.where(pd.isnull(row_values.astype(object)), "", row_values.astype(object)).astype(array.dtype)
+        values = values.copy()
+        values[j] = row_values
+        night[name] = values
+    return night
 
 
 def _merge(new: xr.Dataset, old: xr.Dataset) -> xr.Dataset:
