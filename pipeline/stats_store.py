@@ -338,13 +338,18 @@ def linked_copy(store: str | Path, tmp: str | Path, *, rewrite: int | None) -> N
                     continue
                 if not step.is_dir(follow_symlinks=False):
                     os.makedirs(dst / "c", exist_ok=True)
-                    os.link(step.path, dst / "c" / step.name)
+                    _hard_link(step.path, dst / "c" / step.name)
                     continue
                 for root, _dirs, files in os.walk(step.path):
                     out = os.path.join(dst, os.path.relpath(root, src))
                     os.makedirs(out, exist_ok=True)
                     for name in files:
-                        os.link(os.path.join(root, name), os.path.join(out, name))
+                        _hard_link(os.path.join(root, name), os.path.join(out, name))
+
+
+def _hard_link(src: str, dst: str) -> None:
+    """``os.link``: one name for what a file system without hard links refuses (see pipeline.raster.stats.NO_HARD_LINKS)."""
+    os.link(src, dst)
 
 
 def _dimension_names(array_dir: Path) -> tuple[str, ...]:

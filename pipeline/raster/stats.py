@@ -20,6 +20,7 @@ only that night's chunks written (:func:`_append_fast`); any other by rewriting 
 
 from __future__ import annotations
 
+import errno
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -385,6 +386,9 @@ CLASS_COORDS = ("class_id", "class_color")
 # module switch: False makes every append read and rewrite the whole store (the tests compare both ways)
 FAST_APPEND = True
 
+# what os.link raises where the file system has no hard links (or too many on one file)
+NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
 
 def _append_fast(
     entry: xr.Dataset, ds: xr.Dataset, store: Path, *, time: np.datetime64, scene: str, source: str | None, force: bool
@@ -468,7 +472,13 @@ def _append_fast(
                     chunk_key_encoding=old.metadata.chunk_key_encoding, overwrite=True,
                 )  # fmt: skip
 
-    update_store(store, build)
+    try:
+        update_store(store, build)
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise  # a full disk, a read-only folder: the caller reports it
+        log.debug("%s: no hard links here (%s); the whole store is rewritten", store, exc)
+        return False  # a file system without hard links (some network and FUSE mounts): the whole rewrite
     log.debug("%s: fast append of scene '%s' at time index %d (%s)", store, scene, index, "new" if grow else "existing")
     return True
 

@@ -213,3 +213,31 @@ def test_a_truncated_chunk_of_the_night_rewritten_is_refused(tmp_path, monkeypat
         _append(monkeypatch, True, STEPS[3], store)
     with pytest.raises(InputError, match="damaged"):
         open_stats(store)
+
+
+def test_a_file_system_without_hard_links_gets_the_whole_rewrite(tmp_path, monkeypatch, caplog):
+    """Some network and FUSE mounts refuse os.link (EPERM, ENOTSUP...): the append is still made, by
+    the whole rewrite, with the same store; a full disk (ENOSPC) is not mistaken for that and fails."""
+    import errno
+
+    store = _two_nights(tmp_path, monkeypatch)
+    (tmp_path / "ref").mkdir()
+    reference = _two_nights(tmp_path / "ref", monkeypatch)
+    _append(monkeypatch, False, STEPS[3], reference)
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(stats_store, "_hard_link", no_links)  # zarr itself keeps its links: only the copy is refused
+    with caplog.at_level(logging.DEBUG, logger="pipeline.raster.stats"):
+        _append(monkeypatch, True, STEPS[3], store)
+    assert not _fast_taken(caplog) and "no hard links here" in caplog.text
+    xr.testing.assert_identical(_loaded(store), _loaded(reference))
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # the fast path's half-built copy is gone
+
+    def disk_full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(stats_store, "_hard_link", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _append(monkeypatch, True, STEPS[4], store)
