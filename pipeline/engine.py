@@ -52,6 +52,17 @@ __all__ = [
 ]
 
 
+def clip_region(lo: tuple[int, ...], hi: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The part of the region ``lo:hi`` inside an image of shape ``spatial`` (pixels/voxels per
+    spatial axis): its slices in image coordinates and in region coordinates (the region may extend
+    past the image where the window grid is padded)."""
+    inside_lo = tuple(max(a, 0) for a in lo)
+    inside_hi = tuple(min(b, n) for b, n in zip(hi, spatial))
+    image = tuple(slice(a, b) for a, b in zip(inside_lo, inside_hi))
+    region = tuple(slice(a - low, b - low) for a, b, low in zip(inside_lo, inside_hi, lo))
+    return image, region
+
+
 def read_region(
     source: ArraySource,
     lo: tuple[int, ...],
@@ -71,17 +82,16 @@ def read_region(
     with the model's.
     """
     channels, spatial = source.shape[0], source.shape[1:]
-    clipped_lo = tuple(max(a, 0) for a in lo)
-    clipped_hi = tuple(min(b, s) for b, s in zip(hi, spatial))
-    raw = np.asarray(source[(slice(None), *(slice(a, b) for a, b in zip(clipped_lo, clipped_hi)))])
+    in_image, in_region = clip_region(lo, hi, spatial)
+    raw = np.asarray(source[(slice(None), *in_image)])
     size = tuple(b - a for a, b in zip(lo, hi))
     shape = (*size, channels) if channels_last else (channels, *size)
     buffer = pool.take(shape) if pool is not None else torch.empty(shape, dtype=torch.float32)
     array = buffer.numpy()
-    if clipped_lo != lo or clipped_hi != hi:
+    if raw.shape[1:] != size:  # part of the region is padding
         array.fill(0)
     as_channels_first = np.moveaxis(array, -1, 0) if channels_last else array
-    inside = as_channels_first[(slice(None), *(slice(a - low, b - low) for a, b, low in zip(clipped_lo, clipped_hi, lo)))]
+    inside = as_channels_first[(slice(None), *in_region)]
     write_into = getattr(preprocess, "into", None)
     if write_into is not None:
         write_into(raw, inside)
@@ -112,12 +122,9 @@ def windows_with_data(plan: BlockPlan, b: Block, valid: ArraySource | None) -> l
     if valid is None or not starts:
         return starts
     lo, hi = region_of(plan, b)
-    spatial = plan.grid.shape
-    clipped_lo = tuple(max(a, 0) for a in lo)
-    clipped_hi = tuple(min(c, n) for c, n in zip(hi, spatial))
+    in_image, in_region = clip_region(lo, hi, plan.grid.shape)
     has_data = np.zeros(tuple(c - a for a, c in zip(lo, hi)), dtype=bool)  # padding has no data
-    inside = tuple(slice(a - low, c - low) for a, c, low in zip(clipped_lo, clipped_hi, lo))
-    has_data[inside] = np.asarray(valid[tuple(slice(a, c) for a, c in zip(clipped_lo, clipped_hi))]) != 0
+    has_data[in_region] = np.asarray(valid[in_image]) != 0
     window = plan.grid.window
     kept = []
     for start in starts:

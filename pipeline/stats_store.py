@@ -155,7 +155,7 @@ def open_stats(store: str | Path) -> xr.Dataset:
         except (FileNotFoundError, PermissionError, MemoryError, InputError):
             raise  # not the store's damage: no access, or too little memory to read it
         except Exception as exc:  # noqa: BLE001 - json, codecs and zarr raise several types for a damaged store
-            raise _damaged(store, f"{type(exc).__name__}: {exc}") from exc
+            raise damaged(store, f"{type(exc).__name__}: {exc}") from exc
         return fixed_width_strings(loaded)
 
 
@@ -174,7 +174,7 @@ def check_every_chunk(group, store: str | Path) -> None:
     every chunk) lacks chunk files. Lists the chunk files only; reads none."""
     for name, array in group.arrays():
         if array.nchunks_initialized != array.nchunks:
-            raise _damaged(store, f"{array.nchunks - array.nchunks_initialized} of the {array.nchunks} chunk(s) of '{name}' are missing")
+            raise damaged(store, f"{array.nchunks - array.nchunks_initialized} of the {array.nchunks} chunk(s) of '{name}' are missing")
 
 
 def record_chunk_sizes(store: str | Path) -> None:
@@ -207,11 +207,11 @@ def check_chunk_sizes(store: str | Path) -> dict[str, int] | None:
         try:
             sizes = json.loads(record.read_text())
         except ValueError as exc:
-            raise _damaged(store, f"{record.name} of '{entry.name}' does not parse: {exc}") from exc
+            raise damaged(store, f"{record.name} of '{entry.name}' does not parse: {exc}") from exc
         found = {key: os.stat(path).st_size for key, path in _chunk_files(Path(entry.path))}
         if found != sizes:
             bad = sorted(set(found) ^ set(sizes)) or sorted(k for k in found if found[k] != sizes[k])
-            raise _damaged(store, f"{len(bad)} chunk file(s) of '{entry.name}' missing, added or of another size than written, e.g. '{bad[0]}'")
+            raise damaged(store, f"{len(bad)} chunk file(s) of '{entry.name}' missing, added or of another size than written, e.g. '{bad[0]}'")
         counts[entry.name] = len(found)
     return counts
 
@@ -232,10 +232,6 @@ def _chunk_files(array_dir: Path) -> Iterator[tuple[str, str]]:
 
 def damaged(store: str | Path, problem: str) -> InputError:
     """The error for a damaged store (what :func:`open_stats` raises)."""
-    return _damaged(store, problem)
-
-
-def _damaged(store: str | Path, problem: str) -> InputError:
     return InputError(
         store, f"statistics store is damaged ({problem})",
         "restore it from a backup, or move it away to start a new one",
