@@ -57,6 +57,11 @@ _NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}  # kernel or file 
 
 # root attribute of a store written with every chunk (a missing chunk file is then damage, not a fill value)
 EVERY_CHUNK_ATTR = "segpipe_every_chunk"
+# its value: the integer 1, not True. netCDF has no boolean attributes, so an analyst's
+# ds.to_netcdf("x.nc") failed on a store carrying True ("illegal data type for attribute ... got b1"
+# with netCDF4, the default engine; h5netcdf likewise). Stores written before hold True: still read
+# as "every chunk written"; their next raster append is a whole rewrite, which converts them.
+EVERY_CHUNK_VALUE = 1
 
 # in each array's folder of a store written by segpipe: the size of each of its chunk files, so a fast
 # update (pipeline.raster.stats) tells a truncated chunk file from a sound one without reading it
@@ -159,7 +164,7 @@ def open_stats(store: str | Path) -> xr.Dataset:
         return fixed_width_strings(loaded)
 
 
-def _check_every_chunk(store: str | Path, every_chunk: bool) -> None:
+def _check_every_chunk(store: str | Path, every_chunk: int | bool) -> None:
     """In a store :func:`replace_store` wrote with every chunk, a missing chunk file is damage: zarr
     would read it back as the fill value (NaN areas, empty names) without a word."""
     if not every_chunk:  # written by an older segpipe: all-fill chunks were left out, so absence says nothing
@@ -255,7 +260,7 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
         ``store``.
     """
     store = Path(store)
-    ds = fixed_width_strings(ds).assign_attrs({EVERY_CHUNK_ATTR: True})
+    ds = fixed_width_strings(ds).assign_attrs({EVERY_CHUNK_ATTR: EVERY_CHUNK_VALUE})
     for name, variable in ds.variables.items():
         variable.encoding = {}
         if TIME_DIM in variable.dims and name != TIME_DIM:  # TIME_CHUNK steps per chunk: other nights' chunk files stay

@@ -414,8 +414,12 @@ def _append_fast(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             group = zarr.open_group(store, mode="r")
-            if not group.attrs.get(EVERY_CHUNK_ATTR, False):
+            every_chunk = group.attrs.get(EVERY_CHUNK_ATTR, False)
+            if not every_chunk:
                 return False  # an older store: the whole rewrite converts it
+            if isinstance(every_chunk, bool):  # written before it became 1: netCDF refuses a boolean attribute
+                log.debug("%s: fast append not possible (boolean %s of an older segpipe; the whole rewrite converts it)", store, EVERY_CHUNK_ATTR)
+                return False
             arrays = dict(group.arrays())
             lazy = xr.open_zarr(store, consolidated=None, chunks=None)  # metadata and index coordinates only
     except (FileNotFoundError, PermissionError, MemoryError):

@@ -15,8 +15,9 @@
 * The affine maps ``(x, y, z, 1)`` = ``(column, row, slice, 1)`` to RAS mm:
   ``LPS = IPP_0 + x * dc * row_cosines + y * dr * column_cosines + z * step`` with ``PixelSpacing = (dr, dc)``
   and ``step = (IPP_last - IPP_0) / (n - 1)`` (which also keeps gantry tilt), then ``RAS = diag(-1, -1, 1) LPS``.
-  Oblique orientations are kept exactly. A gantry-tilted (sheared) affine is written to NIfTI as the sform
-  only (qform_code 0; see :meth:`~pipeline.volume.volume.HeaderInfo.from_affine`).
+  Oblique orientations are kept exactly. A gantry-tilted (sheared) affine is written to NIfTI as the sform;
+  the qform holds the series as ITK reads it, without the tilt, so that ITK-based viewers open the labels
+  (see :meth:`~pipeline.volume.volume.HeaderInfo.from_affine`).
 * A truncated slice is reported as such; the decoder hint is given only for a compressed syntax
   whose decoder is not installed.
 """

@@ -45,13 +45,16 @@ class HeaderInfo:
     def from_affine(affine: np.ndarray, code: int = 1) -> HeaderInfo:
         """Header for a volume without a NIfTI header (DICOM): qform = sform = ``affine``, both ``code``.
 
-        A sheared ``affine`` (a gantry-tilted series, see :func:`is_sheared`) gets ``qform_code`` 0:
-        NIfTI's qform holds a rotation and voxel sizes only, so an orthogonalised copy would place
-        voxels away from the exact sform (tens of mm at the ends of a tilted series).
+        A sheared ``affine`` (a gantry-tilted series, see :func:`is_sheared`) keeps the exact
+        ``affine`` as the sform, which nibabel, FSL and segpipe read, and gets :func:`slice_normal_affine`
+        as the qform (same ``code``). NIfTI's qform holds a rotation and voxel sizes only, and ITK
+        (3D Slicer, ITK-SNAP, SimpleITK) refuses a non-orthogonal sform: with ``qform_code`` 0 it could
+        not open the labels at all ("ITK only supports orthonormal direction cosines"); with this qform
+        it places them exactly where it places the DICOM series itself, which it reads without the tilt.
         """
         rows = _as_rows(affine)
-        qform_code = 0 if is_sheared(affine) else code
-        return HeaderInfo(qform=rows, qform_code=qform_code, sform=rows, sform_code=code)
+        qform = _as_rows(slice_normal_affine(affine)) if is_sheared(affine) else rows
+        return HeaderInfo(qform=qform, qform_code=code, sform=rows, sform_code=code)
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,28 @@ def is_sheared(affine: np.ndarray, *, tolerance: float = SHEAR_TOLERANCE) -> boo
     unit = matrix / norms
     cosines = unit.T @ unit - np.eye(3)
     return bool(np.max(np.abs(cosines)) > tolerance)
+
+
+def slice_normal_affine(affine: np.ndarray) -> np.ndarray:
+    """``affine`` with its slice axis along the normal of the slices: how ITK reads a tilted DICOM series.
+
+    The ``x`` and ``y`` columns (row and column directions times pixel spacing) and the origin stay;
+    the ``z`` column becomes the unit normal ``x cross y`` (turned to the side of the slice step)
+    times the length of the step. For an unsheared ``affine`` this is ``affine`` itself; for a
+    gantry-tilted one it is what ITK's ``ImageSeriesReader`` gives for the series (origin at the first
+    slice, direction from ImageOrientationPatient, spacing the distance between slice positions).
+
+    Args:
+        affine: 4x4, voxel ``(x, y, z, 1)`` -> RAS mm.
+    """
+    affine = np.array(affine, dtype=np.float64)
+    x, y, z = affine[:3, 0], affine[:3, 1], affine[:3, 2]
+    normal = np.cross(x, y)
+    normal /= np.linalg.norm(normal)
+    if normal @ z < 0:
+        normal = -normal
+    affine[:3, 2] = normal * np.linalg.norm(z)
+    return affine
 
 
 def affine_problem(affine: np.ndarray, what: str = "the voxel-to-world matrix") -> str | None:

@@ -135,6 +135,11 @@ def slicer_color_table(classes: Sequence[ClassInfo], nodata: int | None = None) 
     return "\n".join(lines) + "\n"
 
 
+def _lo(text: str) -> str:
+    """``text`` as one DICOM LO value: at most 64 characters, a backslash (the value separator) as ``/``."""
+    return text.replace("\\", "/")[:64]
+
+
 def write_dicom_seg(
     labels: np.ndarray,
     source: DicomSource,
@@ -171,19 +176,27 @@ def write_dicom_seg(
     from pipeline.volume.dicom import read_slice  # Part 10 files and bare datasets alike
 
     images = [read_slice(f, stop_before_pixels=True) for f in source.files]
-    algorithm = hd.AlgorithmIdentificationSequence(name=model_name[:64] or "segpipe", family=codes.cid7162.ArtificialIntelligence, version=software_version)
+    labels_text = [_lo(c.name) for c in segments]
+    model_text = _lo(model_name) or "segpipe"
+    description = _lo(f"segpipe {model_name}")
+    algorithm = hd.AlgorithmIdentificationSequence(name=model_text, family=codes.cid7162.ArtificialIntelligence, version=software_version)
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=c.name[:64],
+            segment_label=label,
             segmented_property_category=codes.SCT.Tissue,
             segmented_property_type=codes.SCT.Tissue,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             display_color=hd.color.CIELabColor.from_rgb(*c.rgb) if hasattr(hd.color.CIELabColor, "from_rgb") else None,
         )
-        for number, c in enumerate(segments, start=1)
+        for number, (c, label) in enumerate(zip(segments, labels_text), start=1)
     ]
+    # highdicom copies the source's SpecificCharacterSet (often none: the default, ASCII-only repertoire).
+    # A class or model name outside it was written as "?" or as bytes no reader can decode ("Knochen µ"
+    # failed dciodvfy); UTF-8 (ISO_IR 192) holds every name, and pydicom re-encodes the copied patient data.
+    ours = [*labels_text, model_text, description, software_version]
+    charset = {} if all(text.isascii() for text in ours) else {"specific_character_set": "ISO_IR 192"}
     seg = hd.seg.Segmentation(
         source_images=images,
         pixel_array=pixel_array,
@@ -194,10 +207,11 @@ def write_dicom_seg(
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="segpipe",
-        manufacturer_model_name=model_name[:64] or "segpipe",
+        manufacturer_model_name=model_text,
         software_versions=software_version,
         device_serial_number="0",
-        series_description=f"segpipe {model_name}"[:64],
+        series_description=description,
+        **charset,
     )
     tmp = temporary_for(path)
     try:

@@ -149,7 +149,7 @@ def _tilted(vh, degrees=20.0):
     return affine
 
 
-def test_gantry_tilt_labels_carry_the_exact_sform_only(vh, tmp_path, pv_model):
+def test_gantry_tilt_labels_carry_the_exact_sform_and_an_untilted_qform(vh, tmp_path, pv_model):
     hu = vh.ct_crop((6, 20, 24)).astype(np.float64)
     affine = _tilted(vh)
     folder = vh.write_dicom_series(tmp_path / "tilt", hu, affine)
@@ -158,8 +158,11 @@ def test_gantry_tilt_labels_carry_the_exact_sform_only(vh, tmp_path, pv_model):
     spec = vh.per_voxel_spec(tmp_path, window=[4, 16, 16])
     result = segment_volume(folder, spec, tmp_path / "out", VolumeOptions(device="cpu"), model=pv_model)
     out = nib.load(result.outputs.labels)
-    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (0, 1)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
     np.testing.assert_allclose(out.header.get_sform(), affine, atol=1e-4)
+    untilted = affine.copy()
+    untilted[:3, 2] = [0.0, 0.0, np.linalg.norm(affine[:3, 2])]  # the slice normal (S), the step's length: as ITK reads the series
+    np.testing.assert_allclose(out.header.get_qform(), untilted, atol=1e-4)
     np.testing.assert_allclose(out.affine, affine, atol=1e-4)  # what nibabel (and any reader) places the voxels with
     assert np.array_equal(np.asarray(out.dataobj).T, vh.per_voxel_answer(hu))
 
@@ -197,4 +200,6 @@ def test_is_sheared_tells_a_tilt_from_rounding(vh):
     rounded = oblique.copy()
     rounded[:3, :3] += 1e-7  # decimal-string rounding of ImageOrientationPatient
     assert not is_sheared(rounded) and HeaderInfo.from_affine(rounded).qform_code == 1
-    assert is_sheared(_tilted(vh, degrees=1.0)) and HeaderInfo.from_affine(_tilted(vh)).qform_code == 0
+    assert is_sheared(_tilted(vh, degrees=1.0))
+    tilted = HeaderInfo.from_affine(_tilted(vh))
+    assert tilted.qform_code == 1 and not is_sheared(np.asarray(tilted.qform)) and np.array_equal(np.asarray(tilted.sform), _tilted(vh))
