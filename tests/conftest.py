@@ -46,3 +46,31 @@ def file_size_limit():
     """``with file_size_limit(nbytes):`` ``ulimit -f`` for this process (Python ignores SIGXFSZ, so a
     write past it fails with EFBIG, as on FAT32 past 4 GB)."""
     return _file_size_limit
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One ``segpipe demo --device cpu`` per test session (about 10-15 s on 2 cores), shared by
+    ``tests/demo/test_demo_run.py`` and ``tests/test_docs.py``: ``(exit code, output folder, DemoResult)``.
+
+    The output folder is ``<tmp>/segpipe-demo``, named as ``make demo``'s, so the README's snippets
+    run from its parent as written. Read only: a test that changes the outputs makes its own run.
+    """
+    import pipeline.demo.command as command
+    from pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "segpipe-demo"
+    captured = []
+    real = command.run_demo
+
+    def spy(*args, **kwargs):
+        captured.append(real(*args, **kwargs))
+        return captured[-1]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(command, "run_demo", spy)
+    try:
+        code = main(["demo", "--out", str(out), "--device", "cpu"])
+    finally:
+        mp.undo()
+    return code, out, captured[0] if captured else None

@@ -151,9 +151,15 @@ def _checkpoint(path: Path | None) -> dict[str, Any]:
 
 @lru_cache(maxsize=32)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of the file at ``path``; ``size`` and ``mtime_ns`` key the cache on the file's version."""
+    """SHA-256 of the file at ``path``; ``size`` and ``mtime_ns`` key the cache on the file's version.
+
+    Read in 1 MiB pieces (``hashlib.file_digest`` is Python 3.11+; segpipe runs on 3.10).
+    """
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def check_same_source(old: dict[str, Any], new: InputRecord, outputs: str) -> None:

@@ -1,6 +1,7 @@
 """``segpipe demo`` end to end: the CLI runs the real pipelines on the synthetic data and scores well.
 
-One demo run (about 10 s on 2 CPU cores, so not marked slow) is shared by the tests of this module.
+One demo run (about 10 s on 2 CPU cores, so not marked slow) is shared by the tests of this module and
+tests/test_docs.py: the session fixture ``demo_run`` in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -13,30 +14,9 @@ import xarray as xr
 
 import pipeline.demo.command as command
 from pipeline.cli import build_parser, main
-from pipeline.demo.run import DemoResult
 
 MIN_MIOU = 0.7
 MIN_DICE = 0.7
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """One CLI run; the DemoResult it printed is captured for numeric checks."""
-    out = tmp_path_factory.mktemp("demo")
-    captured: list[DemoResult] = []
-    real = command.run_demo
-
-    def spy(*args, **kwargs):
-        captured.append(real(*args, **kwargs))
-        return captured[-1]
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(command, "run_demo", spy)
-    try:
-        code = main(["demo", "--out", str(out), "--device", "cpu"])
-    finally:
-        mp.undo()
-    return code, out, captured[0]
 
 
 def test_cli_exits_zero_and_writes_the_layout(demo_run):
@@ -86,7 +66,7 @@ def test_ct_scores_and_geometry(demo_run):
 
 
 def test_printed_report_names_scores_and_paths(demo_run, capsys):
-    # the module fixture ran before capsys of this test; print again from the captured result
+    # the session fixture ran before capsys of this test; print again from the captured result
     from rich.console import Console
 
     _, out, result = demo_run
