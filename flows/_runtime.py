@@ -25,6 +25,7 @@ from flows._logs import library_logs_to_run as library_logs_to_run
 from flows._logs import run_logger as run_logger
 from flows._logs import with_library_logs as with_library_logs
 from pipeline.errors import SegpipeError
+from pipeline.urls import public_url
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,18 @@ class Failure:
     """One scene or study that could not be processed.
 
     Attributes:
-        item: the input path or URL as given.
+        item: the input path or URL as given (a URL without its credentials: :func:`pipeline.urls.public_url`).
         error: the exception type (``InputError``, ``RasterioIOError``, ...).
-        message: the message, naming the file, the problem and the fix.
+        message: the message, naming the file, the problem and the fix (URLs in it without credentials).
     """
 
     item: str
     error: str
     message: str
+
+    def __post_init__(self) -> None:  # failures reach logs and artifacts: no signed URL's secret goes with them
+        object.__setattr__(self, "item", public_url(self.item))
+        object.__setattr__(self, "message", public_url(self.message))
 
 
 PARTIAL_STATE_NAME = "Completed with failures"

@@ -17,13 +17,15 @@ class InputError(SegpipeError):
     """A user-supplied file or value is unusable.
 
     Args:
-        path: the file (or value) at fault.
+        path: the file (or value) at fault; a URL is kept without its credentials (:func:`pipeline.urls.public_url`).
         problem: what is wrong with it.
         fix: what the user can do about it.
     """
 
     def __init__(self, path: str | Path, problem: str, fix: str = "") -> None:
-        self.path = str(path)
+        from pipeline.urls import public_url
+
+        self.path = public_url(path)  # a signed URL's credentials are never shown
         self.problem = problem
         self.fix = fix
         message = f"{self.path}: {problem}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.cli_types import device_name
 from pipeline.errors import InputError, SegpipeError
 from pipeline.raster.blocks import MAX_BLOCK, MIN_BLOCK
+from pipeline.urls import public_url
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
                     fail(str(exc))
                 except Exception as exc:  # one broken scene must not stop the others
                     # INFO, the level -v shows (DEBUG never reached the user): the traceback for the report
-                    log.info("scene %s failed", image, exc_info=True)
-                    fail(f"{image}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)")
+                    log.info("scene %s failed", public_url(image), exc_info=True)
+                    fail(f"{public_url(image)}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)")
                 else:
                     state = "skipped (done already; --force redoes it)" if result.skipped else f"done ({result.seconds:.1f} s)"
                     bar.update(task, description=escape(f"{stem}: {state}"))
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     where = f"; statistics in {Path(args.out) / STATS_STORE}" if done else ""
     out.print(escape(f"{done}/{len(args.images)} scene(s) done{where}"), highlight=False, soft_wrap=True)
     if failed:
-        err.print(escape(f"{len(failed)} scene(s) failed: {', '.join(failed)}"), soft_wrap=True)
+        err.print(escape(f"{len(failed)} scene(s) failed: {', '.join(map(public_url, failed))}"), soft_wrap=True)
         return 1
     return 0
 

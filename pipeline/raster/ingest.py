@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -48,7 +49,18 @@ from rasterio.windows import Window
 from pipeline.errors import InputError
 from pipeline.known_warnings import known_warnings_ignored
 from pipeline.outputs import remove_stale_temporaries
-from pipeline.raster.probe import RasterInfo, alpha_bands, check_exists, gdal_reason, info_from_dataset, open_raster, probe_raster, scene_stem
+from pipeline.raster.probe import (
+    RasterInfo,
+    alpha_bands,
+    check_exists,
+    gdal_reason,
+    info_from_dataset,
+    is_local_path,
+    open_raster,
+    probe_raster,
+    remote_fix,
+    scene_stem,
+)
 from pipeline.zarr_write import fast_writes
 
 __all__ = [
@@ -116,9 +128,7 @@ def ingest_raster(
     if block < 1:
         raise InputError(str(block), "block size must be a positive number of pixels", "use e.g. --block 1024")
     store_path = Path(store_path)
-    # GDAL decodes the tiles of each read on all cores (GTiff; GDAL >= 3.6): 16k^2 4-band DEFLATE
-    # reads 2.6-3.5 -> 1.5 s on 2 cores, and the ingest is the largest stage outside the engine
-    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), open_raster(path_or_url) as src:
+    with rasterio.Env(**read_settings(path_or_url)), open_raster(path_or_url) as src:
         info = info_from_dataset(src, str(path_or_url), bands, in_channels, model_name)
         fed_alpha = [b for b in alpha_bands(src) if b in info.bands]
         if fed_alpha:
@@ -352,6 +362,26 @@ class _Masking:
         return cls(gdal, alpha, np.dtype(info.dtype).kind == "f")
 
 
+def read_settings(path_or_url: str | Path) -> dict[str, str]:
+    """GDAL settings for reading ``path_or_url``'s pixels.
+
+    A local file's tiles are decoded on all cores (GTiff; GDAL >= 3.6): 16k^2 4-band DEFLATE reads
+    2.6-3.5 -> 1.5 s on 2 cores, and the ingest is the largest stage outside the engine. A remote
+    one's are not: with GDAL_NUM_THREADS, GDAL 3.10 fetches a window's tiles in parallel range
+    requests, and when those fail (a server answering 503, or one ignoring ranges) it logs the error
+    from its worker threads and returns the window as zeros without failing the read: a scene read
+    during an outage was segmented as class 0 and its statistics recorded as done. Read in the
+    calling thread, the same failure raises (``tests/raster/test_raster_remote.py``). Remote reads
+    also retry transient HTTP errors (429, 5xx) 3 times, unless ``GDAL_HTTP_MAX_RETRY`` is set.
+    """
+    if is_local_path(path_or_url):
+        return {"GDAL_NUM_THREADS": "ALL_CPUS"}
+    settings = {"GDAL_NUM_THREADS": "1"}
+    if "GDAL_HTTP_MAX_RETRY" not in os.environ:
+        settings.update(GDAL_HTTP_MAX_RETRY="3", GDAL_HTTP_RETRY_DELAY=os.environ.get("GDAL_HTTP_RETRY_DELAY", "1"))
+    return settings
+
+
 def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, masking: _Masking) -> tuple[np.ndarray, np.ndarray | None]:
     """One tile: ``(C, y, x)`` raw values and ``(C, y, x)`` per-band validity, or None when every value is valid."""
     window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
@@ -367,11 +397,10 @@ def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, masking: _Maskin
             opaque = (src.read(indexes=list(masking.alpha), window=window) > 0).all(axis=0)
             valid = np.broadcast_to(opaque, data.shape).copy() if valid is None else valid & opaque
     except RasterioError as exc:
-        raise InputError(
-            info.path,
-            f"read failed at rows {rows.start}..{rows.stop}, cols {cols.start}..{cols.stop}: the file is truncated or corrupt ({gdal_reason(exc)})",
-            "re-download or re-export the file",
-        ) from exc
+        where, reason = f"read failed at rows {rows.start}..{rows.stop}, cols {cols.start}..{cols.stop}", gdal_reason(exc)
+        if not is_local_path(info.path):
+            raise InputError(info.path, f"{where} ({reason})", remote_fix(reason, reading=True)) from exc
+        raise InputError(info.path, f"{where}: the file is truncated or corrupt ({reason})", "re-download or re-export the file") from exc
     if masking.finite:
         finite = np.isfinite(data)
         if not finite.all():

@@ -18,6 +18,7 @@ the pixels into the work store is :mod:`pipeline.raster.ingest`.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,30 @@ def open_raster(path_or_url: str | Path) -> rasterio.DatasetReader:
         with known_warnings_ignored():  # no georeferencing: refused with its own message (info_from_dataset)
             return rasterio.open(text)
     except RasterioError as exc:
-        raise InputError(
-            text, f"not a readable raster ({gdal_reason(exc)})", "give a GeoTIFF/COG or another GDAL raster; re-download it if it is truncated"
-        ) from exc
+        reason = gdal_reason(exc)
+        if not is_local_path(text):
+            raise InputError(text, f"cannot read this remote raster ({reason})", remote_fix(reason)) from exc
+        raise InputError(text, f"not a readable raster ({reason})", "give a GeoTIFF/COG or another GDAL raster; re-download it if it is truncated") from exc
+
+
+def remote_fix(reason: str, *, reading: bool = False) -> str:
+    """What to do about a URL GDAL could not open (or, ``reading``, stopped reading), from GDAL's
+    ``reason`` (HTTP status, curl error...)."""
+    lowered = reason.lower()
+    if "range downloading not supported" in lowered:
+        return ("the server does not answer HTTP range requests, which reading a raster in windows needs: "
+                "download the file and give its local path, or serve it from a server or bucket that supports ranges")
+    if re.search(r"\b(401|403)\b", reason):
+        return "access denied: check the credentials (GDAL's AWS_*, AZURE_*, GS_* or GDAL_HTTP_* settings) or sign the URL again if it expired"
+    if re.search(r"\b404\b", reason):
+        return "no such object: check the URL"
+    if re.search(r"\b5\d\d\b", reason):
+        return "the server failed: run again later"
+    if "could not resolve" in lowered or "failed to connect" in lowered or "timed out" in lowered or "timeout" in lowered:
+        return "the server could not be reached from this machine: check the URL, the network and any proxy (GDAL_HTTP_PROXY)"
+    if reading:  # GDAL's words are libtiff's here ("Read error at row ..."): the HTTP status is not passed on
+        return "the server stopped answering part-way (down, or a signed URL expired): run again later, or download the file and give its local path"
+    return "check the URL and its credentials; or download the file and give its local path"
 
 
 def probe_raster(

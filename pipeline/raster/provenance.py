@@ -3,7 +3,9 @@
 Five string variables with dims ``(time, scene)`` (``""`` where nothing was recorded: an entry that
 does not exist, or one written by a segpipe before 0.1.0 recorded provenance):
 
-* ``source``: the input's absolute path (symbolic links resolved), or its URL / GDAL ``/vsi`` path as given;
+* ``source``: the input's absolute path (symbolic links resolved), or its URL / GDAL ``/vsi`` path as given
+  but for its credentials (a signed URL's signature, a password: :func:`pipeline.urls.public_url`), so a
+  URL signed anew for a retry is the same source;
 * ``model``: the model spec's name;
 * ``checkpoint_sha256``: SHA-256 of the checkpoint's bytes (``""`` for a model without a
   checkpoint), the same digest the volume records use (:mod:`pipeline.volume.made_with`);
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from models.spec import ModelSpec
 from pipeline.raster.probe import is_local_path
+from pipeline.urls import public_url
 
 PROVENANCE_VARS = ("source", "model", "checkpoint_sha256", "regions", "segpipe_version", "inputs_sha256")
 
@@ -47,8 +50,9 @@ class Provenance:
 
 
 def source_of(image: str | Path) -> str:
-    """The input as recorded: a local path made absolute (symbolic links resolved); a URL or GDAL ``/vsi`` path as given."""
-    return str(Path(image).resolve()) if is_local_path(image) else str(image)
+    """The input as recorded: a local path made absolute (symbolic links resolved); a URL or GDAL ``/vsi``
+    path as given, but for its credentials (:func:`pipeline.urls.public_url`)."""
+    return str(Path(image).resolve()) if is_local_path(image) else public_url(image)
 
 
 def segpipe_version() -> str:
