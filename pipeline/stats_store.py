@@ -189,7 +189,7 @@ def record_chunk_sizes(store: str | Path) -> None:
     for entry in os.scandir(store):
         if entry.is_dir(follow_symlinks=False):
             sizes = {key: os.stat(path).st_size for key, path in _chunk_files(Path(entry.path))}
-            (Path(entry.path) / CHUNK_SIZES_FILE).write_text(json.dumps(sizes, separators=(",", ":")))
+            (Path(entry.path) / CHUNK_SIZES_FILE).write_text(json.dumps(sizes, separators=(",", ":")), encoding="utf-8")
 
 
 def check_chunk_sizes(store: str | Path) -> dict[str, int] | None:
@@ -210,7 +210,7 @@ def check_chunk_sizes(store: str | Path) -> dict[str, int] | None:
         if not record.is_file():
             return None
         try:
-            sizes = json.loads(record.read_text())
+            sizes = json.loads(record.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise damaged(store, f"{record.name} of '{entry.name}' does not parse: {exc}") from exc
         found = {key: os.stat(path).st_size for key, path in _chunk_files(Path(entry.path))}
@@ -356,7 +356,7 @@ def _hard_link(src: str, dst: str) -> None:
 def _dimension_names(array_dir: Path) -> tuple[str, ...]:
     import json
 
-    meta = json.loads((array_dir / "zarr.json").read_text())
+    meta = json.loads((array_dir / "zarr.json").read_text(encoding="utf-8"))
     return tuple(meta.get("dimension_names") or ())
 
 

@@ -20,7 +20,7 @@ def read_yaml_mapping(path: Path, *, what: str, help_for_keys: str, error: type[
         error: the :class:`InputError` subclass to raise.
     """
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise error(path, f"not valid YAML: {exc}", "fix the syntax") from exc
     if not isinstance(raw, dict):

@@ -117,7 +117,7 @@ def write_label_cog(
     try:
         _write_tiled(labels_zarr_array, mask, info, classes, tmp, dtype=dtype, nodata=nodata, model=model)
         rio_copy(str(tmp), str(cog), driver="COG", **COG_OPTIONS)
-        aux_tmp.write_text(_pam_xml(classes, nodata))
+        aux_tmp.write_text(_pam_xml(classes, nodata), encoding="utf-8")
         os.replace(aux_tmp, aux)
         os.replace(cog, out_path)
     except BaseException:

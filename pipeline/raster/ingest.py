@@ -198,7 +198,7 @@ def _existing_signature(store_path: Path) -> dict[str, Any] | None:
     if not (store_path / "zarr.json").is_file():
         return None
     try:
-        raw = json.loads((store_path / "zarr.json").read_text())
+        raw = json.loads((store_path / "zarr.json").read_text(encoding="utf-8"))
         return raw["attributes"][STORE_ATTR]["signature"]
     except (ValueError, KeyError, TypeError):
         return None

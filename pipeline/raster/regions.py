@@ -325,7 +325,7 @@ def _geojson_without_crs(path: Path) -> bool:
     if path.suffix.lower() not in (".geojson", ".json"):
         return False
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(raw, dict) and "crs" not in raw

@@ -373,13 +373,13 @@ def write_stats_json(stats: StudyStats, path: str | Path) -> Path:
     """Write ``stats`` as JSON (NaN written as null), atomically (temporary name, then rename)."""
     path = Path(path)
     tmp = temporary_for(path)
-    tmp.write_text(json.dumps(_nan_to_none(stats.to_dict()), indent=1))
+    tmp.write_text(json.dumps(_nan_to_none(stats.to_dict()), indent=1), encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
 def read_stats_json(path: str | Path) -> StudyStats:
-    raw = json.loads(Path(path).read_text())
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
     return StudyStats.from_dict(_none_to_nan(raw))
 
 

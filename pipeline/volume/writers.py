@@ -75,7 +75,7 @@ def write_labels_nifti(labels: np.ndarray, header: HeaderInfo, path: str | Path)
 def write_text_atomic(text: str, path: str | Path) -> Path:
     path = Path(path)
     tmp = temporary_for(path)
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
