@@ -104,10 +104,13 @@ def is_io_error(exc: BaseException | None) -> bool:
     An :class:`OSError` (``rasterio.errors.RasterioIOError``, connection resets, timeouts, a busy
     file system) is transient unless it says the file is missing or forbidden. A
     :class:`~pipeline.errors.SegpipeError` (``InputError`` and friends: bad input, bad model spec)
-    never is: the same input fails the same way again.
+    is not: the same input fails the same way again; unless it is marked ``transient`` (a remote
+    scene whose server failed or could not be reached).
     """
-    if exc is None or isinstance(exc, SegpipeError):
+    if exc is None:
         return False
+    if isinstance(exc, SegpipeError):
+        return bool(getattr(exc, "transient", False))
     return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS)
 
 

@@ -20,14 +20,17 @@ class InputError(SegpipeError):
         path: the file (or value) at fault; a URL is kept without its credentials (:func:`pipeline.urls.public_url`).
         problem: what is wrong with it.
         fix: what the user can do about it.
+        transient: the same input may well work a moment later (a remote server that failed or could
+            not be reached): flows retry such an error, as they retry I/O errors.
     """
 
-    def __init__(self, path: str | Path, problem: str, fix: str = "") -> None:
+    def __init__(self, path: str | Path, problem: str, fix: str = "", *, transient: bool = False) -> None:
         from pipeline.urls import public_url
 
         self.path = public_url(path)  # a signed URL's credentials are never shown
         self.problem = problem
         self.fix = fix
+        self.transient = transient
         message = f"{self.path}: {problem}"
         if fix:
             message += f" ({fix})"

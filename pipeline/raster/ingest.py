@@ -401,7 +401,7 @@ def _read_tile(src, info: RasterInfo, rows: slice, cols: slice, masking: _Maskin
     except RasterioError as exc:
         where, reason = f"read failed at rows {rows.start}..{rows.stop}, cols {cols.start}..{cols.stop}", gdal_reason(exc)
         if not is_local_path(info.path):
-            raise InputError(info.path, f"{where} ({reason})", remote_fix(reason, reading=True)) from exc
+            raise InputError(info.path, f"{where} ({reason})", remote_fix(reason, reading=True), transient=True) from exc  # it opened a moment ago
         raise InputError(info.path, f"{where}: the file is truncated or corrupt ({reason})", "re-download or re-export the file") from exc
     if masking.finite:
         finite = np.isfinite(data)

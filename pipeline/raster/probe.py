@@ -126,8 +126,16 @@ def open_raster(path_or_url: str | Path) -> rasterio.DatasetReader:
     except RasterioError as exc:
         reason = gdal_reason(exc)
         if not is_local_path(text):
-            raise InputError(text, f"cannot read this remote raster ({reason})", remote_fix(reason)) from exc
+            raise InputError(text, f"cannot read this remote raster ({reason})", remote_fix(reason), transient=remote_transient(reason)) from exc
         raise InputError(text, f"not a readable raster ({reason})", "give a GeoTIFF/COG or another GDAL raster; re-download it if it is truncated") from exc
+
+
+def remote_transient(reason: str) -> bool:
+    """Whether GDAL's ``reason`` for failing on a URL may pass by itself: a 429 or 5xx answer, no connection, a timeout."""
+    lowered = reason.lower()
+    return bool(re.search(r"\b(429|5\d\d)\b", reason)) or any(
+        words in lowered for words in ("could not resolve", "failed to connect", "timed out", "timeout", "connection reset")
+    )
 
 
 def remote_fix(reason: str, *, reading: bool = False) -> str:

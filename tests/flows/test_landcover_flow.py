@@ -181,7 +181,7 @@ def test_retry_rule():
 
     assert is_io_error(RasterioIOError("503"))
     assert is_io_error(ConnectionResetError()) and is_io_error(TimeoutError()) and is_io_error(OSError(5, "EIO"))
-    assert not is_io_error(InputError("a.tif", "bad"))
+    assert not is_io_error(InputError("a.tif", "bad")) and is_io_error(InputError("https://h/a.tif", "server failed", transient=True))
     assert not is_io_error(CheckpointError("w.safetensors", "missing"))
     assert not is_io_error(FileNotFoundError("a.tif")) and not is_io_error(PermissionError())
     assert not is_io_error(ValueError("x")) and not is_io_error(None)

@@ -19,6 +19,7 @@ import rasterio
 import xarray as xr
 from affine import Affine
 
+from flows._runtime import is_io_error
 from pipeline.cli import main
 from pipeline.errors import InputError
 from pipeline.raster.run import segment_raster
@@ -101,6 +102,7 @@ def test_unreadable_urls_name_the_url_the_problem_and_the_fix_without_the_signat
     message = str(missing.value)
     assert message.startswith(f"{base}/nothere.tif?st=REDACTED") and "404" in message and "check the URL" in message
     assert "c2VjcmV0" not in message
+    assert not is_io_error(missing.value)  # a 404 stays a 404: not retried
 
     with pytest.raises(InputError, match="range requests.*download the file"):
         segment_raster(f"{plain}/big.tif", spec, tmp_path / "out", time=TIME, device="cpu")
@@ -123,8 +125,9 @@ def test_a_server_failing_mid_read_fails_the_scene_and_a_short_outage_is_retried
 
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")  # the server goes away for good after the header
     down = serve("--fail-after", "4")
-    with pytest.raises(InputError, match="read failed at rows .*server stopped answering part-way"):
+    with pytest.raises(InputError, match="read failed at rows .*server stopped answering part-way") as outage:
         segment_raster(f"{down}/big.tif", spec, tmp_path / "down", time=TIME, device="cpu", block=512)
+    assert is_io_error(outage.value)  # the landcover flow retries it (10 s, then 60 s later), as other I/O errors
     assert not (tmp_path / "down" / "big.labels.tif").exists() and not (tmp_path / "down" / "stats.zarr").exists()
 
     monkeypatch.delenv("GDAL_HTTP_MAX_RETRY")  # segpipe's default: 3 retries of a 429/5xx
