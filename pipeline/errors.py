@@ -28,8 +28,8 @@ class InputError(SegpipeError):
         from pipeline.urls import public_url
 
         self.path = public_url(path)  # a signed URL's credentials are never shown
-        self.problem = problem
-        self.fix = fix
+        self.problem = public_url(problem)
+        self.fix = public_url(fix)
         self.transient = transient
         message = f"{self.path}: {problem}"
         if fix:

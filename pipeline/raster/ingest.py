@@ -132,14 +132,14 @@ def ingest_raster(
         info = info_from_dataset(src, str(path_or_url), bands, in_channels, model_name)
         fed_alpha = [b for b in alpha_bands(src) if b in info.bands]
         if fed_alpha:
-            log.info("%s: band(s) %s tagged alpha are fed to the model as data (--bands): they mark no pixel transparent", path_or_url, fed_alpha)
+            log.info("%s: band(s) %s tagged alpha are fed to the model as data (--bands): they mark no pixel transparent", info.path, fed_alpha)
         signature = _signature(path_or_url, info, block)
         if _existing_signature(store_path) == signature:
             damage = _damage(store_path)
             if damage is None:
-                log.info("%s: reusing complete ingest %s", path_or_url, store_path)
+                log.info("%s: reusing complete ingest %s", info.path, store_path)
                 return info
-            log.warning("%s: %s; ingesting %s again", store_path, damage, path_or_url)
+            log.warning("%s: %s; ingesting %s again", store_path, damage, info.path)
         remove_stale_temporaries(store_path)
         tmp = store_path.with_name(f"{store_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
@@ -186,7 +186,7 @@ def _store_attrs(store_path: Path) -> dict[str, Any]:
 
 
 def _signature(path_or_url, info: RasterInfo, block: int) -> dict[str, Any]:
-    sig: dict[str, Any] = {"path": str(path_or_url), "bands": list(info.bands), "block": block, "layout": STORE_LAYOUT}
+    sig: dict[str, Any] = {"path": info.path, "bands": list(info.bands), "block": block, "layout": STORE_LAYOUT}  # a URL without credentials
     path = Path(str(path_or_url))
     if path.exists():
         stat = path.stat()

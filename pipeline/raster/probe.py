@@ -32,6 +32,7 @@ from rasterio.errors import RasterioError
 
 from pipeline.errors import InputError
 from pipeline.known_warnings import known_warnings_ignored
+from pipeline.urls import public_url
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def info_from_dataset(src, path: str, bands, in_channels, model_name) -> RasterI
         names = [f"band_{b}" if names.count(n) > 1 else n for b, n in zip(selected, names)]
     nodata = src.nodatavals[selected[0] - 1]
     return RasterInfo(
-        path=path,
+        path=public_url(path),  # named in messages and logs: a signed URL without its credentials
         width=src.width,
         height=src.height,
         count=len(selected),
