@@ -44,7 +44,8 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> torch.nn.
     refused here, before any input is read.
 
     Raises:
-        CheckpointError: the file is missing, unreadable, unsafe, or does not fit the network.
+        CheckpointError: the file is missing, unreadable, unsafe, or does not fit the network, or a
+            weight in it is NaN or infinite (a diverged training run: every logit would be NaN).
         ModelSpecError: the network cannot be built from the spec, or its output does not fit it.
     """
     network = build_network(spec)
@@ -113,18 +114,41 @@ def apply_state_dict(network: torch.nn.Module, state: Mapping[str, torch.Tensor]
             parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
         raise CheckpointError(source, "; ".join(parts), "the checkpoint belongs to another architecture; check `architecture:` and `params:`")
     network.load_state_dict(state, strict=True)
+    bad = not_numbers(network)
+    if bad:
+        raise CheckpointError(
+            source, f"{len(bad)} tensor(s) hold NaN or infinite values: {_first([repr(n) for n in bad])}; every prediction would be NaN (one class everywhere)",
+            "the training run that saved it diverged: use an earlier checkpoint, or retrain (e.g. with a lower learning rate)",
+        )
+
+
+def not_numbers(network: torch.nn.Module) -> list[str]:
+    """The parameters of ``network`` holding NaN or +/-inf, and its buffers holding NaN (a buffer
+    may hold -inf on purpose, as an attention mask), in model order."""
+    bad = [name for name, p in network.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    return bad + [name for name, b in network.named_buffers() if b.is_floating_point() and bool(torch.isnan(b).any())]
 
 
 def save_state_dict(network: torch.nn.Module, path: str | Path, *, metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``network``'s weights as safetensors, atomically (a temporary name, then a rename).
 
     Tensors are copied to contiguous CPU memory; shared storage is written once per name.
+
+    Raises:
+        CheckpointError: the path does not end in ``.safetensors``, or a weight is NaN or infinite
+            (:func:`not_numbers`: a diverged training run; nothing is written).
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(path, "checkpoints are written as safetensors", "give an output path ending in .safetensors")
+    bad = not_numbers(network)
+    if bad:  # a diverged training run: weights that would predict one class everywhere
+        raise CheckpointError(
+            path, f"not saved: {len(bad)} tensor(s) of the network hold NaN or infinite values: {_first([repr(n) for n in bad])}",
+            "training diverged (a NaN loss): lower the learning rate, or check the training data for NaN/inf values",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in network.state_dict().items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

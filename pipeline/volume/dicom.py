@@ -154,6 +154,11 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
     (and files that are not DICOM) are logged at debug level and ignored. A file without the Part 10
     preamble counts only when it holds an image (:func:`_not_an_image`). Pixel data is not read
     (``defer_size``), only noted as present.
+
+    Raises:
+        InputError: a file that starts as a DICOM Part 10 file (preamble and ``DICM``) does not parse,
+            or reads as a damaged one (:func:`_damage`): a slice cut short or garbled is never skipped
+            (at either end of the series no gap shows it).
     """
     pydicom = _pydicom()
     series: dict[str, list[_Slice]] = defaultdict(list)
@@ -163,7 +168,9 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
         try:
             ds = read_slice(path, defer_size=1024)
             why = _not_an_image(ds) if ds.preamble is None else ""
-        except (pydicom.errors.InvalidDicomError, *_PARSE_ERRORS):
+        except (pydicom.errors.InvalidDicomError, *_PARSE_ERRORS) as exc:
+            if _is_part10(path):  # a DICOM file garbled: skipping it left the series a slice short at either end
+                raise _damaged(path, f"its header does not parse ({type(exc).__name__}: {exc})") from exc
             ds, why = None, "not a DICOM file"
         if ds is None or why:
             log.debug("%s: %s, skipped", path, why)
@@ -171,6 +178,9 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
                 nifti.append(path)
             continue
         why = _not_a_slice(ds)
+        damage = _damage(path, ds) if why else ""
+        if damage:
+            raise _damaged(path, damage)
         if why:
             log.debug("%s: %s, ignored", path, why)
             ignored.append(why)
@@ -185,6 +195,64 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
         raise InputError(folder, f"this folder holds {files}, not a DICOM series", f"pass the files ({folder}/{pattern})")
     found = f" (only {len(ignored)} non-image object(s): {', '.join(sorted(set(ignored)))})" if ignored else ""
     raise InputError(folder, f"no DICOM image files found{found}", "give a folder holding the .dcm files of one series")
+
+
+def _damaged(path: Path, problem: str) -> InputError:
+    return InputError(
+        path, f"damaged DICOM file: {problem}",
+        "the file is incomplete or corrupt (a transfer stopped early?); re-transfer or re-export the series, or move the file out of the folder",
+    )
+
+
+def _storage_class(ds) -> str:
+    """The name of the SOP class the file meta says the file holds (e.g. ``CT Image Storage``), or ``""``."""
+    uid = getattr(ds, "file_meta", None) and ds.file_meta.get("MediaStorageSOPClassUID")
+    return str(getattr(uid, "name", "") or "") if uid else ""
+
+
+def _damage(path: Path, ds) -> str:
+    """Why ``ds`` (read from ``path``), which is no image slice (:func:`_not_a_slice`), is a damaged
+    file rather than a non-image object, or ``""``. pydicom reads a file cut short or garbled without a
+    word, as a dataset that ends where the damage begins. Damaged: a Part 10 file (preamble and
+    ``DICM``) whose file meta names no SOP class; a file whose file meta (its first bytes) names an
+    image storage class but whose dataset lacks the series or instance UID every image has, or lacks
+    pixel data and ends inside an element (a complete header without pixels is a header-only object,
+    ignored as before)."""
+    sop = _storage_class(ds)
+    if not sop:
+        return "a DICOM file (preamble and DICM) whose file meta does not parse" if _is_part10(path) else ""
+    if "Image Storage" not in sop or str(getattr(ds, "Modality", "")).upper() in NOT_IMAGES:
+        return ""
+    if "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
+        return f"a {sop} file with no series or instance UID: it was cut short"
+    if _ends_inside_an_element(path, ds):
+        return f"a {sop} file that ends inside an element, before its pixel data: it was cut short"
+    return ""
+
+
+def _ends_inside_an_element(path: Path, ds) -> bool:
+    """Whether the file's last element, as read, does not end where the file ends (a cut inside a
+    value or a tag); False where that cannot be told (a sequence of undefined length, a converted element)."""
+    tags = list(ds.keys())
+    if not tags:
+        return False
+    last = ds.get_item(max(tags))
+    start, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if start is None or length is None or length == 0xFFFFFFFF:
+        return False
+    try:
+        return start + length != path.stat().st_size
+    except OSError:
+        return False
+
+
+def _is_part10(path: Path) -> bool:
+    """Whether ``path`` starts as a DICOM Part 10 file does: a 128-byte preamble, then ``DICM``."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _not_a_slice(ds) -> str:
