@@ -369,21 +369,22 @@ def read_settings(path_or_url: str | Path, driver: str | None = None) -> dict[st
     """GDAL settings for opening ``path_or_url`` (``driver`` None) and for reading its pixels once
     the GDAL ``driver`` that opened it is known.
 
-    A local file's tiles are decoded on all cores (GTiff; GDAL >= 3.6): 16k^2 4-band DEFLATE reads
-    2.6-3.5 -> 1.5 s on 2 cores, and the ingest is the largest stage outside the engine. Only for the
-    drivers in :data:`THREADED_READ_DRIVERS`, whose worker threads' failures fail the read (a
-    truncated or garbled GTiff or JPEG 2000 tile raises): GDAL 3.10 reads a VRT mosaic's sources on
-    worker threads too, and a source missing or truncated there was logged ("ERROR 4: ... No such
-    file or directory") and read as zeros (``tests/raster/test_silent_vrt_mosaic.py``); GTiff takes
-    its decoding threads at open, a VRT its source threads at each read. A remote
-    one's are not: with GDAL_NUM_THREADS, GDAL 3.10 fetches a window's tiles in parallel range
-    requests, and when those fail (a server answering 503, or one ignoring ranges) it logs the error
-    from its worker threads and returns the window as zeros without failing the read: a scene read
-    during an outage was segmented as class 0 and its statistics recorded as done. Read in the
-    calling thread, the same failure raises (``tests/raster/test_raster_remote.py``); GDAL still
-    fetches a window's tiles in one merged request, so little is lost (4096^2 4-band DEFLATE from a
-    server 30 ms away: 0.86 s in one thread, 0.80 s on all cores). Remote reads
-    also retry transient HTTP errors (429, 5xx) 3 times, unless ``GDAL_HTTP_MAX_RETRY`` is set.
+    Worker threads only where their failures fail the read. GDAL 3.10 logs a failure on one of its
+    worker threads ("ERROR 1: ...") and may return the window as zeros without failing: the scene is
+    segmented as class 0 there and its statistics recorded as done.
+
+    - A local file of a driver in :data:`THREADED_READ_DRIVERS` (GTiff, JPEG 2000: a truncated or
+      garbled tile raises) is decoded on all cores: 16k^2 4-band DEFLATE reads 2.6-3.5 -> 1.5 s on
+      2 cores, and the ingest is the largest stage outside the engine. Other drivers read in one
+      thread: a VRT mosaic's missing or truncated source was read as zeros
+      (``tests/raster/test_silent_vrt_mosaic.py``). GTiff takes its decoding threads at open, a VRT
+      its source threads at each read.
+    - A remote file reads in one thread: with threads, GDAL fetches a window's tiles in parallel
+      range requests, and when those failed (a server answering 503, or one ignoring ranges) the
+      window came back as zeros (``tests/raster/test_raster_remote.py``). In one thread GDAL still
+      fetches a window's tiles in one merged request, so little is lost (4096^2 4-band DEFLATE from
+      a server 30 ms away: 0.86 s in one thread, 0.80 s on all cores). Remote reads also retry
+      transient HTTP errors (429, 5xx) 3 times, unless ``GDAL_HTTP_MAX_RETRY`` is set.
     """
     if is_local_path(path_or_url):
         return {"GDAL_NUM_THREADS": "ALL_CPUS" if driver is None or driver in THREADED_READ_DRIVERS else "1"}
