@@ -470,7 +470,7 @@ def _append_fast(
             block[index - first, 0 if split else j] = row
             writes[name] = ((slice(first, first + len(block)), scenes), block)
             if first < array.shape[0]:  # a chunk the old store has: left out of the copy, written whole
-                rewrite[name] = f"c/{index // step}/{j}" if split else f"c/{index // step}"
+                rewrite[name] = f"c.{index // step}.{j}" if split else f"c.{index // step}"
 
     def build(tmp: Path) -> None:
         linked_copy(store, tmp, rewrite=rewrite)
@@ -522,7 +522,7 @@ def _fast_plan(entry: xr.Dataset, lazy: xr.Dataset, arrays: dict[str, Any], *, t
             return no(f"'{name}' has other dimensions")
         if TIME_DIM in array_dims and name != TIME_DIM:
             encoding = array.metadata.chunk_key_encoding
-            if not isinstance(encoding, DefaultChunkKeyEncoding) or encoding.separator != "/":
+            if not isinstance(encoding, DefaultChunkKeyEncoding) or encoding.separator != ".":  # CHUNK_KEY_ENCODING
                 return no(f"'{name}' has other chunk keys")
             if array.chunks[1:] != store_chunks(array_dims, array.shape)[1:] or array.chunks[0] != arrays[next(iter(lazy.data_vars))].chunks[0]:
                 return no(f"'{name}' is not chunked as this segpipe writes it (along time, and scene where an entry is an array)")
