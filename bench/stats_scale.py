@@ -122,10 +122,21 @@ def build(store: Path, nights: int, scenes: int, regions: int, classes: int) -> 
             step = array.chunks[0]
             first = np.asarray(array[0:1])
             array.resize((nights, *array.shape[1:]))
-            array[0:min(step, nights)] = np.repeat(first, min(step, nights), axis=0)  # chunk 0 along time, written by zarr
-            src = store / name / "c" / "0"
+            block = np.repeat(first, min(step, nights), axis=0)
+            if block.dtype.kind == "f":  # other values each night (NaN stays NaN): repeated nights would compress away
+                block *= rng.random(block.shape)
+            array[0:min(step, nights)] = block  # chunk 0 along time, written by zarr
+            del block
+            sep = array.metadata.chunk_key_encoding.separator
+            chunk0 = [p for p in (store / name).rglob("*") if p.is_file() and p.relative_to(store / name).parts[0].startswith("c")]
+            chunk0 = [p for p in chunk0 if str(p.relative_to(store / name)).replace("/", ".").split(".")[1] == "0"]
             for t in range(1, -(-nights // step)):  # the other chunks along time: the same encoded bytes
-                shutil.copytree(src, store / name / "c" / str(t)) if src.is_dir() else shutil.copyfile(src, store / name / "c" / str(t))
+                for p in chunk0:
+                    key = str(p.relative_to(store / name)).replace("/", ".").split(".")
+                    key[1] = str(t)
+                    dst = store / name / sep.join(key)
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(p, dst)
         old = group[TIME_DIM]
         times = np.asarray(old[0]) + np.arange(nights, dtype=old.dtype) * (86400 if "seconds" in old.attrs.get("units", "") else 86400 * 10**9)
         zarr.create_array(str(store), name=TIME_DIM, data=times, chunks=times.shape, fill_value=old.fill_value, attributes=old.attrs.asdict(),
