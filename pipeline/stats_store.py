@@ -31,7 +31,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from glob import escape as glob_escape
 from pathlib import Path
@@ -73,6 +73,28 @@ CHUNK_SIZES_FILE = "segpipe-chunk-sizes.json"
 # to link (a folder per chunk); 32 steps keep the bytes an update rewrites small (a month of nights)
 TIME_DIM = "time"
 TIME_CHUNK = 32
+# ... and one scene per chunk where a variable holds more than one value per (time, scene) (regions, classes):
+# each scene of a night appends its own entry, and with every scene in one chunk the Nth scene's append read
+# and wrote all N scenes' values (at 3,000 districts, 100 scenes: 768 MB a variable, 6-12 s an append; see
+# docs/benchmarks.md section 6). Per-entry variables (the provenance strings, (time, scene)) stay whole along
+# scene: a chunk of them is a few KB, and one file per scene would only add files for every append to link.
+SCENE_DIM = "scene"
+
+
+# chunk keys of the time variables: ``c.<t>.<scene>.0.0``, files side by side in the array's folder. With zarr's
+# default ``c/<t>/<scene>/0/0`` every chunk file had two folders of its own, and an append's linked copy made and
+# the swap removed them all: at 365 nights x 100 scenes 19,000 folders, ~8 s of an append (files: a link each)
+CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
+
+
+def store_chunks(dims: tuple[str, ...], shape: tuple[int, ...], name: str = "") -> tuple[int, ...] | None:
+    """The chunk shape :func:`replace_store` gives a variable of ``dims`` and ``shape`` (None: one chunk, zarr's
+    default): :data:`TIME_CHUNK` steps along ``time``; one step along ``scene`` where the variable has further
+    dimensions; every other dimension whole. The ``time`` coordinate itself (``name``) is one chunk."""
+    if TIME_DIM not in dims or name == TIME_DIM:
+        return None
+    split = SCENE_DIM in dims and len(dims) > 2
+    return tuple(TIME_CHUNK if dim == TIME_DIM else 1 if (dim == SCENE_DIM and split) else max(size, 1) for dim, size in zip(dims, shape))
 
 # per thread: the folders (device, inode) this thread holds a lock on, and how
 _held = threading.local()
@@ -130,22 +152,28 @@ def lock(store: str | Path, mode: LockMode = "exclusive") -> Iterator[None]:
 # --- reading ---
 
 
-def open_stats(store: str | Path) -> xr.Dataset:
-    """A consistent snapshot of the statistics store ``store``, loaded into memory.
+def open_stats(store: str | Path, part: Callable[[xr.Dataset], xr.Dataset] | None = None) -> xr.Dataset:
+    """A consistent snapshot of the statistics store ``store`` (or of a ``part`` of it), loaded into memory.
 
     Opens and loads the store under the shared :func:`lock`, so a run appending at the same time
     waits until the snapshot is read (and the reader waits for a swap in progress). String
     coordinates and variables come back as ``<U{n}`` whatever the store holds (stores written by
     older segpipe versions hold variable-length strings).
 
+    Args:
+        store: the ``stats.zarr`` folder.
+        part: a selection of the store, applied to it opened lazily (variables, ``sel``/``isel``);
+            only the chunks it needs are read. None: the whole store, which at operational scale
+            (3,000 regions, 100 scenes, a year of nights: 38 GB as float64) does not fit in memory.
+
     A Dataset opened lazily with ``xr.open_zarr`` does not follow a later append: its metadata
     stays that of the store it opened while its chunks are read from the replaced one.
 
     Raises:
         FileNotFoundError: no store at ``store`` (or no folder).
-        InputError: the store is damaged (metadata that does not parse, a chunk that does not
+        InputError: the store is damaged (metadata that does not parse, a chunk read that does not
             decode, or, in a store written with every chunk, a chunk file missing): its numbers are
-            never returned, nor added to.
+            never returned, nor added to. ``part``'s own InputErrors pass through.
     """
     import xarray as xr
 
@@ -155,8 +183,10 @@ def open_stats(store: str | Path) -> xr.Dataset:
             # a dask load seceded from the worker's thread pool while holding this lock, and a study started
             # in the freed thread then waited on the lock while the load waited for that thread: deadlock
             with xr.open_zarr(store, consolidated=None, chunks=None) as ds:
-                loaded = ds.load()
-            _check_every_chunk(store, loaded.attrs.pop(EVERY_CHUNK_ATTR, False))
+                every_chunk = ds.attrs.get(EVERY_CHUNK_ATTR, False)
+                loaded = (ds if part is None else part(ds)).load()
+            loaded.attrs.pop(EVERY_CHUNK_ATTR, None)
+            _check_every_chunk(store, every_chunk)
         except (FileNotFoundError, PermissionError, MemoryError, InputError):
             raise  # not the store's damage: no access, or too little memory to read it
         except Exception as exc:  # noqa: BLE001 - json, codecs and zarr raise several types for a damaged store
@@ -251,9 +281,10 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
 
     The caller holds ``lock(store, "exclusive")`` for the read-modify-swap. Strings are written
     fixed-width (:func:`fixed_width_strings`); encodings read from an older store are dropped.
-    Every variable with a ``time`` dimension (but the ``time`` coordinate, one chunk) is chunked
-    :data:`TIME_CHUNK` time steps per chunk (its other dimensions whole; chunk files ``c/<t>/0/...``),
-    so a later update of one time step can link the other chunk files (:func:`linked_copy`).
+    Every variable with a ``time`` dimension (but the ``time`` coordinate, one chunk) is chunked as
+    :func:`store_chunks` says: :data:`TIME_CHUNK` time steps per chunk, one scene per chunk where a
+    scene's entry is an array (chunk files ``c.<t>.<scene>.0...``), other dimensions whole, so a later
+    update of one scene's entry can link the other chunk files (:func:`linked_copy`).
     Readers see the old store or the new one, never a half-written one.
 
     Returns:
@@ -263,8 +294,9 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
     ds = fixed_width_strings(ds).assign_attrs({EVERY_CHUNK_ATTR: EVERY_CHUNK_VALUE})
     for name, variable in ds.variables.items():
         variable.encoding = {}
-        if TIME_DIM in variable.dims and name != TIME_DIM:  # TIME_CHUNK steps per chunk: other nights' chunk files stay
-            variable.encoding["chunks"] = tuple(TIME_CHUNK if dim == TIME_DIM else max(size, 1) for dim, size in zip(variable.dims, variable.shape))
+        chunks = store_chunks(tuple(variable.dims), variable.shape, str(name))
+        if chunks is not None:  # TIME_CHUNK steps (and one scene) per chunk: other nights' and scenes' chunk files stay
+            variable.encoding.update(chunks=chunks, chunk_key_encoding=CHUNK_KEY_ENCODING)
     if TIME_DIM in ds.variables and ds.variables[TIME_DIM].dtype.kind == "M":
         times = ds.variables[TIME_DIM].values
         if (times.astype("datetime64[s]") == times).all():  # fixed units: a later time appended in place fits them
@@ -306,21 +338,22 @@ def update_store(store: str | Path, build: Callable[[Path], None]) -> Path:
     return store
 
 
-def linked_copy(store: str | Path, tmp: str | Path, *, rewrite: int | None) -> None:
+def linked_copy(store: str | Path, tmp: str | Path, *, rewrite: Mapping[str, str]) -> None:
     """Copy the zarr store ``store`` to the new folder ``tmp``, hard-linking the chunk files that stay.
 
     Copied: every metadata file (``zarr.json``; zarr rewrites them in place), every other file that
     is no chunk file, and every file of an array without a ``time`` dimension and of the ``time``
-    coordinate itself. Hard-linked: the chunk files (``<array>/c/<t>/...``) of every other array, but
-    those of chunk index ``rewrite`` along ``time``, which are left out for the caller to write. zarr writes a chunk by opening its path for writing,
-    which through a link would change the old store's file too (the store that must stay intact
-    until the swap): the caller must write no chunk file in ``tmp`` but those of chunk index
-    ``rewrite`` along ``time`` or beyond the old shape. A store of one level of arrays in zarr v3 whose time arrays
-    have the default ``c/``-prefixed ``/`` chunk keys is assumed (:mod:`pipeline.raster.stats` checks it).
+    coordinate itself. Hard-linked: the chunk files (``<array>/c.<t>...``) of every other array, but
+    those under ``rewrite[array]`` (a chunk key or its leading part, e.g. ``c.3.17``: chunk 3 along
+    time, 17 along scene), which are left out for the caller to write. zarr writes a chunk by opening
+    its path for writing, which through a link would change the old store's file too (the store that
+    must stay intact until the swap): the caller must write no chunk file in ``tmp`` but those left
+    out or beyond the old shape. A store of one level of arrays in zarr v3 whose time arrays have
+    ``.``-separated chunk keys (:data:`CHUNK_KEY_ENCODING`) is assumed (:mod:`pipeline.raster.stats`
+    checks it). Lists every chunk file and links it: O(files), no read, one folder per array.
     """
     store, tmp = Path(store), Path(tmp)
     tmp.mkdir()
-    skip = None if rewrite is None else str(int(rewrite))
     for entry in os.scandir(store):
         if not entry.is_dir(follow_symlinks=False):
             shutil.copy2(entry.path, tmp / entry.name)
@@ -330,22 +363,12 @@ def linked_copy(store: str | Path, tmp: str | Path, *, rewrite: int | None) -> N
             shutil.copytree(src, dst)
             continue
         dst.mkdir()
+        skip = rewrite.get(entry.name)
         for file in os.scandir(src):
-            if file.name != "c":
+            if file.name == "c" or not file.name.startswith("c."):
                 shutil.copy2(file.path, dst / file.name)  # zarr.json, the chunk sizes
-                continue
-            for step in os.scandir(file.path):  # c/<t>/...: the chunk files of chunk <t> along time
-                if step.name == skip:
-                    continue
-                if not step.is_dir(follow_symlinks=False):
-                    os.makedirs(dst / "c", exist_ok=True)
-                    _hard_link(step.path, dst / "c" / step.name)
-                    continue
-                for root, _dirs, files in os.walk(step.path):
-                    out = os.path.join(dst, os.path.relpath(root, src))
-                    os.makedirs(out, exist_ok=True)
-                    for name in files:
-                        _hard_link(os.path.join(root, name), os.path.join(out, name))
+            elif skip is None or not (file.name == skip or file.name.startswith(skip + ".")):
+                _hard_link(file.path, str(dst / file.name))
 
 
 def _hard_link(src: str, dst: str) -> None:

@@ -33,7 +33,7 @@ from pipeline.memory import release_free_memory
 from pipeline.outputs import check_stats_store, output_write_error, prepare_output_dir, remove_if_empty
 from pipeline.raster.blocks import MAX_BLOCK
 from pipeline.raster.cog import refuse_foreign_labels
-from pipeline.raster.entries import check_store_accepts, entry_done
+from pipeline.raster.entries import check_store_accepts, entry_done, provenance_snapshot
 from pipeline.raster.ingest import ingest_raster
 from pipeline.raster.probe import RasterInfo, probe_raster, scene_stem
 from pipeline.raster.provenance import Provenance, provenance_of
@@ -180,7 +180,7 @@ def _segment_raster(
     check_stats_store(out_dir / STATS_STORE, "raster")
     provenance = provenance_of(image, spec, regions, region_field=region_field, region_layer=region_layer, bands=bands)
     store = out_dir / STATS_STORE
-    snapshot = open_stats(store) if (store / "zarr.json").is_file() else None  # one read of the store for both checks
+    snapshot = provenance_snapshot(store) if (store / "zarr.json").is_file() else None  # one read (not of the areas) for both checks
     check_store_accepts(
         store, time=run_time, scene=stem, source=provenance.source, classes=[(c.id, c.name) for c in spec.classes], force=force, snapshot=snapshot
     )
@@ -257,7 +257,7 @@ def _done_already(
         return None
     if not entry_done(snapshot, time=run_time, scene=stem, provenance=provenance):
         return None
-    stats = snapshot.sel(time=run_time, scene=stem)
+    stats = open_stats(store, lambda ds: ds.sel(time=run_time, scene=stem))  # the entry's chunks only
     log.info("%s: done already for %s (same input, model and regions); skipped (force redoes it)", stem, np.datetime_as_string(run_time, unit="s"))
     return RasterResult(stem, labels, store, quicklook, info, stats, EngineReport(), _time.perf_counter() - started, skipped=True)
 

@@ -58,6 +58,7 @@ from pipeline.stats_store import (
     open_stats,
     recover,
     replace_store,
+    store_chunks,
     update_store,
 )
 
@@ -396,14 +397,17 @@ def _append_fast(
     """Append ``entry`` (dims ``time`` and ``scene`` of length 1) to ``store`` writing one night only; False
     (nothing done) where only a whole rewrite can do it. The caller holds the exclusive lock.
 
-    Taken when the store was written with every chunk, chunked along ``time`` only (chunk sizes recorded); the entry's scene,
-    regions and classes are already in the store (colours alike), its variables, their dimensions and
-    attributes are the store's, its values fit the store's types (strings no wider); and its ``time`` is
-    in the store or after every stored time (and its encoding in the store's units is exact). The new
-    store is then a :func:`~pipeline.stats_store.linked_copy` of the old one whose chunks holding that
-    night are written afresh (the old night's values with the entry's scene replaced, as the whole rewrite
-    merges it), swapped in atomically. Reads the coordinates and those chunks, and stats every chunk file:
-    the bytes it reads and writes do not grow with the number of nights.
+    Taken when the store was written with every chunk, chunked as :func:`~pipeline.stats_store.store_chunks`
+    says (chunk sizes recorded); the entry's scene, regions and classes are already in the store (colours
+    alike), its variables, their dimensions and attributes are the store's, its values fit the store's
+    types (strings no wider); and its ``time`` is in the store or after every stored time (and its
+    encoding in the store's units is exact). The new store is then a
+    :func:`~pipeline.stats_store.linked_copy` of the old one whose chunks holding the entry are written
+    afresh (that chunk's other nights as they were, the entry's scene and night replaced, as the whole
+    rewrite merges it), swapped in atomically: per variable, the one chunk of the entry's scene (the
+    per-entry strings: of all scenes, a few KB); when the night starts a new chunk along time, that
+    chunk of every scene (all fill but the entry's). Reads the coordinates and those chunks, and stats
+    every chunk file: the bytes it reads and writes grow neither with the nights nor with the scenes.
 
     Raises:
         InputError: as :func:`append_stats` (another source, contradicting classes, a damaged store).
@@ -445,28 +449,37 @@ def _append_fast(
         check_class_table(class_table(lazy), class_table(ds), store)
         if not grow and source is not None and "source" in lazy.variables:
             check_replacement(lazy[["source"]].isel(time=[index]).load(), store, time=time, scene=scene, source=source, force=force)
-        night = _night_values(entry, lazy, arrays, index=None if grow else index, scene=scene, store=store)
-        blocks = {}  # each time variable's chunk along time that holds the night, whole (as far as the array reaches)
-        for name, values in night.items():
-            try:
-                block = np.asarray(arrays[name][first : index if grow else min(first + step, arrays[name].shape[0])])
+        j = [str(v) for v in lazy["scene"].values].index(scene)
+        writes, rewrite = {}, {}  # per time variable: (where, values) written; the chunk key left out of the linked copy
+        for name in entry.data_vars:
+            array = arrays[name]
+            split = array.ndim > 2 and array.chunks[1] == 1  # one scene per chunk (store_chunks)
+            row = _entry_row(entry, lazy, array, name, scene=scene)
+            fill = np.full(array.shape[1:], "" if array.dtype.kind == "U" else np.nan, dtype=array.dtype)
+            if grow and first == index and split:  # a chunk along time the store lacks: every scene's chunk of it is written
+                block = fill[None].copy()
+                block[0, j] = row
+                writes[name] = ((slice(first, index + 1),), block)
+                continue
+            scenes = slice(j, j + 1) if split else slice(None)  # the entry's chunk along scene, or all scenes (one chunk)
+            try:  # the chunk that holds the entry, as far as the array reaches: its other nights (and scenes) stay as they are
+                block = np.asarray(array[first : index if grow else min(first + step, array.shape[0]), scenes])
             except Exception as exc:  # noqa: BLE001 - a chunk that does not decode: damage, as open_stats says
                 raise damaged(store, f"{type(exc).__name__}: {exc}") from exc
-            if grow:
-                block = np.concatenate([block, values[None]])
-            else:
-                block = block.copy()
-                block[index - first] = values
-            blocks[name] = block
+            block = np.concatenate([block, fill[None, scenes]]) if grow else block.copy()
+            block[index - first, 0 if split else j] = row
+            writes[name] = ((slice(first, first + len(block)), scenes), block)
+            if first < array.shape[0]:  # a chunk the old store has: left out of the copy, written whole
+                rewrite[name] = f"c.{index // step}.{j}" if split else f"c.{index // step}"
 
     def build(tmp: Path) -> None:
-        linked_copy(store, tmp, rewrite=index // step)
+        linked_copy(store, tmp, rewrite=rewrite)
         with zarr.config.set({"array.write_empty_chunks": True}):
-            for name, block in blocks.items():
+            for name, (where, block) in writes.items():
                 array = zarr.open_array(tmp, path=name, mode="r+")
                 if grow:
                     array.resize((index + 1, *array.shape[1:]))
-                array[first : first + len(block)] = block  # the whole chunk: nothing read from tmp, where it is absent
+                array[where] = block  # whole chunks: nothing read from tmp, where they are absent
             if grow:  # the time coordinate is one chunk: written again, whole (tiny)
                 old = arrays[TIME_DIM]
                 times = np.append(old[:], np.asarray([encoded_time], dtype=old.dtype))
@@ -509,10 +522,10 @@ def _fast_plan(entry: xr.Dataset, lazy: xr.Dataset, arrays: dict[str, Any], *, t
             return no(f"'{name}' has other dimensions")
         if TIME_DIM in array_dims and name != TIME_DIM:
             encoding = array.metadata.chunk_key_encoding
-            if not isinstance(encoding, DefaultChunkKeyEncoding) or encoding.separator != "/":
+            if not isinstance(encoding, DefaultChunkKeyEncoding) or encoding.separator != ".":  # CHUNK_KEY_ENCODING
                 return no(f"'{name}' has other chunk keys")
-            if array.chunks[1:] != tuple(max(n, 1) for n in array.shape[1:]) or array.chunks[0] != arrays[next(iter(lazy.data_vars))].chunks[0]:
-                return no(f"'{name}' is not chunked along time only, alike")
+            if array.chunks[1:] != store_chunks(array_dims, array.shape)[1:] or array.chunks[0] != arrays[next(iter(lazy.data_vars))].chunks[0]:
+                return no(f"'{name}' is not chunked as this segpipe writes it (along time, and scene where an entry is an array)")
     for name in entry.variables:
         if name != TIME_DIM and entry[name].attrs != lazy[name].attrs:
             return no(f"'{name}' has other attributes")
@@ -569,32 +582,18 @@ def _encode_time(time: np.datetime64, array: Any) -> Any:
     return np.asarray(number)[0]
 
 
-def _night_values(entry: xr.Dataset, lazy: xr.Dataset, arrays: dict[str, Any], *, index: int | None, scene: str, store: Path) -> dict[str, np.ndarray]:
-    """Each time variable's values for one night (dims as stored, without ``time``): the old night's
-    (``index``; None: a new night, all fill) with ``scene`` replaced by the entry's, NaN or ``""`` where
-    the entry has no region or class (as :func:`append_stats`'s whole rewrite merges it)."""
-    night = {}
-    j = [str(v) for v in lazy["scene"].values].index(scene)
-    for name in entry.data_vars:
-        array = arrays[name]
-        stored_dims = tuple(array.metadata.dimension_names)
-        if index is None:
-            values = np.full(array.shape[1:], "" if array.dtype.kind == "U" else np.nan, dtype=array.dtype)
-        else:
-            try:
-                values = np.asarray(array[index])
-            except Exception as exc:  # noqa: BLE001 - a chunk that does not decode: damage, as open_stats says
-                raise damaged(store, f"{type(exc).__name__}: {exc}") from exc
-        row = entry[name].isel(time=0).sel(scene=scene, drop=True)
-        row = row.drop_vars([c for c in row.coords if c not in row.dims]).transpose(*stored_dims[2:])
-        row = row.reindex({dim: lazy[dim].values.astype(object) for dim in row.dims})
-        row_values = np.asarray(row.values)
-        if array.dtype.kind == "U":
-            row_values = np.where(pd.isnull(row_values.astype(object)), "", row_values.astype(object)).astype(array.dtype)
-        values = values.copy()
-        values[j] = row_values
-        night[name] = values
-    return night
+def _entry_row(entry: xr.Dataset, lazy: xr.Dataset, array: Any, name: str, *, scene: str) -> np.ndarray:
+    """The entry's values of variable ``name`` for its scene and night, as the zarr ``array`` stores them
+    (its dims without ``time`` and ``scene``, the store's regions and classes): NaN or ``""`` where the
+    entry has no region or class (as :func:`append_stats`'s whole rewrite merges it)."""
+    stored_dims = tuple(array.metadata.dimension_names)
+    row = entry[name].isel(time=0).sel(scene=scene, drop=True)
+    row = row.drop_vars([c for c in row.coords if c not in row.dims]).transpose(*stored_dims[2:])
+    row = row.reindex({dim: lazy[dim].values.astype(object) for dim in row.dims})
+    values = np.asarray(row.values)
+    if array.dtype.kind == "U":
+        values = np.where(pd.isnull(values.astype(object)), "", values.astype(object)).astype(array.dtype)
+    return values
 
 
 def _merge(new: xr.Dataset, old: xr.Dataset) -> xr.Dataset:
@@ -629,11 +628,11 @@ def _tidy(ds: xr.Dataset) -> xr.Dataset:
     return ds.transpose(*order, missing_dims="ignore")
 
 
-def _open(store: str | Path) -> xr.Dataset:
+def _open(store: str | Path, part: Callable[[xr.Dataset], xr.Dataset] | None = None) -> xr.Dataset:
     store = Path(store)
     if not (store / "zarr.json").is_file():
         raise InputError(store, "no statistics store here", "run `segpipe raster ... --out DIR` first; stats are in DIR/stats.zarr")
-    return open_stats(store)  # a snapshot under the shared lock (a lazy open_zarr breaks at the next append)
+    return open_stats(store, part)  # a snapshot under the shared lock (a lazy open_zarr breaks at the next append)
 
 
 def area_over_time(store: str | Path, cls: str | int, region: str, *, scene: str | None = None) -> xr.DataArray:
@@ -653,23 +652,28 @@ def area_over_time(store: str | Path, cls: str | int, region: str, *, scene: str
         InputError: unknown class, region or scene; or ``scene=None`` where scenes overlap in the
             region at some time (their sum would count the overlap twice; see :func:`_check_no_overlap`).
     """
-    ds = _open(store)
-    names = [str(v) for v in ds["class"].values]
-    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
-        ids = [int(v) for v in ds["class_id"].values]
-        if int(cls) not in ids:
-            raise InputError(store, f"no class id {cls} (class ids: {ids})", "pick one of the listed ids")
-        cls = names[ids.index(int(cls))]
-    if cls not in names:
-        raise InputError(store, f"no class '{cls}' (classes: {', '.join(names)})", "pick one of the listed classes")
-    regions = [str(v) for v in ds["region"].values]
-    if region not in regions:
-        raise InputError(store, f"no region '{region}' (regions: {', '.join(regions)})", "pick one of the listed regions")
+    def part(ds: xr.Dataset) -> xr.Dataset:  # checked against the coordinates; then one class and region read, not the store
+        names = [str(v) for v in ds["class"].values]
+        name = cls
+        if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+            ids = [int(v) for v in ds["class_id"].values]
+            if int(cls) not in ids:
+                raise InputError(store, f"no class id {cls} (class ids: {ids})", "pick one of the listed ids")
+            name = names[ids.index(int(cls))]
+        if name not in names:
+            raise InputError(store, f"no class '{name}' (classes: {', '.join(names)})", "pick one of the listed classes")
+        regions = [str(v) for v in ds["region"].values]
+        if region not in regions:
+            raise InputError(store, f"no region '{region}' (regions: {', '.join(regions)})", "pick one of the listed regions")
+        if scene is not None and scene not in (scenes := [str(v) for v in ds["scene"].values]):
+            raise InputError(store, f"no scene '{scene}' (scenes: {', '.join(scenes)})", "pick one of the listed scenes")
+        wanted = [v for v in ("area_m2", "region_area_m2", "region_total_area_m2") if v in ds.data_vars]
+        return ds[wanted].sel({"class": [name], "region": [region], **({} if scene is None else {"scene": [scene]})})
+
+    ds = _open(store, part)
+    cls = str(ds["class"].values[0])
     da = ds["area_m2"].sel({"class": cls, "region": region})
     if scene is not None:
-        scenes = [str(v) for v in ds["scene"].values]
-        if scene not in scenes:
-            raise InputError(store, f"no scene '{scene}' (scenes: {', '.join(scenes)})", "pick one of the listed scenes")
         da = da.sel(scene=scene)
     else:
         _check_no_overlap(ds, store, region)

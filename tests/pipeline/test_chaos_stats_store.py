@@ -39,7 +39,9 @@ def _store(tmp_path: Path) -> Path:
 
 
 def _chunk(store: Path, name: str) -> Path:
-    return next(p for p in sorted((store / name / "c").rglob("*")) if p.is_file())
+    """The first chunk file of array ``name``: ``c.<t>...`` (time variables) or under ``c/``."""
+    array = store / name
+    return next(p for p in sorted(array.rglob("*")) if p.is_file() and p.relative_to(array).parts[0].startswith("c"))
 
 
 def _truncate(path: Path) -> None:

@@ -115,7 +115,7 @@ def test_fast_appends_give_the_whole_rewrites_store(tmp_path, monkeypatch, caplo
 
 
 def _two_nights(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setattr(stats_store, "TIME_CHUNK", 1)  # one night per chunk: c/0/..., c/1/...
+    monkeypatch.setattr(stats_store, "TIME_CHUNK", 1)  # one night per chunk: c.0..., c.1...
     store = tmp_path / "stats.zarr"
     for step in STEPS[:3]:
         _append(monkeypatch, True, step, store)
@@ -127,14 +127,20 @@ def _inode(path: Path) -> int:
 
 
 def test_unchanged_chunks_are_linked_and_the_changed_night_written(tmp_path, monkeypatch, caplog):
+    """Only the chunk of the entry's scene at its night is written: the other scenes' chunks of that night
+    stay links (with every scene in one chunk, the Nth scene's append rewrote all N scenes' values)."""
     store = _two_nights(tmp_path, monkeypatch)
-    night0, night1 = store / "area_m2" / "c" / "0" / "0" / "0" / "0", store / "area_m2" / "c" / "1" / "0" / "0" / "0"
-    before0, before1, class_id = _inode(night0), _inode(night1), _inode(store / "class_id" / "c" / "0")
+    area = store / "area_m2"
+    night0, night1, night1_a = area / "c.0.1.0.0", area / "c.1.1.0.0", area / "c.1.0.0.0"
+    before0, before1, before1_a, class_id = _inode(night0), _inode(night1), _inode(night1_a), _inode(store / "class_id" / "c" / "0")
+    source1 = _inode(store / "source" / "c.1.0")
     with caplog.at_level(logging.DEBUG, logger="pipeline.raster.stats"):
-        _append(monkeypatch, True, STEPS[3], store)  # night 1 rewritten
+        _append(monkeypatch, True, STEPS[3], store)  # scene b at night 1 rewritten
     assert _fast_taken(caplog)
     assert _inode(night0) == before0 and os.stat(night0).st_nlink == 1  # the old store's link is gone with it
+    assert _inode(night1_a) == before1_a  # scene a's chunk of the same night: linked, not read nor written
     assert _inode(night1) != before1
+    assert _inode(store / "source" / "c.1.0") != source1  # the per-entry strings: all scenes in one (small) chunk
     assert _inode(store / "class_id" / "c" / "0") != class_id  # copied, not linked
     caplog.clear()
     before0 = _inode(night0)
@@ -182,11 +188,11 @@ def test_a_failed_swap_leaves_the_old_store_byte_identical(tmp_path, monkeypatch
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda s: (s / "area_m2" / "c" / "0" / "0" / "0" / "0").unlink(),  # another night's chunk
-        lambda s: (s / "source" / "c" / "1" / "0").unlink(),  # the night rewritten
+        lambda s: (s / "area_m2" / "c.0.0.0.0").unlink(),  # another night's chunk
+        lambda s: (s / "source" / "c.1.0").unlink(),  # the night rewritten
         lambda s: (s / "class_id" / "c" / "0").unlink(),  # an array without time
-        lambda s: _truncate(s / "area_m2" / "c" / "0" / "0" / "0" / "0"),  # another night's chunk, never read by the append
-        lambda s: (s / "area_m2" / "c" / "0" / "0" / "0" / "0").write_bytes(b""),
+        lambda s: _truncate(s / "area_m2" / "c.0.0.0.0"),  # another night's chunk, never read by the append
+        lambda s: (s / "area_m2" / "c.0.0.0.0").write_bytes(b""),
     ],
     ids=["other night", "this night", "no time dimension", "other night truncated", "other night emptied"],
 )
@@ -207,7 +213,7 @@ def _truncate(path: Path) -> None:
 
 def test_a_truncated_chunk_of_the_night_rewritten_is_refused(tmp_path, monkeypatch):
     store = _two_nights(tmp_path, monkeypatch)
-    chunk = store / "area_m2" / "c" / "1" / "0" / "0" / "0"
+    chunk = store / "area_m2" / "c.1.0.0.0"
     chunk.write_bytes(chunk.read_bytes()[:10])
     with pytest.raises(InputError, match="damaged"):
         _append(monkeypatch, True, STEPS[3], store)
