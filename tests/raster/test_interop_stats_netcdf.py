@@ -14,42 +14,23 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.raster.provenance import Provenance
 from pipeline.raster.stats import append_stats
 from pipeline.stats_store import EVERY_CHUNK_ATTR
+from tests.raster.test_stats_fast_append import entry, prov
 
 ENGINES = [e for e, module in (("netcdf4", "netCDF4"), ("h5netcdf", "h5netcdf"), ("scipy", "scipy")) if importlib.util.find_spec(module)]
 
 
-def _entry(value: float, regions=("Nordfeld", "Süd")) -> xr.Dataset:
-    k = len(regions)
-    area = np.full((k, 3), value) + np.arange(3 * k).reshape(k, 3)
-    ds = xr.Dataset(
-        {
-            "area_m2": (("region", "class"), area, {"units": "m2"}),
-            "nodata_area_m2": ("region", np.full(k, value), {"units": "m2"}),
-        },
-        coords={
-            "region": np.array(list(regions), dtype=object),
-            "class": np.array(["water", "forest", "urban"], dtype=object),
-            "class_id": ("class", np.array([0, 1, 2])),
-            "class_color": ("class", np.array(["#1f78b4", "#33a02c", "#e31a1c"], dtype=object)),
-        },
-    )
-    ds.attrs["coverage"] = "exact"
-    return ds
-
-
-def _prov(source: str) -> Provenance:
-    return Provenance(source=source, model="unet", checkpoint_sha256="c" * 64, regions="/data/r.gpkg", segpipe_version="0.1", inputs_sha256="i" * 64)
+def _entry(value: float) -> xr.Dataset:
+    return entry(value, regions=("Nordfeld", "Süd"))  # non-ASCII region names through netCDF
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Two nights of one scene: a whole write, then the fast append. Tests only read it."""
     store = tmp_path_factory.mktemp("stats") / "stats.zarr"
-    append_stats(_entry(1.0), store, time="2026-01-01T02:00:00", scene="a", provenance=_prov("/data/a1.tif"))
-    append_stats(_entry(2.0), store, time="2026-01-02T02:00:07", scene="a", provenance=_prov("/data/a2.tif"))  # the fast append
+    append_stats(_entry(1.0), store, time="2026-01-01T02:00:00", scene="a", provenance=prov("/data/a1.tif"))
+    append_stats(_entry(2.0), store, time="2026-01-02T02:00:07", scene="a", provenance=prov("/data/a2.tif"))  # the fast append
     return store
 
 
@@ -108,7 +89,7 @@ def test_a_store_with_the_old_boolean_attribute_is_converted_by_the_next_append(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.to_zarr(old, zarr_format=3, consolidated=True, write_empty_chunks=True)
-    append_stats(_entry(3.0), old, time="2026-01-03T02:00:00", scene="a", provenance=_prov("/data/a3.tif"))
+    append_stats(_entry(3.0), old, time="2026-01-03T02:00:00", scene="a", provenance=prov("/data/a3.tif"))
     converted = _open(old)
     assert type(converted.attrs[EVERY_CHUNK_ATTR]) is int and converted.attrs[EVERY_CHUNK_ATTR] == 1
     assert converted.sizes["time"] == 3
