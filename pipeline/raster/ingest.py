@@ -56,6 +56,7 @@ from pipeline.raster.probe import (
     gdal_reason,
     info_from_dataset,
     is_local_path,
+    mosaic_sources,
     open_raster,
     probe_raster,
     remote_fix,
@@ -194,6 +195,9 @@ def _signature(path_or_url, info: RasterInfo, block: int) -> dict[str, Any]:
     if path.exists():
         stat = path.stat()
         sig.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    sources = mosaic_sources(path_or_url)
+    if sources:  # a VRT mosaic: a tile rewritten in place leaves the .vrt as it was
+        sig["sources"] = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] if os.path.exists(f) else [f] for f in sources]
     return sig
 
 

@@ -111,6 +111,21 @@ def is_local_path(path_or_url: str | Path) -> bool:
     return "://" not in text and not text.startswith("/vsi")
 
 
+def mosaic_sources(path_or_url: str | Path) -> list[str]:
+    """The files a local VRT mosaic reads its pixels from (GDAL's file list, the ``.vrt`` left out);
+    ``[]`` for any other input. Their sizes and modification times belong to the input's fingerprint:
+    a tile rewritten in place leaves the ``.vrt`` unchanged. Opens the ``.vrt`` only (not its tiles)."""
+    text = str(path_or_url)
+    if not is_local_path(text) or Path(text).suffix.lower() != ".vrt" or not Path(text).is_file():
+        return []
+    try:
+        with known_warnings_ignored(), rasterio.open(text) as src:
+            own = Path(text).resolve()
+            return [f for f in src.files if Path(f).resolve() != own]
+    except RasterioError:  # an unreadable VRT: reading it reports why
+        return []
+
+
 def check_exists(path_or_url: str | Path) -> None:
     """Raise :class:`InputError` for a local path that does not exist (URLs and ``/vsi`` paths are not checked)."""
     if is_local_path(path_or_url) and not Path(str(path_or_url)).exists():

@@ -13,7 +13,7 @@ does not exist, or one written by a segpipe before 0.1.0 recorded provenance):
   appended when a layer was named (``--region-layer``; GDAL's and QGIS's way of writing a layer);
 * ``segpipe_version``: the installed segpipe's version;
 * ``inputs_sha256``: SHA-256 of what else decides the entry: the input's and the regions file's
-  size and modification time (local files; ``""`` for a URL), the region field, the region layer
+  size and modification time (local files, a VRT mosaic's tiles included; ``""`` for a URL), the region field, the region layer
   (when one was named: entries made before layers could be named keep their digest) and the bands.
   An entry whose provenance (but the version) equals a new run's is that run's work already done:
   a retried run skips it (:func:`pipeline.raster.entries.entry_done`).
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models.spec import ModelSpec
-from pipeline.raster.probe import is_local_path
+from pipeline.raster.probe import is_local_path, mosaic_sources
 from pipeline.urls import public_url
 
 PROVENANCE_VARS = ("source", "model", "checkpoint_sha256", "regions", "segpipe_version", "inputs_sha256")
@@ -116,4 +116,7 @@ def inputs_sha256(
     }
     if region_layer is not None:  # absent otherwise: the digests of entries made before stay valid
         record["region_layer"] = region_layer
+    sources = mosaic_sources(image)
+    if sources:  # a VRT mosaic's tiles (absent for other inputs: their digests stay as they were)
+        record["sources"] = [fingerprint(f) for f in sources]
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -78,3 +78,33 @@ def test_a_vrt_mosaic_with_a_tile_missing_or_truncated_fails_and_writes_nothing(
     assert caught.value.path == str(vrt)
     assert "read failed" in caught.value.problem
     assert not (out / "mosaic.labels.tif").exists() and not (out / "stats.zarr").exists()
+
+
+def test_a_tile_rewritten_in_place_redoes_the_mosaic(tmp_path):
+    """A retried night skips a scene done from the same input; for a VRT mosaic the input is its
+    tiles too: a tile rewritten in place (the ``.vrt`` unchanged) was counted done already, and a
+    killed run's ingest of the old tile was reused."""
+    vrt, image, tiles = _mosaic(tmp_path / "in")
+    spec = _spec_file(tmp_path / "model")
+    first = segment_raster(vrt, spec, tmp_path / "out", time=TIME, device="cpu", block=512)
+    assert segment_raster(vrt, spec, tmp_path / "out", time=TIME, device="cpu", block=512).skipped  # nothing changed
+    with rasterio.open(first.labels_path) as src:
+        before = src.read(1)
+
+    with rasterio.open(tiles[3], "r+") as dst:  # the night's tile re-delivered with other pixels
+        dst.write(255 - image[:, TILE:, TILE:])
+    stamp = vrt.stat().st_mtime_ns
+    redone = segment_raster(vrt, spec, tmp_path / "out", time=TIME, device="cpu", block=512)
+    assert vrt.stat().st_mtime_ns == stamp and not redone.skipped
+    with rasterio.open(redone.labels_path) as src:
+        after = src.read(1)
+    assert np.array_equal(after[:TILE], before[:TILE]) and np.array_equal(after[:, :TILE], before[:, :TILE])
+    assert (after[TILE:, TILE:] != before[TILE:, TILE:]).mean() > 0.5  # the new tile's pixels were segmented
+
+    # the work store of a run killed before the rewrite is not reused for the new tile
+    work = tmp_path / "work.zarr"
+    ingest_raster(vrt, work, block=512)
+    with rasterio.open(tiles[0], "r+") as dst:
+        dst.write(255 - image[:, :TILE, :TILE])
+    ingest_raster(vrt, work, block=512)
+    assert np.array_equal(zarr.open_group(work, mode="r")["image"][:, :TILE, :TILE], 255 - image[:, :TILE, :TILE])
