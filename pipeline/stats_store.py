@@ -194,6 +194,67 @@ def open_stats(store: str | Path, part: Callable[[xr.Dataset], xr.Dataset] | Non
         return fixed_width_strings(loaded)
 
 
+def open_stats_lazy(store: str | Path) -> xr.Dataset:
+    """The statistics store ``store`` opened for a whole rewrite in bounded memory: coordinates and the
+    variables without a dimension beyond ``time`` and ``scene`` (the provenance strings, a few KB) loaded, as
+    :func:`open_stats` loads them; every other variable a dask array chunked as the store, read chunk by chunk
+    when computed (a chunk that does not decode raises :func:`damaged`, as :func:`open_stats` does).
+
+    The caller holds :func:`lock` (the arrays are read later, while it writes the new store); root attributes
+    without :data:`EVERY_CHUNK_ATTR`; strings fixed-width (:func:`fixed_width_strings`).
+
+    Raises:
+        FileNotFoundError: no store at ``store``.
+        InputError: the store is damaged (metadata, a loaded variable, or a missing chunk file in a store
+            written with every chunk).
+    """
+    import dask.array as da
+    import xarray as xr
+
+    with _quiet():
+        try:
+            lazy = xr.open_dataset(store, engine="zarr", consolidated=None, chunks=None, cache=False)
+            every_chunk = lazy.attrs.get(EVERY_CHUNK_ATTR, False)
+            _check_every_chunk(store, every_chunk)
+            variables = {}
+            for name, variable in lazy.variables.items():
+                big = set(variable.dims) - {TIME_DIM, SCENE_DIM} and TIME_DIM in variable.dims and variable.dtype.kind in "fiub"
+                if not big:
+                    variables[name] = variable.load()
+                    continue
+                chunks = variable.encoding.get("chunks") or variable.shape
+                data = da.from_array(_Guarded(variable, store), chunks=chunks, name=f"segpipe-read-{name}-{os.urandom(4).hex()}",
+                                     asarray=True, fancy=False, inline_array=True)  # fmt: skip
+                variables[name] = variable.copy(deep=False, data=data)
+            ds = xr.Dataset({k: v for k, v in variables.items() if k not in lazy.coords},
+                            coords={k: v for k, v in variables.items() if k in lazy.coords}, attrs=dict(lazy.attrs))  # fmt: skip
+            lazy.close()
+        except (FileNotFoundError, PermissionError, MemoryError, InputError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - as open_stats
+            raise damaged(store, f"{type(exc).__name__}: {exc}") from exc
+    ds.attrs.pop(EVERY_CHUNK_ATTR, None)
+    return fixed_width_strings(ds)
+
+
+class _Guarded:
+    """A lazily indexed xarray Variable of a store as an array dask can slice: each read is one zarr read
+    (decoded by xarray); one that fails is the store's damage (:func:`damaged`)."""
+
+    def __init__(self, variable, store: str | Path) -> None:
+        self.variable, self.store = variable, store
+        self.shape, self.dtype, self.ndim = variable.shape, variable.dtype, variable.ndim
+
+    def __getitem__(self, key):
+        try:
+            with _quiet():
+                return np.asarray(self.variable[key].values)
+        except (FileNotFoundError, PermissionError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs and zarr raise several types for a damaged chunk
+            raise damaged(self.store, f"{type(exc).__name__}: {exc}") from exc
+
+
 def _check_every_chunk(store: str | Path, every_chunk: int | bool) -> None:
     """In a store :func:`replace_store` wrote with every chunk, a missing chunk file is damage: zarr
     would read it back as the fill value (NaN areas, empty names) without a word."""
@@ -301,9 +362,15 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
         times = ds.variables[TIME_DIM].values
         if (times.astype("datetime64[s]") == times).all():  # fixed units: a later time appended in place fits them
             ds.variables[TIME_DIM].encoding.update(units="seconds since 1970-01-01", calendar="proleptic_gregorian")
+    lazy = False
+    for name, variable in ds.variables.items():  # dask arrays (open_stats_lazy): chunked as written, so each chunk is written once
+        if hasattr(variable.data, "dask"):
+            lazy = True
+            chunks = variable.encoding.get("chunks") or variable.shape
+            variable.data = variable.data.rechunk(chunks)
     tmp = _sibling(store, "tmp")
     try:
-        with _quiet():  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
+        with _quiet(), _synchronous(lazy):  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
             ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True)
             record_chunk_sizes(tmp)
         swap_in(tmp, store)
@@ -311,6 +378,19 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return store
+
+
+@contextlib.contextmanager
+def _synchronous(lazy: bool) -> Iterator[None]:
+    """Dask's synchronous scheduler while a store of dask arrays is written: one chunk after another in this
+    thread (bounded memory; no threads holding the lock's reads; no deadlock inside a Dask worker)."""
+    if not lazy:
+        yield
+        return
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        yield
 
 
 def update_store(store: str | Path, build: Callable[[Path], None]) -> Path:
