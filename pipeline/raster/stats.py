@@ -15,7 +15,9 @@ one table (both rules in :mod:`pipeline.raster.entries`). Each entry records wha
 (:mod:`pipeline.raster.provenance`). Each append builds a new store under a temporary name
 and swaps it in under a lock, so readers never see a half-written store: an entry of a scene already
 in the store, at an existing night or after the last one, as a hard-linked copy of the old store with
-only that night's chunks written (:func:`_append_fast`); any other by rewriting the whole store.
+only that night's chunks written (:func:`_append_fast`); any other by rewriting the whole store, streamed:
+the old store read chunk by chunk as dask arrays (:func:`~pipeline.stats_store.open_stats_lazy`) and the new one
+written a chunk at a time (:func:`~pipeline.stats_store.replace_store`), in memory bounded by a chunk, not the store.
 """
 
 from __future__ import annotations
