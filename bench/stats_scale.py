@@ -7,6 +7,8 @@ peak RSS, ``ru_maxrss``):
 
 * ``append new night``: the night's first scene, a night after the last one (``append_stats``);
 * ``append Nth scene``: the night's last scene, at that night (every other scene of the night in the store);
+* ``append new scene``: a scene the store does not hold yet, at the last night (the whole rewrite: every array
+  grows along ``scene``);
 * ``query last 30``: the README's query: ``xr.open_zarr`` + ``sel`` class and region + the last 30 nights
   + ``sum("scene", min_count=1)``, computed;
 * ``area_over_time``: ``pipeline.raster.stats.area_over_time(store, class, region)``;
@@ -39,7 +41,7 @@ import numpy as np
 
 PER_CLASS = ("area_ha", "area_m2", "pixel_count", "share")
 PER_REGION = ("nodata_area_m2", "nodata_pixel_count", "region_area_m2", "region_total_area_m2")
-OPS = ("append new night", "append Nth scene", "query last 30", "area_over_time", "run pre-check")
+OPS = ("append new night", "append Nth scene", "append new scene", "query last 30", "area_over_time", "run pre-check")
 
 
 def _provenance():
@@ -162,6 +164,8 @@ def op(name: str, store: Path, nights: int, scenes: int, regions: int, classes: 
     elif name == "append Nth scene":
         s = scenes - 1
         append_stats(entry(s, scenes, regions, classes, rng), store, time=night(nights - 1), scene=f"scene{s:03d}", provenance=_provenance())
+    elif name == "append new scene":
+        append_stats(entry(scenes - 1, scenes, regions, classes, rng), store, time=night(nights - 1), scene=f"scene{scenes:03d}", provenance=_provenance())
     elif name == "query last 30":
         ds = xr.open_zarr(store)
         forest = ds["area_ha"].sel(**{"class": "class1"}, region=f"district{regions // 2:04d}")

@@ -8,6 +8,7 @@ what the two share:
 * :func:`lock`: an advisory ``flock`` on the store's folder, exclusive for writers (the whole
   read-modify-swap) and shared for readers;
 * :func:`open_stats`: a consistent in-memory snapshot of a store, read under the shared lock;
+* :func:`open_stats_lazy`: a store's arrays as dask arrays, for a whole rewrite in bounded memory;
 * :func:`replace_store`: write a Dataset next to the store and swap it in atomically;
 * :func:`update_store`, :func:`linked_copy`: build a store from the old one's files and swap it in;
 * :func:`check_chunk_sizes`: every chunk file there with its size as written (no read);
@@ -194,6 +195,67 @@ def open_stats(store: str | Path, part: Callable[[xr.Dataset], xr.Dataset] | Non
         return fixed_width_strings(loaded)
 
 
+def open_stats_lazy(store: str | Path) -> xr.Dataset:
+    """The statistics store ``store`` opened for a whole rewrite in bounded memory: coordinates and the
+    variables without a dimension beyond ``time`` and ``scene`` (the provenance strings, a few KB) loaded, as
+    :func:`open_stats` loads them; every other variable a dask array chunked as the store, read chunk by chunk
+    when computed (a chunk that does not decode raises :func:`damaged`, as :func:`open_stats` does).
+
+    The caller holds :func:`lock` (the arrays are read later, while it writes the new store); root attributes
+    without :data:`EVERY_CHUNK_ATTR`; strings fixed-width (:func:`fixed_width_strings`).
+
+    Raises:
+        FileNotFoundError: no store at ``store``.
+        InputError: the store is damaged (metadata, a loaded variable, or a missing chunk file in a store
+            written with every chunk).
+    """
+    import dask.array as da
+    import xarray as xr
+
+    with _quiet():
+        try:
+            lazy = xr.open_dataset(store, engine="zarr", consolidated=None, chunks=None, cache=False)
+            every_chunk = lazy.attrs.get(EVERY_CHUNK_ATTR, False)
+            _check_every_chunk(store, every_chunk)
+            variables = {}
+            for name, variable in lazy.variables.items():
+                big = set(variable.dims) - {TIME_DIM, SCENE_DIM} and TIME_DIM in variable.dims and variable.dtype.kind in "fiub"
+                if not big:
+                    variables[name] = variable.load()
+                    continue
+                chunks = variable.encoding.get("chunks") or variable.shape
+                data = da.from_array(_Guarded(variable, store), chunks=chunks, name=f"segpipe-read-{name}-{os.urandom(4).hex()}",
+                                     asarray=True, fancy=False, inline_array=True)  # fmt: skip
+                variables[name] = variable.copy(deep=False, data=data)
+            ds = xr.Dataset({k: v for k, v in variables.items() if k not in lazy.coords},
+                            coords={k: v for k, v in variables.items() if k in lazy.coords}, attrs=dict(lazy.attrs))  # fmt: skip
+            lazy.close()
+        except (FileNotFoundError, PermissionError, MemoryError, InputError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - as open_stats
+            raise damaged(store, f"{type(exc).__name__}: {exc}") from exc
+    ds.attrs.pop(EVERY_CHUNK_ATTR, None)
+    return fixed_width_strings(ds)
+
+
+class _Guarded:
+    """A lazily indexed xarray Variable of a store as an array dask can slice: each read is one zarr read
+    (decoded by xarray); one that fails is the store's damage (:func:`damaged`)."""
+
+    def __init__(self, variable, store: str | Path) -> None:
+        self.variable, self.store = variable, store
+        self.shape, self.dtype, self.ndim = variable.shape, variable.dtype, variable.ndim
+
+    def __getitem__(self, key):
+        try:
+            with _quiet():
+                return np.asarray(self.variable[key].values)
+        except (FileNotFoundError, PermissionError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs and zarr raise several types for a damaged chunk
+            raise damaged(self.store, f"{type(exc).__name__}: {exc}") from exc
+
+
 def _check_every_chunk(store: str | Path, every_chunk: int | bool) -> None:
     """In a store :func:`replace_store` wrote with every chunk, a missing chunk file is damage: zarr
     would read it back as the fill value (NaN areas, empty names) without a word."""
@@ -285,6 +347,8 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
     :func:`store_chunks` says: :data:`TIME_CHUNK` time steps per chunk, one scene per chunk where a
     scene's entry is an array (chunk files ``c.<t>.<scene>.0...``), other dimensions whole, so a later
     update of one scene's entry can link the other chunk files (:func:`linked_copy`).
+    Variables held as dask arrays (:func:`open_stats_lazy`) are rechunked to those chunks and written one
+    chunk at a time with dask's synchronous scheduler (memory: a chunk and the chunks it is computed from).
     Readers see the old store or the new one, never a half-written one.
 
     Returns:
@@ -301,16 +365,58 @@ def replace_store(ds: xr.Dataset, store: str | Path) -> Path:
         times = ds.variables[TIME_DIM].values
         if (times.astype("datetime64[s]") == times).all():  # fixed units: a later time appended in place fits them
             ds.variables[TIME_DIM].encoding.update(units="seconds since 1970-01-01", calendar="proleptic_gregorian")
+    lazy = False
+    for name, variable in ds.variables.items():  # dask arrays (open_stats_lazy): chunked as written, so each chunk is written once
+        if hasattr(variable.data, "dask"):
+            lazy = True
+            chunks = variable.encoding.get("chunks") or variable.shape
+            variable.data = variable.data.rechunk(chunks)
     tmp = _sibling(store, "tmp")
     try:
-        with _quiet():  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
-            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True)
+        with _quiet(), _synchronous(lazy):  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True, compute=not lazy)
+            if lazy:  # the metadata and the in-memory variables are written; the dask arrays one chunk at a time
+                _write_chunkwise(ds, tmp)
             record_chunk_sizes(tmp)
         swap_in(tmp, store)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return store
+
+
+def _write_chunkwise(ds: xr.Dataset, tmp: Path) -> None:
+    """Write each dask variable of ``ds`` into the store ``tmp`` (its metadata written) one chunk at a time: a
+    chunk computed (its old chunk read), written, dropped. One ``dask.array.store`` of the whole Dataset let dask's
+    ordering read ahead (~a chunk per scene held: 1 GB at 50 scenes x 3,000 regions, 387 MB so)."""
+    import itertools
+
+    import zarr
+
+    group = zarr.open_group(tmp, mode="r+")
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        for name, variable in ds.variables.items():
+            data = variable.data
+            if not hasattr(data, "dask"):
+                continue
+            array = group[str(name)]
+            starts = [np.cumsum((0, *c)) for c in data.chunks]
+            for index in itertools.product(*(range(n) for n in data.numblocks)):
+                where = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
+                array[where] = np.asarray(data.blocks[index].compute())
+
+
+@contextlib.contextmanager
+def _synchronous(lazy: bool) -> Iterator[None]:
+    """Dask's synchronous scheduler while a store of dask arrays is written: one chunk after another in this
+    thread (bounded memory; no threads holding the lock's reads; no deadlock inside a Dask worker)."""
+    if not lazy:
+        yield
+        return
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        yield
 
 
 def update_store(store: str | Path, build: Callable[[Path], None]) -> Path:

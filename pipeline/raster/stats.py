@@ -15,7 +15,9 @@ one table (both rules in :mod:`pipeline.raster.entries`). Each entry records wha
 (:mod:`pipeline.raster.provenance`). Each append builds a new store under a temporary name
 and swaps it in under a lock, so readers never see a half-written store: an entry of a scene already
 in the store, at an existing night or after the last one, as a hard-linked copy of the old store with
-only that night's chunks written (:func:`_append_fast`); any other by rewriting the whole store.
+only that night's chunks written (:func:`_append_fast`); any other by rewriting the whole store, streamed:
+the old store read chunk by chunk as dask arrays (:func:`~pipeline.stats_store.open_stats_lazy`) and the new one
+written a chunk at a time (:func:`~pipeline.stats_store.replace_store`), in memory bounded by a chunk, not the store.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from pipeline.stats_store import (
     linked_copy,
     lock,
     open_stats,
+    open_stats_lazy,
     recover,
     replace_store,
     store_chunks,
@@ -369,12 +372,14 @@ def append_stats(
             if _append_fast(entry, ds, store_path, time=t, scene=scene, source=source, force=force):
                 return store_path
         if (store_path / "zarr.json").is_file():
-            old = _fill_strings(_open(store_path).load())  # zarr reads them back as numpy StringDType, which joins refuse
+            # the whole rewrite, streamed: the old store's arrays as dask arrays read chunk by chunk while the new
+            # store is written (replace_store); coordinates and the provenance strings (a few KB) in memory
+            old = _fill_strings(open_stats_lazy(store_path))
             check_class_table(class_table(old), class_table(ds), store_path)
             check_replacement(old, store_path, time=t, scene=scene, source=None if provenance is None else provenance.source, force=force)
             if t in old.time.values and scene in old.scene.values:
                 old = old.where(~((old.time == t) & (old.scene == scene)))
-            merged = _merge(entry, old)
+            merged = _merge(_lazy_entry(entry, old), old, classes=entry)  # dask too: joined onto the store's coordinates lazily
         else:
             merged = _fill_strings(entry)
         merged["time"].attrs.update(TIME_ATTRS)
@@ -596,14 +601,41 @@ def _entry_row(entry: xr.Dataset, lazy: xr.Dataset, array: Any, name: str, *, sc
     return values
 
 
-def _merge(new: xr.Dataset, old: xr.Dataset) -> xr.Dataset:
+def _lazy_entry(entry: xr.Dataset, old: xr.Dataset) -> xr.Dataset:
+    """``entry`` on the outer join of its and ``old``'s coordinates (what :func:`_merge`'s join gives): its
+    variables with further dimensions than ``time`` and ``scene`` as dask arrays chunked as the store is
+    (:func:`~pipeline.stats_store.store_chunks`; fill but the entry's chunk, never made dense), the others
+    (the provenance strings, a few KB) in memory. The join then leaves it as it is, and reindexes ``old``
+    (dask) without splitting its chunks."""
+    import dask.array as da
+
+    dims = [d for d in entry.dims if d in entry.indexes and d in old.indexes]
+    union = xr.align(*(xr.Dataset(coords={d: ds[d].variable for d in dims}) for ds in (entry, old)), join="outer")[0]
+    full = entry.drop_vars(CLASS_COORDS, errors="ignore")  # _merge takes the class table from the entry itself
+    full = full.reindex({d: union[d].values for d in dims if d not in (TIME_DIM, "scene")})  # its regions and classes: small
+    at = {d: union.indexes[d].get_loc(full.indexes[d][0]) for d in (TIME_DIM, "scene")}
+    big = [name for name, v in full.data_vars.items() if set(v.dims) - {TIME_DIM, "scene"} and v.dims[:2] == (TIME_DIM, "scene") and v.dtype.kind == "f"]
+    out = full.drop_vars(big).reindex({d: union[d].values for d in (TIME_DIM, "scene")})  # the provenance strings
+    for name in big:
+        v = full[name].variable
+        shape = tuple(union.sizes.get(d, n) for d, n in zip(v.dims, v.shape))
+        chunks = store_chunks(tuple(v.dims), shape, str(name)) or shape
+        data = da.full(shape, np.nan, dtype=v.dtype, chunks=chunks)
+        data[at[TIME_DIM], at["scene"]] = v.values[0, 0]
+        out[name] = xr.Variable(v.dims, data, v.attrs)
+    return out
+
+
+def _merge(new: xr.Dataset, old: xr.Dataset, *, classes: xr.Dataset | None = None) -> xr.Dataset:
     """Outer-join ``new`` over ``old`` (``new`` wins). Classes in store order (``old``'s, then
-    ``new``'s others; the tables agree, see :func:`check_class_table`); colours from ``new`` first."""
+    ``new``'s others; the tables agree, see :func:`check_class_table`); colours from ``new`` first.
+    ``classes``: the Dataset whose class coordinates are ``new``'s (default ``new``: see :func:`_lazy_entry`)."""
+    classes = new if classes is None else classes
     table: dict[str, tuple[Any, ...]] = {}
-    for ds in (old, new):
+    for ds in (old, classes):
         for i, name in enumerate(ds["class"].values):
             table[str(name)] = tuple(ds[c].values[i] for c in CLASS_COORDS if c in ds.coords)
-    order = class_order(class_table(old), class_table(new))
+    order = class_order(class_table(old), class_table(classes))
     merged = new.drop_vars(CLASS_COORDS, errors="ignore").combine_first(old.drop_vars(CLASS_COORDS, errors="ignore"))
     merged = merged.sel({"class": np.array(order, dtype=object)})
     return _fill_strings(merged).assign_coords(

@@ -115,3 +115,27 @@ def test_a_scenes_append_holds_its_own_chunk_not_every_scenes(store, tmp_path):
     assert (after["area_m2"].sel(scene="s7").values[0] == 5.0).all() and (after["area_m2"].sel(scene="s0").values[1] == 6.0).all()
     assert np.isnan(after["area_m2"].sel(scene="s7").values[1]).all()  # other scenes: nothing at the new night
     np.testing.assert_array_equal(after["area_m2"].sel(scene="s3").values[0], store[1]["area_m2"].sel(scene="s3").values[-1])
+
+
+def test_a_new_scene_rewrites_the_store_chunk_by_chunk(store, tmp_path):
+    """A new scene joining the store takes the whole rewrite (every array grows along ``scene``): it streams
+    the old store chunk by chunk (32 nights x 1 scene x 500 regions x 10 classes, 1.3 MB), not the whole store
+    (51 MB of areas, held twice while merged before)."""
+    import shutil
+
+    import zarr
+
+    path = tmp_path / "stats.zarr"
+    shutil.copytree(store[0], path)
+    _, peak = _peak(lambda: append_stats(_entry(SCENES, 7.0), path, time=_night(NIGHTS - 1), scene=f"s{SCENES}", provenance=prov(SCENES)))
+    assert peak < 24, f"{peak:.0f} MB traced for a new scene's append (the store's areas are 51 MB)"
+    after = open_stats(path, lambda d: d.sel(scene=[f"s{SCENES}", "s3"]))
+    assert after.sizes["scene"] == 2 and open_stats(path, lambda d: d[["source"]]).sizes == {"time": NIGHTS, "scene": SCENES + 1}
+    new = after.sel(scene=f"s{SCENES}")
+    assert (new["area_m2"].values[-1] == 7.0).all() and np.isnan(new["area_m2"].values[:-1]).all()
+    assert str(new["source"].values[-1]) == prov(SCENES).source and (new["source"].values[:-1] == "").all()
+    np.testing.assert_array_equal(after["area_m2"].sel(scene="s3").values, store[1]["area_m2"].sel(scene="s3").values)
+    group = zarr.open_group(path, mode="r")
+    assert group.attrs["segpipe_every_chunk"] == 1
+    assert group["area_m2"].chunks == (32, 1, REGIONS, CLASSES) and group["area_m2"].dtype == np.float64
+    assert group["source"].dtype.kind == "U" and group["source"].chunks == (32, SCENES + 1)
