@@ -197,8 +197,17 @@ def _signature(path_or_url, info: RasterInfo, block: int) -> dict[str, Any]:
         sig.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     sources = mosaic_sources(path_or_url)
     if sources:  # a VRT mosaic: a tile rewritten in place leaves the .vrt as it was
-        sig["sources"] = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] if os.path.exists(f) else [f] for f in sources]
+        sig["sources"] = [_file_stamp(f) for f in sources]
     return sig
+
+
+def _file_stamp(path: str) -> list[Any]:
+    """``[path, size, mtime_ns]`` of a file, ``[path]`` when it is missing (one ``stat``)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return [path]
+    return [path, stat.st_size, stat.st_mtime_ns]
 
 
 def _existing_signature(store_path: Path) -> dict[str, Any] | None:

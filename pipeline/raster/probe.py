@@ -148,10 +148,13 @@ def open_raster(path_or_url: str | Path) -> rasterio.DatasetReader:
 
 def remote_transient(reason: str) -> bool:
     """Whether GDAL's ``reason`` for failing on a URL may pass by itself: a 429 or 5xx answer, no connection, a timeout."""
+    return bool(re.search(r"\b(429|5\d\d)\b", reason)) or _unreachable(reason)
+
+
+def _unreachable(reason: str) -> bool:
+    """Whether GDAL's ``reason`` says the server could not be reached (name, connection, timeout)."""
     lowered = reason.lower()
-    return bool(re.search(r"\b(429|5\d\d)\b", reason)) or any(
-        words in lowered for words in ("could not resolve", "failed to connect", "timed out", "timeout", "connection reset")
-    )
+    return any(words in lowered for words in ("could not resolve", "failed to connect", "timed out", "timeout", "connection reset"))
 
 
 def remote_fix(reason: str, *, reading: bool = False) -> str:
@@ -167,7 +170,7 @@ def remote_fix(reason: str, *, reading: bool = False) -> str:
         return "no such object: check the URL"
     if re.search(r"\b5\d\d\b", reason):
         return "the server failed: run again later"
-    if "could not resolve" in lowered or "failed to connect" in lowered or "timed out" in lowered or "timeout" in lowered:
+    if _unreachable(reason):
         return "the server could not be reached from this machine: check the URL, the network and any proxy (GDAL_HTTP_PROXY)"
     if reading:  # GDAL's words are libtiff's here ("Read error at row ..."): the HTTP status is not passed on
         return "the server stopped answering part-way (down, or a signed URL expired): run again later, or download the file and give its local path"
