@@ -269,8 +269,8 @@ def _damage(path: Path, ds) -> str:
     word, as a dataset that ends where the damage begins. Damaged: a Part 10 file (preamble and
     ``DICM``) whose file meta names no SOP class; a file whose file meta (its first bytes) names an
     image storage class but whose dataset lacks the series or instance UID every image has, or lacks
-    pixel data and ends inside an element (a complete header without pixels is a header-only object,
-    ignored as before)."""
+    pixel data and ends inside an element. A complete header without pixels (cut exactly at an element
+    boundary, or a header-only object) is ignored here; :func:`_check_headless` fails the series it belongs to."""
     sop = _storage_class(ds)
     if not sop:
         return "a DICOM file (preamble and DICM) whose file meta does not parse" if _is_part10(path) else ""
