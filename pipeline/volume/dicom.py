@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -518,28 +519,53 @@ def _pixels(folder: Path, slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray]
     check_memory(folder, (len(slices), int(first.Rows), int(first.Columns)), "the series (slices x Rows x Columns)")
     data = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
     padding = np.zeros(data.shape, dtype=bool)
-    ds, frames = None, None  # a multi-frame object is read and decoded once, for all its frames
-    for z, slc in enumerate(slices):
-        if ds is None or not slc.frame:
+    if slices[0].frame:  # the frames of one enhanced object
+        _frames_into(slices, data, padding)
+    else:
+        for z, slc in enumerate(slices):
             ds = read_slice(slc.path)
-            if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
-                raise InputError(slc.path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
-            frames = _decode(slc.path, ds)
-            wanted = max(s.frame for s in slices)
-            if slc.frame and frames.shape[0] < wanted:
-                raise InputError(slc.path, f"{frames.shape[0]} frames of pixel data for {wanted} frames", "re-transfer or re-export the series")
-        pixels = frames[slc.frame - 1] if slc.frame else frames
-        _padding(ds, pixels, out=padding[z])
-        # a single-frame slice's own RescaleSlope/Intercept; a frame's, from its functional groups (its view)
-        slope = float(getattr(slc.ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(slc.ds, "RescaleIntercept", 0.0) or 0.0)
-        data[z] = pixels.astype(np.float64) * slope + intercept
+            _check_greyscale(slc.path, ds)
+            _store(_decode(slc.path, ds), ds, slc, data[z], padding[z])
     if padding.all():
         raise InputError(
             folder, f"every voxel is pixel padding (PixelPaddingValue {first.get('PixelPaddingValue')}): the series holds no image data",
             "check the export; give the series with its image data",
         )
     return data, padding
+
+
+def _frames_into(slices: list[_Slice], data: np.ndarray, padding: np.ndarray) -> None:
+    """Fill ``data``/``padding`` (z order) from the one multi-frame object the ``slices`` are frames of,
+    decoding its frames one at a time in stored order (frame ``slices[z].frame`` goes to ``z``)."""
+    path = slices[0].path
+    ds = read_slice(path)
+    _check_greyscale(path, ds)
+    z_of = {slc.frame: z for z, slc in enumerate(slices)}
+    filled = 0
+    for number, pixels in enumerate(_decode_frames(path, ds), start=1):
+        z = z_of.get(number)
+        if z is not None:
+            _store(pixels, ds, slices[z], data[z], padding[z])
+            filled += 1
+    if filled < len(slices):
+        raise InputError(path, f"pixel data for {filled} of the {len(slices)} frames the header lists", "re-transfer or re-export the series")
+
+
+def _check_greyscale(path: Path, ds) -> None:
+    if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
+        raise InputError(path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
+
+
+def _store(pixels: np.ndarray, ds, slc: _Slice, out: np.ndarray, padding: np.ndarray) -> None:
+    """Put one slice's stored ``pixels`` ``(rows, columns)`` into ``out`` rescaled, and its padding into ``padding``.
+
+    ``ds``: the file's dataset (pixel padding tags); the rescale is the slice's own RescaleSlope/Intercept,
+    for a frame of a multi-frame object the one of its functional groups (its view ``slc.ds``).
+    """
+    _padding(ds, pixels, out=padding)
+    slope = float(getattr(slc.ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(slc.ds, "RescaleIntercept", 0.0) or 0.0)
+    out[...] = pixels.astype(np.float64) * slope + intercept
 
 
 def _padding(ds, pixels: np.ndarray, *, out: np.ndarray) -> None:
@@ -574,36 +600,61 @@ def _padding(ds, pixels: np.ndarray, *, out: np.ndarray) -> None:
         np.logical_and(values >= lo, values <= hi, out=out)
 
 
+_DECODE_ERRORS = (RuntimeError, NotImplementedError, ValueError, AttributeError, TypeError)
+
+
 def _decode(path: Path, ds) -> np.ndarray:
-    """``ds.pixel_array`` (``(rows, columns)``; ``(frames, rows, columns)`` for a multi-frame object), or an
-    InputError telling a truncated file from a missing decoder."""
-    from pydicom.pixels import get_decoder
+    """``ds.pixel_array`` (``(rows, columns)``), or an InputError telling a truncated file from a missing decoder."""
+    _check_length(path, ds)
+    try:
+        return ds.pixel_array
+    except _DECODE_ERRORS as exc:
+        raise _decode_error(path, ds, exc) from exc
+
+
+def _decode_frames(path: Path, ds) -> Iterator[np.ndarray]:
+    """The stored pixels ``(rows, columns)`` of each frame of a multi-frame ``ds``, in stored order, decoded
+    one at a time (no ``(frames, rows, columns)`` copy of the whole object); errors as :func:`_decode`."""
+    from pydicom.pixels import iter_pixels
+
+    _check_length(path, ds)
+    try:
+        yield from iter_pixels(ds)
+    except _DECODE_ERRORS as exc:
+        raise _decode_error(path, ds, exc) from exc
+
+
+def _check_length(path: Path, ds) -> None:
+    """Refuse uncompressed pixel data shorter than Rows x Columns x frames x samples x bits say."""
     from pydicom.pixels.utils import get_expected_length
 
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    name = getattr(syntax, "name", str(syntax or "unknown"))
-    compressed = bool(syntax is not None and syntax.is_compressed)
-    if not compressed and "PixelData" in ds:
+    if (syntax is None or not syntax.is_compressed) and "PixelData" in ds:
         expected, actual = int(get_expected_length(ds, unit="bytes")), len(ds.PixelData)
         if actual < expected:
             raise InputError(path, f"pixel data truncated ({actual} of {expected} bytes): the file is incomplete", "re-transfer or re-export the series")
-    try:
-        return ds.pixel_array
-    except (RuntimeError, NotImplementedError, ValueError, AttributeError, TypeError) as exc:
-        reason = " ".join(str(exc).split())  # pydicom lists each plugin's failure on its own line
-        if compressed:
-            try:
-                missing = not get_decoder(syntax).is_available
-            except NotImplementedError:  # no decoder exists for this syntax at all
-                missing = True
-            if missing:
-                raise InputError(
-                    path, f"cannot decode pixel data (transfer syntax {name}): {reason}",
-                    "install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg",
-                ) from exc
-        raise InputError(
-            path, f"cannot decode pixel data (transfer syntax {name}): {reason}", "the file is damaged or incomplete; re-transfer or re-export the series"
-        ) from exc
+
+
+def _decode_error(path: Path, ds, exc: Exception) -> InputError:
+    """The error for pixel data that does not decode: a missing decoder (the install hint) or damaged data."""
+    from pydicom.pixels import get_decoder
+
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    name = getattr(syntax, "name", str(syntax or "unknown"))
+    reason = " ".join(str(exc).split())  # pydicom lists each plugin's failure on its own line
+    if syntax is not None and syntax.is_compressed:
+        try:
+            missing = not get_decoder(syntax).is_available
+        except NotImplementedError:  # no decoder exists for this syntax at all
+            missing = True
+        if missing:
+            return InputError(
+                path, f"cannot decode pixel data (transfer syntax {name}): {reason}",
+                "install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg",
+            )
+    return InputError(
+        path, f"cannot decode pixel data (transfer syntax {name}): {reason}", "the file is damaged or incomplete; re-transfer or re-export the series"
+    )
 
 
 def _affine(slices: list[_Slice]) -> np.ndarray:

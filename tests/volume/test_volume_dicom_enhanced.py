@@ -375,3 +375,44 @@ def test_batch_reports_the_bad_enhanced_object_and_finishes_the_others(vh, tmp_p
     labels = [np.asarray(nib.load(r.outputs.labels).dataobj) for r in report.results]
     assert all(np.array_equal(a, labels[-1]) for a in labels)
     assert np.array_equal(labels[0].T, vh.per_voxel_answer(hu))
+
+
+def test_pixel_padding_of_an_enhanced_object_is_nodata_as_in_its_series(vh, tmp_path):
+    hu, series, _ = _ct(vh, tmp_path)
+    padded = -1024.0  # stored 1024 with RescaleIntercept -2048
+    hu[:, :3, :] = padded
+    for path in sorted(series.iterdir()):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.copy()
+        pixels[:3, :] = 1024
+        ds.PixelData = pixels.tobytes()
+        ds.add_new(0x00280120, "US", 1024)  # PixelPaddingValue
+        ds.save_as(path)
+    path = _enhanced(series, tmp_path / "padded" / "ct.dcm")
+    if "PixelPaddingValue" not in pydicom.dcmread(path, stop_before_pixels=True):  # where the converter leaves it out
+        _edit(path, lambda ds, frames: (ds.add_new(0x00280120, "US", 1024), frames)[1])
+    single, enhanced = read_volume(series), read_volume(path)
+    assert enhanced.nodata is not None and enhanced.nodata_count == 6 * 3 * 24
+    np.testing.assert_array_equal(enhanced.nodata, single.nodata)
+    np.testing.assert_array_equal(enhanced.data, single.data)
+
+
+def test_compressed_enhanced_object_decodes_frame_by_frame(vh, tmp_path):
+    pytest.importorskip("openjpeg")
+    from pydicom.uid import JPEG2000Lossless
+
+    hu, _, path = _ct(vh, tmp_path, shape=(4, 32, 32))
+    ds = pydicom.dcmread(path)
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    ds.save_as(path)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEG2000Lossless
+    np.testing.assert_array_equal(read_volume(path).data, hu)
+
+
+def test_truncated_enhanced_pixel_data_says_truncated(vh, tmp_path):
+    _, _, path = _ct(vh, tmp_path)
+    path.write_bytes(path.read_bytes()[:-100])  # pixel data is the last element
+    with pytest.raises(InputError) as caught:
+        read_volume(path)
+    expected = 6 * 20 * 24 * 2
+    assert caught.value.path == str(path) and caught.value.problem == f"pixel data truncated ({expected - 100} of {expected} bytes): the file is incomplete"
