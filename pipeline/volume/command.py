@@ -1,4 +1,4 @@
-"""``segpipe volume INPUT... --model MODEL --out DIR``: segment NIfTI volumes and DICOM series.
+"""``segpipe volume INPUT... --model MODEL --out DIR``: segment NIfTI volumes and DICOM series (single-frame or enhanced multi-frame).
 
 Prints a progress bar over studies (and the engine blocks of the current study), a summary table,
 and a failures table; exits 1 when any study failed (2 for unusable arguments or model).
@@ -44,7 +44,10 @@ def register(subparsers) -> None:
         description="Segment CT/MRI studies with a 3D model: DIR/<stem>.labels.nii.gz on the input grid, "
         "colour tables, a DICOM SEG for DICOM input, DIR/<stem>.stats.json and DIR/stats.zarr.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="a NIfTI file (.nii, .nii.gz, or a .hdr/.img pair) or a DICOM series folder")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", type=Path,
+        help="a NIfTI file (.nii, .nii.gz, or a .hdr/.img pair), a DICOM series folder, or an enhanced multi-frame DICOM file",
+    )
     p.add_argument("--model", required=True, help="model name from `segpipe models` or a path to a YAML spec")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--device", default="auto", type=device_name, help="auto (default: CUDA when available), cpu, cuda or cuda:N")

@@ -1,11 +1,20 @@
-"""Read one DICOM series (a folder of single-frame slices) into a :class:`~pipeline.volume.volume.Volume`.
+"""Read one DICOM series into a :class:`~pipeline.volume.volume.Volume`: a folder of single-frame slices, or one
+enhanced multi-frame object (Enhanced CT/MR, Legacy Converted Enhanced CT/MR; in a folder, or the file itself).
+
+* An enhanced object's frames are its slices: each frame's ImagePositionPatient, ImageOrientationPatient,
+  PixelSpacing and RescaleSlope/Intercept come from its Per-Frame or the Shared Functional Groups
+  (:mod:`pipeline.volume.enhanced`), and from there on everything below applies to frames as to slices, so
+  the same images give the same volume, affine and labels either way. Several images per position
+  (echoes, temporal positions, b-values, ...), missing functional groups, and an enhanced object mixed with
+  single-frame files of its series are refused.
 
 * Files are grouped by SeriesInstanceUID; several series need ``series_uid`` (the error lists them).
   Only image objects with pixel data count: SEG, RTSTRUCT, SR, PR and KO objects (a SEG written by
   segpipe into the series folder, say) and files that are not DICOM are ignored. Files without the
   128-byte preamble and ``DICM`` prefix (bare datasets, as some PACS exports write) are read when
   they start like a dataset and hold an image (SOPClassUID, Rows, Columns, pixel data); see
-  :func:`read_slice`.
+  :func:`read_slice`. An image-storage object of the series without pixel data (a slice file cut at
+  the element boundary before its PixelData) fails the series (:func:`_check_headless`).
 * Slices are ordered along the slice normal ``n = row_cosines x column_cosines`` by ``n . ImagePositionPatient``;
   missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position,
   and so do positions off the series line (not collinear in-plane, see :func:`_check_collinear`).

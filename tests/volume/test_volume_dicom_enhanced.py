@@ -416,3 +416,12 @@ def test_truncated_enhanced_pixel_data_says_truncated(vh, tmp_path):
         read_volume(path)
     expected = 6 * 20 * 24 * 2
     assert caught.value.path == str(path) and caught.value.problem == f"pixel data truncated ({expected - 100} of {expected} bytes): the file is incomplete"
+
+
+def test_volume_index_with_an_enhanced_file_is_refused(vh, tmp_path, pv_model):
+    _, _, path = _ct(vh, tmp_path)
+    spec = vh.per_voxel_spec(tmp_path, window=[4, 16, 16])
+    with pytest.raises(InputError) as caught:
+        segment_volume(path, spec, tmp_path / "out", VolumeOptions(device="cpu", volume_index=0), model=pv_model)
+    assert caught.value.path == str(path)
+    assert caught.value.problem == "--volume-index 0 given but this is not a NIfTI file (--volume-index applies to 4D NIfTI files)"
