@@ -79,6 +79,15 @@ class _Slice:
         return f"frame {self.frame}: " if self.frame else ""
 
 
+@dataclass(frozen=True)
+class _Headless:
+    """An image-storage object without pixel data: its file, SOP class name and SOPInstanceUID."""
+
+    path: Path
+    sop: str
+    instance_uid: str
+
+
 def _pydicom():
     try:
         import pydicom
@@ -103,7 +112,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     folder = Path(folder)
     series, headless = _scan(folder)
     slices = _pick_series(folder, series, series_uid)
-    _check_headless(headless.get(str(slices[0].ds.SeriesInstanceUID), []))
+    _check_headless(headless.get(str(slices[0].ds.SeriesInstanceUID), []), slices)
     slices = _expand_multiframe(folder, slices)
     slices = _order(folder, slices)
     affine = _affine(slices)
@@ -175,9 +184,9 @@ def read_slice(path: str | Path, *, stop_before_pixels: bool = False, defer_size
     return ds
 
 
-def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, list[tuple[Path, str]]]]:
+def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, list[_Headless]]]:
     """Headers of every DICOM image object under ``folder`` (or the file ``folder``), grouped by SeriesInstanceUID,
-    and the image-storage objects without pixel data (file and SOP class name), by SeriesInstanceUID
+    and the image-storage objects without pixel data, by SeriesInstanceUID
     (:func:`_check_headless` fails the series read when one of them belongs to it).
 
     Image objects are those with pixel data whose Modality is none of :data:`NOT_IMAGES`; the others
@@ -192,7 +201,7 @@ def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, list[tuple[P
     """
     pydicom = _pydicom()
     series: dict[str, list[_Slice]] = defaultdict(list)
-    headless: dict[str, list[tuple[Path, str]]] = defaultdict(list)
+    headless: dict[str, list[_Headless]] = defaultdict(list)
     ignored: list[str] = []
     nifti = []
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
@@ -208,6 +217,8 @@ def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, list[tuple[P
             log.debug("%s: %s, skipped", path, why)
             if is_nifti_name(path):
                 nifti.append(path)
+            if ds is not None and _headless_bare_image(ds):
+                headless[str(ds.SeriesInstanceUID)].append(_Headless(path, _image_storage(ds), str(ds.SOPInstanceUID)))
             continue
         why = _not_a_slice(ds)
         damage = _damage(path, ds) if why else ""
@@ -218,7 +229,7 @@ def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, list[tuple[P
             ignored.append(why)
             sop = _image_storage(ds)
             if sop and "SeriesInstanceUID" in ds:
-                headless[str(ds.SeriesInstanceUID)].append((path, sop))
+                headless[str(ds.SeriesInstanceUID)].append(_Headless(path, sop, str(ds.get("SOPInstanceUID", ""))))
             continue
         series[str(ds.SeriesInstanceUID)].append(_Slice(path, ds))
     if series:
@@ -243,8 +254,16 @@ def _image_storage(ds) -> str:
     return sop if "Image Storage" in sop else ""
 
 
-def _check_headless(objects: list[tuple[Path, str]]) -> None:
-    """Fail the series when an image-storage object of it has no pixel data.
+def _headless_bare_image(ds) -> bool:
+    """Whether a bare dataset (no preamble) that is no image only for lacking pixel data has every other
+    attribute of one (an image-storage SOPClassUID, the instance and series UIDs, Rows, Columns): a bare
+    slice cut before its PixelData. Random bytes never parse into these."""
+    return all(keyword in ds for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns")) and bool(_image_storage(ds))
+
+
+def _check_headless(objects: list[_Headless], slices: list[_Slice]) -> None:
+    """Fail the series when an image-storage object of it has no pixel data and its pixels are in no
+    other file of the series (a header-only copy of a slice that is there, SOPInstanceUID and all, loses nothing).
 
     A slice file cut exactly at an element boundary before its PixelData parses as a complete header
     (its last element ends where the file ends, so :func:`_ends_inside_an_element` cannot tell), and was
@@ -254,10 +273,11 @@ def _check_headless(objects: list[tuple[Path, str]]) -> None:
     Raises:
         InputError: naming the first such file.
     """
-    if objects:
-        path, sop = objects[0]
-        more = f" ({len(objects) - 1} more file(s) of the series like it)" if len(objects) > 1 else ""
-        raise _damaged(path, f"a {sop} file of this series without pixel data: it was cut short before its pixel data{more}")
+    present = {str(s.ds.SOPInstanceUID) for s in slices}
+    missing = [o for o in objects if o.instance_uid not in present]
+    if missing:
+        more = f" ({len(missing) - 1} more file(s) of the series like it)" if len(missing) > 1 else ""
+        raise _damaged(missing[0].path, f"a {missing[0].sop} file of this series without pixel data: it was cut short before its pixel data{more}")
 
 
 def _damaged(path: Path, problem: str) -> InputError:

@@ -8,6 +8,7 @@ recorded as complete. Real faults: the slice files cut to their first bytes."""
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import pytest
 
 from pipeline.errors import InputError
@@ -62,3 +63,24 @@ def test_a_header_only_image_object_of_another_series_is_still_ignored(vh, tmp_p
     data = header.read_bytes()
     (folder / "header-only.dcm").write_bytes(data[: data.index(b"\xe0\x7f\x10\x00OW")])
     assert read_volume(folder).shape == (4, 20, 24)
+
+
+def test_a_bare_dataset_slice_cut_before_its_pixel_data_fails_the_series(vh, tmp_path):
+    """The same cut in a file without the Part 10 preamble (as some PACS exports write): it was skipped as
+    "no DICOM preamble and no pixel data: not a DICOM image", and the series ran a slice short."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    folder = vh.write_dicom_series(tmp_path / "ct", vh.ct_crop((6, 20, 24)).astype(np.float64), vh.axis_affine("LPS", (0.7, 0.8, 2.5)))
+    victim = sorted(folder.iterdir())[-1]
+    ds = pydicom.dcmread(victim)
+    del ds.file_meta
+    del ds.PixelData
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, ds)
+    victim.write_bytes(buffer.getvalue())
+    with pytest.raises(InputError) as caught:
+        read_volume(folder)
+    assert caught.value.path == str(victim)
+    assert caught.value.problem == "damaged DICOM file: a CT Image Storage file of this series without pixel data: it was cut short before its pixel data"
