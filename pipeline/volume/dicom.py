@@ -435,9 +435,8 @@ def _expand_multiframe(folder: Path, slices: list[_Slice]) -> list[_Slice]:
             "segpipe reads one enhanced object per series: give each file by itself (segpipe volume FILE.dcm) or a folder per object",
         )
     obj = multi[0]
-    ds = read_slice(obj.path, stop_before_pixels=True)  # the whole header: functional groups in full
-    views = frame_views(obj.path, ds)
-    check_one_image_per_position(obj.path, ds, views)
+    views = frame_views(obj.path, obj.ds)  # the header as scanned: its pixel data deferred, the functional groups in full
+    check_one_image_per_position(obj.path, obj.ds, views)
     return [_Slice(obj.path, view, frame=number) for number, view in enumerate(views, start=1)]
 
 

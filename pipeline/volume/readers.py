@@ -97,12 +97,14 @@ def _is_multiframe_dicom(path: Path) -> bool:
     kind, gzipped = sniff(path)
     if kind != "dicom" or gzipped:
         return False
-    from pipeline.volume.dicom import read_slice
+    from pydicom.errors import InvalidDicomError
+
+    from pipeline.volume.dicom import _PARSE_ERRORS, read_slice
     from pipeline.volume.enhanced import is_multiframe
 
     try:
         return is_multiframe(read_slice(path, stop_before_pixels=True, defer_size=1024))
-    except Exception:  # noqa: BLE001 - unreadable: _not_a_study says what the file is
+    except (InvalidDicomError, *_PARSE_ERRORS):  # unreadable: _not_a_study says what the file is
         return False
 
 
