@@ -428,8 +428,13 @@ def _expand_multiframe(folder: Path, slices: list[_Slice]) -> list[_Slice]:
             f"{len(single)} single-frame file(s) ({', '.join(s.path.name for s in single[:3])}{', ...' if len(single) > 3 else ''})",
             "keep one form of the series in the folder: move the single-frame files (or the enhanced object) out, or give the enhanced file itself",
         )
-    if len(multi) > 1:
+    if len(multi) > 1:  # highdicom's SEG, too, references a single multi-frame source
         names = ", ".join(s.path.name for s in multi[:3]) + (", ..." if len(multi) > 3 else "")
+        if len({str(s.ds.get("ConcatenationUID", "")) for s in multi} - {""}) == 1:
+            raise InputError(
+                folder, f"series {uid} is one enhanced object split into {len(multi)} files (a concatenation: {names}), which segpipe does not join",
+                "convert the series to NIfTI with dcm2niix (it joins them) and segment that, or re-export it unsplit",
+            )
         raise InputError(
             folder, f"series {uid} holds {len(multi)} multi-frame (enhanced) objects ({names})",
             "segpipe reads one enhanced object per series: give each file by itself (segpipe volume FILE.dcm) or a folder per object",

@@ -425,3 +425,25 @@ def test_volume_index_with_an_enhanced_file_is_refused(vh, tmp_path, pv_model):
         segment_volume(path, spec, tmp_path / "out", VolumeOptions(device="cpu", volume_index=0), model=pv_model)
     assert caught.value.path == str(path)
     assert caught.value.problem == "--volume-index 0 given but this is not a NIfTI file (--volume-index applies to 4D NIfTI files)"
+
+
+@pytest.mark.parametrize("concatenation", [False, True], ids=["two objects", "a concatenation"])
+def test_several_enhanced_objects_in_one_series_are_refused(vh, tmp_path, concatenation):
+    hu = vh.ct_crop((6, 20, 24)).astype(np.float64)
+    series = vh.write_dicom_series(tmp_path / "CT", hu, vh.oblique_affine())
+    folder = tmp_path / "enhanced"
+    for name in ("a.dcm", "b.dcm"):
+        path = _enhanced(series, folder / name, series_uid="1.2.826.0.1.3680043.9.7.2")
+        if concatenation:
+            _edit(path, lambda ds, frames: (setattr(ds, "ConcatenationUID", "1.2.826.0.1.3680043.9.7.3"), frames)[1])
+    with pytest.raises(InputError) as caught:
+        read_volume(folder)
+    assert caught.value.path == str(folder)
+    if concatenation:
+        assert caught.value.problem == (
+            "series 1.2.826.0.1.3680043.9.7.2 is one enhanced object split into 2 files (a concatenation: a.dcm, b.dcm), which segpipe does not join"
+        )
+        assert "dcm2niix" in caught.value.fix
+    else:
+        assert caught.value.problem == "series 1.2.826.0.1.3680043.9.7.2 holds 2 multi-frame (enhanced) objects (a.dcm, b.dcm)"
+        assert "give each file by itself" in caught.value.fix
