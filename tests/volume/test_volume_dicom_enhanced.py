@@ -447,3 +447,19 @@ def test_several_enhanced_objects_in_one_series_are_refused(vh, tmp_path, concat
     else:
         assert caught.value.problem == "series 1.2.826.0.1.3680043.9.7.2 holds 2 multi-frame (enhanced) objects (a.dcm, b.dcm)"
         assert "give each file by itself" in caught.value.fix
+
+
+def test_itk_reads_the_enhanced_object_where_the_labels_lie(vh, tmp_path, pv_model):
+    """An independent reader: ITK (GDCM) reads the enhanced file by itself (in stored frame order, so
+    another index order than segpipe's); sampled at the labels' voxel centres, as ITK places the labels
+    NIfTI, its intensities give exactly the labels (the per-voxel model's answer)."""
+    sitk = pytest.importorskip("SimpleITK")
+    _, _, path = _ct(vh, tmp_path, vh.oblique_affine((0.7, 0.8, 2.5)))
+    result = segment_volume(path, vh.per_voxel_spec(tmp_path, window=[4, 16, 16]), tmp_path / "out", CPU, model=pv_model)
+    image = sitk.ReadImage(str(path))
+    labels = sitk.ReadImage(str(result.outputs.labels))
+    assert image.GetSize() == labels.GetSize()
+    sampled = sitk.Resample(image, labels, sitk.Transform(), sitk.sitkNearestNeighbor, -5000.0)
+    hu = sitk.GetArrayFromImage(sampled)  # (Z, Y, X) on the labels' grid
+    assert hu.min() > -5000  # every labels voxel centre lies on a voxel of the object
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), vh.per_voxel_answer(hu))
