@@ -55,7 +55,11 @@ def register(subparsers) -> None:
     p.add_argument("--series-uid", metavar="UID", help="the SeriesInstanceUID to read from DICOM folders holding several series")
     p.add_argument("--volume-index", type=_index, metavar="N", help="4D NIfTI: the volume to segment (0-based)")
     p.add_argument("--block", type=int, nargs="+", metavar="N", help="engine block on the model grid: N or Z Y X voxels")
-    p.add_argument("--force", action="store_true", help="redo studies whose outputs are already present, and replace outputs made from another input of the same name (studies done with another model, or whose input changed since, are redone anyway)")
+    p.add_argument(
+        "--force", action="store_true",
+        help="redo studies whose outputs are already present, and replace outputs made from another input of the same name "
+        "(studies done with another model, or whose input changed since, are redone anyway)",
+    )
     p.set_defaults(func=run)
 
 

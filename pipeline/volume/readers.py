@@ -210,7 +210,9 @@ def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
         proxy = img.dataobj if index is None else img.dataobj[..., index]
         raw = np.asanyarray(proxy)
     except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise InputError(path, f"file is truncated or corrupt, the voxel data cannot be read ({exc})", "re-export or re-copy the file (a .nii.gz must decompress completely)") from exc
+        raise InputError(
+            path, f"file is truncated or corrupt, the voxel data cannot be read ({exc})", "re-export or re-copy the file (a .nii.gz must decompress completely)"
+        ) from exc
     raw = raw.reshape(raw.shape[:3])
     data = raw.astype(np.float32, copy=False).T  # (X, Y, Z) -> (Z, Y, X); C-contiguous for NIfTI's Fortran order
     data = np.ascontiguousarray(data)
@@ -293,17 +295,24 @@ def _check_shape(path: Path, shape: tuple[int, ...], volume_index: int | None) -
     if 0 in shape:
         raise InputError(path, f"zero-size dimension in shape {shape}: the image holds no voxels", "re-export the volume; every dimension must be >= 1")
     if len(shape) < 3 or min(shape[:3]) == 1:
-        raise InputError(path, f"2D image (shape {shape}), a 3D volume is needed", "segpipe segments 3D volumes only: give one with at least 2 voxels along each axis")
+        raise InputError(
+            path, f"2D image (shape {shape}), a 3D volume is needed", "segpipe segments 3D volumes only: give one with at least 2 voxels along each axis"
+        )
     extra = shape[3:]
     if not extra or int(np.prod(extra)) == 1:
         if volume_index not in (None, 0):
-            raise InputError(path, f"--volume-index {volume_index} given but the image is 3D", "drop --volume-index, or volume_index= in Python or the segment-volumes flow")
+            raise InputError(
+                path, f"--volume-index {volume_index} given but the image is 3D", "drop --volume-index, or volume_index= in Python or the segment-volumes flow"
+            )
         return 0 if extra else None
     if len(extra) > 1:
         raise InputError(path, f"{len(shape)}D image (shape {shape}) not supported", "extract one 3D volume first (e.g. with fslroi)")
     n = extra[0]
     if volume_index is None:
-        raise InputError(path, f"4D image with {n} volumes (shape {shape})", f"pick one with --volume-index 0..{n - 1}, or volume_index= in Python or the segment-volumes flow")
+        raise InputError(
+            path, f"4D image with {n} volumes (shape {shape})",
+            f"pick one with --volume-index 0..{n - 1}, or volume_index= in Python or the segment-volumes flow",
+        )
     if not 0 <= volume_index < n:
         raise InputError(path, f"--volume-index {volume_index} out of range for {n} volumes", f"use --volume-index 0..{n - 1}")
     return int(volume_index)
