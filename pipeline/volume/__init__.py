@@ -1,9 +1,9 @@
-"""segpipe volume: CT/MRI studies (NIfTI, DICOM series) -> labels on the native grid + statistics.
+"""segpipe volume: CT/MRI studies (NIfTI, DICOM series, enhanced multi-frame DICOM) -> labels on the native grid + statistics.
 
 Axis convention: arrays are ``(Z, Y, X)``; affines map ``(x, y, z, 1)`` to RAS mm (nibabel), see
 :mod:`pipeline.volume.volume`. Public API (imported lazily so ``segpipe --help`` stays fast):
 
-* :func:`read_volume` -> :class:`Volume` (readers, dicom)
+* :func:`read_volume` -> :class:`Volume` (readers, dicom, enhanced)
 * :func:`write_volume_store`, :func:`open_volume_store` (store: zarr v3)
 * :func:`plan_grid`, :func:`to_model`, :func:`logits_to_native`, :func:`labels_to_native`, :func:`intensity_for` (preprocess)
 * :class:`VolumeOptions`: device, block, force, series, 4D volume of each study (options)

@@ -1,4 +1,4 @@
-"""``segpipe volume INPUT... --model MODEL --out DIR``: segment NIfTI volumes and DICOM series.
+"""``segpipe volume INPUT... --model MODEL --out DIR``: segment NIfTI volumes and DICOM series (single-frame or enhanced multi-frame).
 
 Prints a progress bar over studies (and the engine blocks of the current study), a summary table,
 and a failures table; exits 1 when any study failed (2 for unusable arguments or model).
@@ -44,7 +44,10 @@ def register(subparsers) -> None:
         description="Segment CT/MRI studies with a 3D model: DIR/<stem>.labels.nii.gz on the input grid, "
         "colour tables, a DICOM SEG for DICOM input, DIR/<stem>.stats.json and DIR/stats.zarr.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="a NIfTI file (.nii, .nii.gz, or a .hdr/.img pair) or a DICOM series folder")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", type=Path,
+        help="a NIfTI file (.nii, .nii.gz, or a .hdr/.img pair), a DICOM series folder, or an enhanced multi-frame DICOM file",
+    )
     p.add_argument("--model", required=True, help="model name from `segpipe models` or a path to a YAML spec")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--device", default="auto", type=device_name, help="auto (default: CUDA when available), cpu, cuda or cuda:N")
@@ -52,7 +55,11 @@ def register(subparsers) -> None:
     p.add_argument("--series-uid", metavar="UID", help="the SeriesInstanceUID to read from DICOM folders holding several series")
     p.add_argument("--volume-index", type=_index, metavar="N", help="4D NIfTI: the volume to segment (0-based)")
     p.add_argument("--block", type=int, nargs="+", metavar="N", help="engine block on the model grid: N or Z Y X voxels")
-    p.add_argument("--force", action="store_true", help="redo studies whose outputs are already present, and replace outputs made from another input of the same name (studies done with another model, or whose input changed since, are redone anyway)")
+    p.add_argument(
+        "--force", action="store_true",
+        help="redo studies whose outputs are already present, and replace outputs made from another input of the same name "
+        "(studies done with another model, or whose input changed since, are redone anyway)",
+    )
     p.set_defaults(func=run)
 
 

@@ -1,11 +1,20 @@
-"""Read one DICOM series (a folder of single-frame slices) into a :class:`~pipeline.volume.volume.Volume`.
+"""Read one DICOM series into a :class:`~pipeline.volume.volume.Volume`: a folder of single-frame slices, or one
+enhanced multi-frame object (Enhanced CT/MR, Legacy Converted Enhanced CT/MR; in a folder, or the file itself).
+
+* An enhanced object's frames are its slices: each frame's ImagePositionPatient, ImageOrientationPatient,
+  PixelSpacing and RescaleSlope/Intercept come from its Per-Frame or the Shared Functional Groups
+  (:mod:`pipeline.volume.enhanced`), and from there on everything below applies to frames as to slices, so
+  the same images give the same volume, affine and labels either way. Several images per position
+  (echoes, temporal positions, b-values, ...), missing functional groups, and an enhanced object mixed with
+  single-frame files of its series are refused.
 
 * Files are grouped by SeriesInstanceUID; several series need ``series_uid`` (the error lists them).
   Only image objects with pixel data count: SEG, RTSTRUCT, SR, PR and KO objects (a SEG written by
   segpipe into the series folder, say) and files that are not DICOM are ignored. Files without the
   128-byte preamble and ``DICM`` prefix (bare datasets, as some PACS exports write) are read when
   they start like a dataset and hold an image (SOPClassUID, Rows, Columns, pixel data); see
-  :func:`read_slice`.
+  :func:`read_slice`. An image-storage object of the series without pixel data (a slice file cut at
+  the element boundary before its PixelData) fails the series (:func:`_check_headless`).
 * Slices are ordered along the slice normal ``n = row_cosines x column_cosines`` by ``n . ImagePositionPatient``;
   missing slices, duplicates and uneven spacing raise :class:`~pipeline.errors.InputError` with the position,
   and so do positions off the series line (not collinear in-plane, see :func:`_check_collinear`).
@@ -27,6 +36,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +65,27 @@ COLLINEAR_PIXEL_FRACTION = 0.1
 @dataclass(frozen=True)
 class _Slice:
     path: Path
-    ds: Any  # pydicom Dataset read without pixel data
+    ds: Any  # pydicom Dataset read without pixel data; for a frame of a multi-frame object, its view (see enhanced.frame_views)
+    frame: int = 0  # 1-based frame number in a multi-frame object, 0 for a single-frame slice
+
+    @property
+    def name(self) -> str:
+        """The file's name, and the frame's number for a frame of a multi-frame object."""
+        return f"{self.path.name} frame {self.frame}" if self.frame else self.path.name
+
+    @property
+    def where(self) -> str:
+        """``"frame 3: "`` for a frame of a multi-frame object (the file is the error's path), else ``""``."""
+        return f"frame {self.frame}: " if self.frame else ""
+
+
+@dataclass(frozen=True)
+class _Headless:
+    """An image-storage object without pixel data: its file, SOP class name and SOPInstanceUID."""
+
+    path: Path
+    sop: str
+    instance_uid: str
 
 
 def _pydicom():
@@ -67,7 +97,11 @@ def _pydicom():
 
 
 def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> Volume:
-    """Read the (single, or ``series_uid``) series under ``folder`` (searched recursively).
+    """Read the (single, or ``series_uid``) series under ``folder`` (searched recursively), or the
+    enhanced multi-frame object in the file ``folder``.
+
+    A series is either single-frame slices or one enhanced multi-frame object (its frames are the
+    slices, see :mod:`pipeline.volume.enhanced`); the two mixed in one series are refused.
 
     Returns:
         The volume: ``data`` float32 ``(Z, Y, X)`` (slices ordered along the normal, rows, columns) in
@@ -76,8 +110,10 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
         ``data`` holds the smallest value of the other voxels (:func:`~pipeline.volume.volume.fill_nodata`).
     """
     folder = Path(folder)
-    series = _scan(folder)
+    series, headless = _scan(folder)
     slices = _pick_series(folder, series, series_uid)
+    _check_headless(headless.get(str(slices[0].ds.SeriesInstanceUID), []), slices)
+    slices = _expand_multiframe(folder, slices)
     slices = _order(folder, slices)
     affine = _affine(slices)
     problem = affine_problem(affine, "the voxel-to-world matrix of PixelSpacing, ImageOrientationPatient and ImagePositionPatient")
@@ -94,6 +130,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
         sop_instance_uids=tuple(str(s.ds.SOPInstanceUID) for s in slices),
         files=tuple(s.path for s in slices),
         series_description=str(getattr(first, "SeriesDescription", "")),
+        frame_numbers=tuple(s.frame for s in slices) if slices[0].frame else (),
     )
     return Volume(
         data=data,
@@ -147,8 +184,10 @@ def read_slice(path: str | Path, *, stop_before_pixels: bool = False, defer_size
     return ds
 
 
-def _scan(folder: Path) -> dict[str, list[_Slice]]:
-    """Headers of every DICOM image object under ``folder``, grouped by SeriesInstanceUID.
+def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, list[_Headless]]]:
+    """Headers of every DICOM image object under ``folder`` (or the file ``folder``), grouped by SeriesInstanceUID,
+    and the image-storage objects without pixel data, by SeriesInstanceUID
+    (:func:`_check_headless` fails the series read when one of them belongs to it).
 
     Image objects are those with pixel data whose Modality is none of :data:`NOT_IMAGES`; the others
     (and files that are not DICOM) are logged at debug level and ignored. A file without the Part 10
@@ -162,9 +201,11 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
     """
     pydicom = _pydicom()
     series: dict[str, list[_Slice]] = defaultdict(list)
+    headless: dict[str, list[_Headless]] = defaultdict(list)
     ignored: list[str] = []
     nifti = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
         try:
             ds = read_slice(path, defer_size=1024)
             why = _not_an_image(ds) if ds.preamble is None else ""
@@ -176,6 +217,8 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
             log.debug("%s: %s, skipped", path, why)
             if is_nifti_name(path):
                 nifti.append(path)
+            if ds is not None and _headless_bare_image(ds):
+                headless[str(ds.SeriesInstanceUID)].append(_Headless(path, _image_storage(ds), str(ds.SOPInstanceUID)))
             continue
         why = _not_a_slice(ds)
         damage = _damage(path, ds) if why else ""
@@ -184,10 +227,13 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
         if why:
             log.debug("%s: %s, ignored", path, why)
             ignored.append(why)
+            sop = _image_storage(ds)
+            if sop and "SeriesInstanceUID" in ds:
+                headless[str(ds.SeriesInstanceUID)].append(_Headless(path, sop, str(ds.get("SOPInstanceUID", ""))))
             continue
         series[str(ds.SeriesInstanceUID)].append(_Slice(path, ds))
     if series:
-        return series
+        return series, headless
     if nifti:
         gz = {p.name.lower().endswith(".gz") for p in nifti}
         pattern = "*.nii*" if len(gz) > 1 else "*.nii.gz" if True in gz else "*.nii"
@@ -195,6 +241,43 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
         raise InputError(folder, f"this folder holds {files}, not a DICOM series", f"pass the files ({folder}/{pattern})")
     found = f" (only {len(ignored)} non-image object(s): {', '.join(sorted(set(ignored)))})" if ignored else ""
     raise InputError(folder, f"no DICOM image files found{found}", "give a folder holding the .dcm files of one series")
+
+
+def _image_storage(ds) -> str:
+    """The SOP class name (file meta, else SOPClassUID) when ``ds`` is an image-storage object without
+    pixel data that is not one of :data:`NOT_IMAGES`, else ``""``."""
+    if any(keyword in ds for keyword in PIXEL_KEYWORDS) or str(getattr(ds, "Modality", "")).upper() in NOT_IMAGES:
+        return ""
+    sop = _storage_class(ds)
+    if not sop and "SOPClassUID" in ds:
+        sop = str(getattr(ds.SOPClassUID, "name", "") or "")
+    return sop if "Image Storage" in sop else ""
+
+
+def _headless_bare_image(ds) -> bool:
+    """Whether a bare dataset (no preamble) that is no image only for lacking pixel data has every other
+    attribute of one (an image-storage SOPClassUID, the instance and series UIDs, Rows, Columns): a bare
+    slice cut before its PixelData. Random bytes never parse into these."""
+    return all(keyword in ds for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns")) and bool(_image_storage(ds))
+
+
+def _check_headless(objects: list[_Headless], slices: list[_Slice]) -> None:
+    """Fail the series when an image-storage object of it has no pixel data and its pixels are in no
+    other file of the series (a header-only copy of a slice that is there, SOPInstanceUID and all, loses nothing).
+
+    A slice file cut exactly at an element boundary before its PixelData parses as a complete header
+    (its last element ends where the file ends, so :func:`_ends_inside_an_element` cannot tell), and was
+    ignored as a header-only object: a slice missing at either end of the series leaves no gap, and
+    the study ran one slice short without a word. An image of the series without its pixels is damaged.
+
+    Raises:
+        InputError: naming the first such file.
+    """
+    present = {str(s.ds.SOPInstanceUID) for s in slices}
+    missing = [o for o in objects if o.instance_uid not in present]
+    if missing:
+        more = f" ({len(missing) - 1} more file(s) of the series like it)" if len(missing) > 1 else ""
+        raise _damaged(missing[0].path, f"a {missing[0].sop} file of this series without pixel data: it was cut short before its pixel data{more}")
 
 
 def _damaged(path: Path, problem: str) -> InputError:
@@ -216,8 +299,8 @@ def _damage(path: Path, ds) -> str:
     word, as a dataset that ends where the damage begins. Damaged: a Part 10 file (preamble and
     ``DICM``) whose file meta names no SOP class; a file whose file meta (its first bytes) names an
     image storage class but whose dataset lacks the series or instance UID every image has, or lacks
-    pixel data and ends inside an element (a complete header without pixels is a header-only object,
-    ignored as before)."""
+    pixel data and ends inside an element. A complete header without pixels (cut exactly at an element
+    boundary, or a header-only object) is ignored here; :func:`_check_headless` fails the series it belongs to."""
     sop = _storage_class(ds)
     if not sop:
         return "a DICOM file (preamble and DICM) whose file meta does not parse" if _is_part10(path) else ""
@@ -301,41 +384,89 @@ def _pick_series(folder: Path, series: dict[str, list[_Slice]], series_uid: str 
     listing = "; ".join(describe(uid) for uid in sorted(series))
     if series_uid is not None:
         if series_uid not in series:
-            raise InputError(folder, f"series {series_uid} not found; the folder holds: {listing}", "pass one of these SeriesInstanceUIDs as series_uid (--series-uid)")
+            raise InputError(
+                folder, f"series {series_uid} not found; the folder holds: {listing}", "pass one of these SeriesInstanceUIDs as series_uid (--series-uid)"
+            )
         return series[series_uid]
     if len(series) > 1:
-        raise InputError(folder, f"{len(series)} series in one folder: {listing}", "pass series_uid=<SeriesInstanceUID> (--series-uid) or give a folder per series")
+        raise InputError(
+            folder, f"{len(series)} series in one folder: {listing}", "pass series_uid=<SeriesInstanceUID> (--series-uid) or give a folder per series"
+        )
     return next(iter(series.values()))
 
 
 def _vector(slc: _Slice, keyword: str, size: int) -> np.ndarray:
     value = getattr(slc.ds, keyword, None)
-    if value is None or len(value) != size:
-        if _frames(slc) > 1:
-            raise InputError(slc.path, "multi-frame (enhanced) DICOM is not supported", "convert it to single-frame slices (e.g. with dcm2niix to NIfTI) and segment that")
-        raise InputError(slc.path, f"missing or malformed {keyword}", "the series must carry patient geometry; convert it to NIfTI with dcm2niix")
-    return np.asarray([float(v) for v in value], dtype=np.float64)
+    try:
+        if value is not None and len(value) == size:
+            return np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    raise InputError(slc.path, f"{slc.where}missing or malformed {keyword}", "the series must carry patient geometry; convert it to NIfTI with dcm2niix")
+
+
+def _expand_multiframe(folder: Path, slices: list[_Slice]) -> list[_Slice]:
+    """The series' slices, with an enhanced multi-frame object replaced by its frames (one :class:`_Slice` each,
+    ``ds`` the frame's view, see :func:`~pipeline.volume.enhanced.frame_views`).
+
+    Raises:
+        InputError: the series mixes a multi-frame object with single-frame files or holds several
+            multi-frame objects, the object lacks functional groups, or it holds several images per
+            position (:func:`~pipeline.volume.enhanced.check_one_image_per_position`).
+    """
+    from pipeline.volume.enhanced import check_one_image_per_position, frame_views, is_multiframe
+
+    multi = [s for s in slices if is_multiframe(s.ds)]
+    if not multi:
+        return slices
+    uid = str(slices[0].ds.SeriesInstanceUID)
+    if len(multi) < len(slices):
+        single = [s for s in slices if not is_multiframe(s.ds)]
+        raise InputError(
+            multi[0].path,
+            f"series {uid} mixes a multi-frame (enhanced) object ({multi[0].path.name}, {_frames(multi[0])} frames) with "
+            f"{len(single)} single-frame file(s) ({', '.join(s.path.name for s in single[:3])}{', ...' if len(single) > 3 else ''})",
+            "keep one form of the series in the folder: move the single-frame files (or the enhanced object) out, or give the enhanced file itself",
+        )
+    if len(multi) > 1:  # highdicom's SEG, too, references a single multi-frame source
+        names = ", ".join(s.path.name for s in multi[:3]) + (", ..." if len(multi) > 3 else "")
+        if len({str(s.ds.get("ConcatenationUID", "")) for s in multi} - {""}) == 1:
+            raise InputError(
+                folder, f"series {uid} is one enhanced object split into {len(multi)} files (a concatenation: {names}), which segpipe does not join",
+                "convert the series to NIfTI with dcm2niix (it joins them) and segment that, or re-export it unsplit",
+            )
+        raise InputError(
+            folder, f"series {uid} holds {len(multi)} multi-frame (enhanced) objects ({names})",
+            "segpipe reads one enhanced object per series: give each file by itself (segpipe volume FILE.dcm) or a folder per object",
+        )
+    obj = multi[0]
+    views = frame_views(obj.path, obj.ds)  # the header as scanned: its pixel data deferred, the functional groups in full
+    check_one_image_per_position(obj.path, obj.ds, views)
+    return [_Slice(obj.path, view, frame=number) for number, view in enumerate(views, start=1)]
 
 
 def _order(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     """Sort along the slice normal; check geometry consistency, duplicates, gaps and spacing."""
     first = slices[0]
-    if _frames(first) > 1:
-        raise InputError(first.path, "multi-frame (enhanced) DICOM is not supported", "convert it to single-frame slices (e.g. with dcm2niix to NIfTI) and segment that")
     iop = _vector(first, "ImageOrientationPatient", 6)
     spacing = _vector(first, "PixelSpacing", 2)
     shape = (int(first.ds.Rows), int(first.ds.Columns))
     for slc in slices[1:]:
         if not np.allclose(_vector(slc, "ImageOrientationPatient", 6), iop, atol=1e-4):
-            raise InputError(slc.path, "ImageOrientationPatient differs from the other slices of the series", "segment one orientation per series (split the series)")
+            raise InputError(
+                slc.path, f"{slc.where}ImageOrientationPatient differs from the other slices of the series",
+                "segment one orientation per series (split the series)",
+            )
         if (int(slc.ds.Rows), int(slc.ds.Columns)) != shape or not np.allclose(_vector(slc, "PixelSpacing", 2), spacing, atol=1e-4):
-            raise InputError(slc.path, "slice size or PixelSpacing differs from the other slices", "the series must be one regular 3D grid; re-export it")
+            raise InputError(
+                slc.path, f"{slc.where}slice size or PixelSpacing differs from the other slices", "the series must be one regular 3D grid; re-export it"
+            )
     if len(slices) < 2:
         raise InputError(folder, "2D image: the series holds a single slice", "segpipe segments 3D series only: give a series of at least 2 slices")
     normal = np.cross(iop[:3], iop[3:])
     if np.linalg.norm(normal) < 0.5 or min(spacing) <= 0:
         raise InputError(
-            first.path, f"degenerate geometry: ImageOrientationPatient {iop.tolist()} and PixelSpacing {spacing.tolist()} span no plane",
+            first.path, f"{first.where}degenerate geometry: ImageOrientationPatient {iop.tolist()} and PixelSpacing {spacing.tolist()} span no plane",
             "the row and column directions must be perpendicular unit vectors and the spacing positive; fix the tags or re-export the series",
         )
     pos = np.array([normal @ _vector(s, "ImagePositionPatient", 3) for s in slices])
@@ -354,7 +485,7 @@ def _check_spacing(folder: Path, slices: list[_Slice], pos: np.ndarray) -> None:
         i = int(dup[0])
         raise InputError(
             folder,
-            f"two slices at the same position {pos[i]:.3f} mm along the normal: {slices[i].path.name} and {slices[i + 1].path.name}",
+            f"two slices at the same position {pos[i]:.3f} mm along the normal: {slices[i].name} and {slices[i + 1].name}",
             "the folder mixes acquisitions (several echoes/phases?); keep one slice per position",
         )
     step = float(np.median(gaps))
@@ -363,7 +494,7 @@ def _check_spacing(folder: Path, slices: list[_Slice], pos: np.ndarray) -> None:
     if not bad.size:
         return
     i = int(bad[0])
-    where = f"between slice {i} ({slices[i].path.name}, {pos[i]:.2f} mm) and slice {i + 1} ({slices[i + 1].path.name}, {pos[i + 1]:.2f} mm)"
+    where = f"between slice {i} ({slices[i].name}, {pos[i]:.2f} mm) and slice {i + 1} ({slices[i + 1].name}, {pos[i + 1]:.2f} mm)"
     ratio = gaps[i] / step
     if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
         missing = int(round(ratio)) - 1
@@ -400,7 +531,7 @@ def _check_collinear(folder: Path, slices: list[_Slice], pos: np.ndarray, iop: n
     bad = np.flatnonzero(offset > tol)
     if not bad.size:
         return
-    named = ", ".join(f"{slices[i].path.name} (slice {i}) by {offset[i]:.2f} mm" for i in bad[:5])
+    named = ", ".join(f"{slices[i].name} (slice {i}) by {offset[i]:.2f} mm" for i in bad[:5])
     more = f" and {bad.size - 5} more" if bad.size > 5 else ""
     raise InputError(
         folder,
@@ -421,21 +552,53 @@ def _pixels(folder: Path, slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray]
     check_memory(folder, (len(slices), int(first.Rows), int(first.Columns)), "the series (slices x Rows x Columns)")
     data = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
     padding = np.zeros(data.shape, dtype=bool)
-    for z, slc in enumerate(slices):
-        ds = read_slice(slc.path)
-        if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
-            raise InputError(slc.path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
-        pixels = _decode(slc.path, ds)
-        _padding(ds, pixels, out=padding[z])
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        data[z] = pixels.astype(np.float64) * slope + intercept
+    if slices[0].frame:  # the frames of one enhanced object
+        _frames_into(slices, data, padding)
+    else:
+        for z, slc in enumerate(slices):
+            ds = read_slice(slc.path)
+            _check_greyscale(slc.path, ds)
+            _store(_decode(slc.path, ds), ds, slc, data[z], padding[z])
     if padding.all():
         raise InputError(
             folder, f"every voxel is pixel padding (PixelPaddingValue {first.get('PixelPaddingValue')}): the series holds no image data",
             "check the export; give the series with its image data",
         )
     return data, padding
+
+
+def _frames_into(slices: list[_Slice], data: np.ndarray, padding: np.ndarray) -> None:
+    """Fill ``data``/``padding`` (z order) from the one multi-frame object the ``slices`` are frames of,
+    decoding its frames one at a time in stored order (frame ``slices[z].frame`` goes to ``z``)."""
+    path = slices[0].path
+    ds = read_slice(path)
+    _check_greyscale(path, ds)
+    z_of = {slc.frame: z for z, slc in enumerate(slices)}
+    filled = 0
+    for number, pixels in enumerate(_decode_frames(path, ds), start=1):
+        z = z_of.get(number)
+        if z is not None:
+            _store(pixels, ds, slices[z], data[z], padding[z])
+            filled += 1
+    if filled < len(slices):
+        raise InputError(path, f"pixel data for {filled} of the {len(slices)} frames the header lists", "re-transfer or re-export the series")
+
+
+def _check_greyscale(path: Path, ds) -> None:
+    if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
+        raise InputError(path, f"{ds.SamplesPerPixel} samples per pixel (colour image)", "give a greyscale CT/MR series")
+
+
+def _store(pixels: np.ndarray, ds, slc: _Slice, out: np.ndarray, padding: np.ndarray) -> None:
+    """Put one slice's stored ``pixels`` ``(rows, columns)`` into ``out`` rescaled, and its padding into ``padding``.
+
+    ``ds``: the file's dataset (pixel padding tags); the rescale is the slice's own RescaleSlope/Intercept,
+    for a frame of a multi-frame object the one of its functional groups (its view ``slc.ds``).
+    """
+    _padding(ds, pixels, out=padding)
+    slope = float(getattr(slc.ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(slc.ds, "RescaleIntercept", 0.0) or 0.0)
+    out[...] = pixels.astype(np.float64) * slope + intercept
 
 
 def _padding(ds, pixels: np.ndarray, *, out: np.ndarray) -> None:
@@ -470,35 +633,61 @@ def _padding(ds, pixels: np.ndarray, *, out: np.ndarray) -> None:
         np.logical_and(values >= lo, values <= hi, out=out)
 
 
+_DECODE_ERRORS = (RuntimeError, NotImplementedError, ValueError, AttributeError, TypeError)
+
+
 def _decode(path: Path, ds) -> np.ndarray:
     """``ds.pixel_array`` (``(rows, columns)``), or an InputError telling a truncated file from a missing decoder."""
-    from pydicom.pixels import get_decoder
+    _check_length(path, ds)
+    try:
+        return ds.pixel_array
+    except _DECODE_ERRORS as exc:
+        raise _decode_error(path, ds, exc) from exc
+
+
+def _decode_frames(path: Path, ds) -> Iterator[np.ndarray]:
+    """The stored pixels ``(rows, columns)`` of each frame of a multi-frame ``ds``, in stored order, decoded
+    one at a time (no ``(frames, rows, columns)`` copy of the whole object); errors as :func:`_decode`."""
+    from pydicom.pixels import iter_pixels
+
+    _check_length(path, ds)
+    try:
+        yield from iter_pixels(ds)
+    except _DECODE_ERRORS as exc:
+        raise _decode_error(path, ds, exc) from exc
+
+
+def _check_length(path: Path, ds) -> None:
+    """Refuse uncompressed pixel data shorter than Rows x Columns x frames x samples x bits say."""
     from pydicom.pixels.utils import get_expected_length
 
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    name = getattr(syntax, "name", str(syntax or "unknown"))
-    compressed = bool(syntax is not None and syntax.is_compressed)
-    if not compressed and "PixelData" in ds:
+    if (syntax is None or not syntax.is_compressed) and "PixelData" in ds:
         expected, actual = int(get_expected_length(ds, unit="bytes")), len(ds.PixelData)
         if actual < expected:
             raise InputError(path, f"pixel data truncated ({actual} of {expected} bytes): the file is incomplete", "re-transfer or re-export the series")
-    try:
-        return ds.pixel_array
-    except (RuntimeError, NotImplementedError, ValueError, AttributeError, TypeError) as exc:
-        reason = " ".join(str(exc).split())  # pydicom lists each plugin's failure on its own line
-        if compressed:
-            try:
-                missing = not get_decoder(syntax).is_available
-            except NotImplementedError:  # no decoder exists for this syntax at all
-                missing = True
-            if missing:
-                raise InputError(
-                    path, f"cannot decode pixel data (transfer syntax {name}): {reason}",
-                    "install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg",
-                ) from exc
-        raise InputError(
-            path, f"cannot decode pixel data (transfer syntax {name}): {reason}", "the file is damaged or incomplete; re-transfer or re-export the series"
-        ) from exc
+
+
+def _decode_error(path: Path, ds, exc: Exception) -> InputError:
+    """The error for pixel data that does not decode: a missing decoder (the install hint) or damaged data."""
+    from pydicom.pixels import get_decoder
+
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    name = getattr(syntax, "name", str(syntax or "unknown"))
+    reason = " ".join(str(exc).split())  # pydicom lists each plugin's failure on its own line
+    if syntax is not None and syntax.is_compressed:
+        try:
+            missing = not get_decoder(syntax).is_available
+        except NotImplementedError:  # no decoder exists for this syntax at all
+            missing = True
+        if missing:
+            return InputError(
+                path, f"cannot decode pixel data (transfer syntax {name}): {reason}",
+                "install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg",
+            )
+    return InputError(
+        path, f"cannot decode pixel data (transfer syntax {name}): {reason}", "the file is damaged or incomplete; re-transfer or re-export the series"
+    )
 
 
 def _affine(slices: list[_Slice]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Read a study (a NIfTI file or a DICOM series folder) into a :class:`~pipeline.volume.volume.Volume`.
+"""Read a study (a NIfTI file, a DICOM series folder or an enhanced multi-frame DICOM file) into a :class:`~pipeline.volume.volume.Volume`.
 
 Every unusable input raises :class:`pipeline.errors.InputError` naming the file, the problem and the fix.
 See :mod:`pipeline.volume.volume` for the axis convention (``data[z, y, x]``, affine on ``(x, y, z, 1)``).
@@ -34,14 +34,20 @@ log = logging.getLogger(__name__)
 MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
 
 
+# extensions of a DICOM file given as a study (an enhanced multi-frame object), left out of its stem
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
 def study_stem(path: str | Path) -> str:
     """Output stem of a study: the file name without ``.nii``/``.nii.gz`` (or, for a NIfTI pair, without
-    ``.hdr``/``.img``), or the DICOM folder name."""
+    ``.hdr``/``.img``; for an enhanced DICOM file, without ``.dcm``/``.dicom``), or the DICOM folder name."""
     path = Path(path)
     name = path.name
     for suffix in NIFTI_SUFFIXES + PAIR_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
+    if name.lower().endswith(DICOM_SUFFIXES) and not path.is_dir():
+        return name[: name.rindex(".")]
     return name
 
 
@@ -54,8 +60,9 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index
     """Read a 3D study.
 
     Args:
-        path: a ``.nii``/``.nii.gz`` file, either file of a NIfTI pair (``NAME.hdr`` + ``NAME.img``), or a
-            folder holding one DICOM series (or several, see ``series_uid``).
+        path: a ``.nii``/``.nii.gz`` file, either file of a NIfTI pair (``NAME.hdr`` + ``NAME.img``), a
+            folder holding one DICOM series (or several, see ``series_uid``): single-frame slices or one
+            enhanced multi-frame object, or the file of an enhanced multi-frame DICOM object.
         series_uid: DICOM only: the SeriesInstanceUID to read when the folder holds several series.
         volume_index: NIfTI only: which volume of a 4D image to read (0-based).
 
@@ -77,7 +84,28 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, volume_index
         return read_nifti(path, volume_index=volume_index)
     if is_pair_name(path):
         return read_nifti(nifti_pair_header(path), volume_index=volume_index)
+    if _is_multiframe_dicom(path):
+        from pipeline.volume.dicom import read_dicom_series
+
+        return read_dicom_series(path, series_uid=series_uid)
     raise _not_a_study(path)
+
+
+def _is_multiframe_dicom(path: Path) -> bool:
+    """Whether the file ``path`` is a DICOM file (preamble and ``DICM``) holding a multi-frame image
+    (an enhanced CT/MR object: one file, a whole volume), read as a study by itself."""
+    kind, gzipped = sniff(path)
+    if kind != "dicom" or gzipped:
+        return False
+    from pydicom.errors import InvalidDicomError
+
+    from pipeline.volume.dicom import _PARSE_ERRORS, read_slice
+    from pipeline.volume.enhanced import is_multiframe
+
+    try:
+        return is_multiframe(read_slice(path, stop_before_pixels=True, defer_size=1024))
+    except (InvalidDicomError, *_PARSE_ERRORS):  # unreadable: _not_a_study says what the file is
+        return False
 
 
 def nifti_pair_header(path: str | Path) -> Path:
@@ -111,7 +139,10 @@ def _not_a_study(path: Path) -> InputError:
     """The error for a file whose name is not ``.nii``/``.nii.gz``: what its first bytes say it is."""
     kind, gzipped = sniff(path)
     if kind == "dicom" and not gzipped:
-        return InputError(path, "a single DICOM file, not a series", f"pass the series folder instead: {path.parent}")
+        return InputError(
+            path, "a single DICOM file, not a series",
+            f"pass the series folder instead: {path.parent} (a file alone is read when it holds an enhanced multi-frame volume)",
+        )
     if kind in ("nifti1", "nifti2") and is_pair_header(path):
         return _renamed_pair_header(path, gzipped)
     if kind in ("nifti1", "nifti2"):
@@ -179,7 +210,9 @@ def read_nifti(path: str | Path, *, volume_index: int | None = None) -> Volume:
         proxy = img.dataobj if index is None else img.dataobj[..., index]
         raw = np.asanyarray(proxy)
     except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise InputError(path, f"file is truncated or corrupt, the voxel data cannot be read ({exc})", "re-export or re-copy the file (a .nii.gz must decompress completely)") from exc
+        raise InputError(
+            path, f"file is truncated or corrupt, the voxel data cannot be read ({exc})", "re-export or re-copy the file (a .nii.gz must decompress completely)"
+        ) from exc
     raw = raw.reshape(raw.shape[:3])
     data = raw.astype(np.float32, copy=False).T  # (X, Y, Z) -> (Z, Y, X); C-contiguous for NIfTI's Fortran order
     data = np.ascontiguousarray(data)
@@ -262,17 +295,24 @@ def _check_shape(path: Path, shape: tuple[int, ...], volume_index: int | None) -
     if 0 in shape:
         raise InputError(path, f"zero-size dimension in shape {shape}: the image holds no voxels", "re-export the volume; every dimension must be >= 1")
     if len(shape) < 3 or min(shape[:3]) == 1:
-        raise InputError(path, f"2D image (shape {shape}), a 3D volume is needed", "segpipe segments 3D volumes only: give one with at least 2 voxels along each axis")
+        raise InputError(
+            path, f"2D image (shape {shape}), a 3D volume is needed", "segpipe segments 3D volumes only: give one with at least 2 voxels along each axis"
+        )
     extra = shape[3:]
     if not extra or int(np.prod(extra)) == 1:
         if volume_index not in (None, 0):
-            raise InputError(path, f"--volume-index {volume_index} given but the image is 3D", "drop --volume-index, or volume_index= in Python or the segment-volumes flow")
+            raise InputError(
+                path, f"--volume-index {volume_index} given but the image is 3D", "drop --volume-index, or volume_index= in Python or the segment-volumes flow"
+            )
         return 0 if extra else None
     if len(extra) > 1:
         raise InputError(path, f"{len(shape)}D image (shape {shape}) not supported", "extract one 3D volume first (e.g. with fslroi)")
     n = extra[0]
     if volume_index is None:
-        raise InputError(path, f"4D image with {n} volumes (shape {shape})", f"pick one with --volume-index 0..{n - 1}, or volume_index= in Python or the segment-volumes flow")
+        raise InputError(
+            path, f"4D image with {n} volumes (shape {shape})",
+            f"pick one with --volume-index 0..{n - 1}, or volume_index= in Python or the segment-volumes flow",
+        )
     if not 0 <= volume_index < n:
         raise InputError(path, f"--volume-index {volume_index} out of range for {n} volumes", f"use --volume-index 0..{n - 1}")
     return int(volume_index)

@@ -276,15 +276,16 @@ def study_done(
 
 
 def _check_options_fit(input_path: Path, options: VolumeOptions) -> None:
-    """Refuse a series for a NIfTI file and a volume for a DICOM folder (they would be ignored)."""
+    """Refuse a series for a NIfTI file and a volume for a DICOM folder or file (they would be ignored)."""
     if options.series_uid is not None and not input_path.is_dir() and is_nifti(input_path):
         raise InputError(
             input_path, f"--series-uid {options.series_uid} given but this is a NIfTI file (--series-uid applies to DICOM folders)",
             "drop --series-uid (series_uid= from Python) for NIfTI inputs, or segment them in a run of their own",
         )
-    if options.volume_index is not None and input_path.is_dir():
+    if options.volume_index is not None and (input_path.is_dir() or (input_path.is_file() and not is_nifti(input_path))):
+        what = "a DICOM folder" if input_path.is_dir() else "not a NIfTI file"
         raise InputError(
-            input_path, f"--volume-index {options.volume_index} given but this is a DICOM folder (--volume-index applies to 4D NIfTI files)",
+            input_path, f"--volume-index {options.volume_index} given but this is {what} (--volume-index applies to 4D NIfTI files)",
             "drop --volume-index (volume_index= from Python) for DICOM inputs, or segment them in a run of their own",
         )
 

@@ -59,7 +59,12 @@ class HeaderInfo:
 
 @dataclass(frozen=True)
 class DicomSource:
-    """What a DICOM SEG needs to reference its source series. Tuples are in ``Volume.data`` z order."""
+    """What a DICOM SEG needs to reference its source series. Tuples are in ``Volume.data`` z order.
+
+    For an enhanced multi-frame source every z comes from the same object: ``sop_instance_uids`` and
+    ``files`` repeat its UID and file, and ``frame_numbers`` holds the (1-based) frame of each z; it
+    is empty for a series of single-frame slices.
+    """
 
     study_uid: str
     series_uid: str
@@ -68,6 +73,7 @@ class DicomSource:
     sop_instance_uids: tuple[str, ...]
     files: tuple[Path, ...]
     series_description: str = ""
+    frame_numbers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

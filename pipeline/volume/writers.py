@@ -20,7 +20,6 @@ from models.spec import ClassInfo
 from pipeline.errors import InputError
 from pipeline.volume.volume import DicomSource, HeaderInfo
 
-
 LABELS_DESCRIP = "segpipe labels"
 """The NIfTI header description of every label volume segpipe writes (how it tells its own files)."""
 
@@ -140,6 +139,25 @@ def _lo(text: str) -> str:
     return text.replace("\\", "/")[:64]
 
 
+def _seg_sources(source: DicomSource, pixel_array: np.ndarray) -> tuple[list, np.ndarray]:
+    """The source datasets (read without pixel data) and the SEG frames in the order highdicom pairs them.
+
+    Single-frame slices: one dataset per z, ``pixel_array`` as is. An enhanced multi-frame source: the
+    one object, and ``pixel_array`` ``(Z, Y, X)`` in z order put back in the object's frame order
+    (frame ``source.frame_numbers[z]`` gets z), as highdicom maps frame ``i`` to source frame ``i + 1``.
+    """
+    from pipeline.volume.dicom import (
+        read_slice,  # Part 10 files and bare datasets alike
+    )
+
+    if not source.frame_numbers:
+        return [read_slice(f, stop_before_pixels=True) for f in source.files], pixel_array
+    image = read_slice(source.files[0], stop_before_pixels=True)
+    frames = np.zeros((int(image.NumberOfFrames), *pixel_array.shape[1:]), dtype=pixel_array.dtype)
+    frames[np.asarray(source.frame_numbers) - 1] = pixel_array
+    return [image], frames
+
+
 def write_dicom_seg(
     labels: np.ndarray,
     source: DicomSource,
@@ -152,7 +170,8 @@ def write_dicom_seg(
     """A DICOM SEG (BINARY, one segment per non-zero class) referencing the source series.
 
     Args:
-        labels: ``(Z, Y, X)`` on the source grid, z in the order of ``source.files``. A voxel whose
+        labels: ``(Z, Y, X)`` on the source grid, z in the order of ``source.files`` (of ``source.frame_numbers``
+            for an enhanced multi-frame source, whose frames the SEG references). A voxel whose
             value is no non-zero class id (background 0, the nodata value) is in no segment.
         source: the series read (its files are re-read without pixel data for the references).
         classes: label classes; id 0 is background and gets no segment.
@@ -173,9 +192,7 @@ def write_dicom_seg(
         lut[c.id] = number
     pixel_array = lut[np.asarray(labels)]
     pixel_array = pixel_array.astype(np.uint8 if len(segments) < 256 else np.uint16)
-    from pipeline.volume.dicom import read_slice  # Part 10 files and bare datasets alike
-
-    images = [read_slice(f, stop_before_pixels=True) for f in source.files]
+    images, pixel_array = _seg_sources(source, pixel_array)
     labels_text = [_lo(c.name) for c in segments]
     model_text = _lo(model_name) or "segpipe"
     description = _lo(f"segpipe {model_name}")
