@@ -10,10 +10,13 @@ cleans up after SIGTERM too; the command line then says so and exits with 143 (1
 of a process ended by SIGTERM).
 
 Installed by :func:`pipeline.cli.main` only: library code never touches signal handlers (nothing
-here runs on import), and a Prefect flow run keeps Prefect's own SIGTERM handler, which raises
-``prefect.exceptions.TerminationSignal`` (a ``BaseException``: the same cleanups run) and ends a run
-cancelled from the Prefect API as Cancelled. Python runs a signal handler between bytecodes of the
-main thread: a long call into C (a GDAL read, a model's forward pass) finishes before the cleanup starts.
+here runs on import), and a Prefect flow run keeps Prefect's own SIGTERM handler
+(``prefect.utilities.engine.capture_sigterm``: ``TerminationSignal`` in the flow's main thread), which
+ends a run cancelled from the Prefect API as Cancelled. The flows' scenes and studies run on
+task-runner threads, which no signal interrupts: a cancelled run's tasks in flight finish first
+(measured in ``tests/deploy/test_prefect_cancel.py``). Python runs a signal handler between bytecodes
+of the main thread: a long call into C (a GDAL read, a model's forward pass) finishes before the
+cleanup starts.
 """
 
 from __future__ import annotations
