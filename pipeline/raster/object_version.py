@@ -21,6 +21,7 @@ taken as done, on the path alone, as before.
 from __future__ import annotations
 
 import base64
+import http.client
 import logging
 import re
 import urllib.error
@@ -105,7 +106,7 @@ def object_version(path_or_url: str | Path, *, timeout: float = TIMEOUT_S) -> Ob
         return NOT_ASKED
     try:
         headers = _ask(url, timeout)
-    except (urllib.error.URLError, OSError, ValueError) as exc:  # HTTPError, timeouts and refused connections included
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:  # HTTP errors, timeouts, refused connections
         return _unversioned(url, f"the version request failed ({_why(exc)})")
     length = _length(headers)
     if headers.get("ETag"):
@@ -126,17 +127,26 @@ def http_url(path_or_url: str | Path) -> str | None:
 def _ask(url: str, timeout: float) -> Message:
     """The response headers of a ``HEAD`` of ``url``, or of a one-byte ``GET`` where ``HEAD`` is refused."""
     plain, auth = _split_credentials(url)
-    headers = {"Accept-Encoding": "identity", **auth}
     try:
-        with urllib.request.urlopen(urllib.request.Request(plain, headers=headers, method="HEAD"), timeout=timeout) as response:
+        with urllib.request.urlopen(_request(plain, auth, "HEAD"), timeout=timeout) as response:
             return response.headers
     except urllib.error.HTTPError as exc:
         if exc.code not in _HEAD_REFUSED:
             raise
         exc.close()
-    request = urllib.request.Request(plain, headers={**headers, "Range": "bytes=0-0"}, method="GET")
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # closed unread: a server ignoring Range sends no more than the socket holds
+    # closed unread: of a server ignoring Range, no more than the socket's buffer is received
+    with urllib.request.urlopen(_request(plain, auth, "GET"), timeout=timeout) as response:
         return response.headers
+
+
+def _request(url: str, auth: dict[str, str], method: str) -> urllib.request.Request:
+    """A ``HEAD``, or a ``GET`` of the first byte; credentials are not sent on to a redirect's host."""
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "identity"}, method=method)
+    if method == "GET":
+        request.add_header("Range", "bytes=0-0")
+    for name, value in auth.items():
+        request.add_unredirected_header(name, value)
+    return request
 
 
 def _split_credentials(url: str) -> tuple[str, dict[str, str]]:

@@ -1,15 +1,17 @@
 """A static HTTP file server for the remote-scene tests, run in its own process (``python range_server.py
-ROOT [--no-range | --fail-after N [--fail-for M]] [--no-validators] [--no-head]``; prints its port): rasterio holds the GIL while
+ROOT [--no-range | --fail-after N [--fail-for M]] [--no-validators] [--no-head] [--auth USER:PASSWORD] [--log FILE]``;
+prints its port): rasterio holds the GIL while
 GDAL fetches a URL, so a server thread in the test's own process would never answer. With ranges it answers ``Range: bytes=a-b``
 with ``206 Partial Content``, as S3, GCS and Azure do, and sends an object's version with every answer as they do (``ETag``
 and ``Last-Modified``; ``--no-validators``: neither); ``--no-head`` refuses ``HEAD`` with 403, as a URL presigned for ``GET``
 only does; ``--no-range`` is Python's plain file server, which sends the whole file; ``--fail-after N`` answers 503 to every
 request after the first N reads of a range past byte 0 (GDAL's tile reads; its header read, HEADs and sidecar probes are not
 counted), to M of them with ``--fail-for M``. Every request is logged as a line ``METHOD PATH RANGE`` to the file
-named by ``--log FILE``."""
+named by ``--log FILE``; with ``--auth`` a request without that HTTP basic authentication is answered 401."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import io
@@ -26,6 +28,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     validators = True  # send ETag and Last-Modified
     head = True  # answer HEAD (False: 403, as a URL presigned for GET only)
     log_file = None
+    auth = None  # "Basic <base64 user:password>" every request must carry
 
     def send_head(self):
         if self.log_file:
@@ -36,6 +39,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         failing = self.fail_after and RangeHandler.served > self.fail_after
         if failing and (not self.fail_for or RangeHandler.served <= self.fail_after + self.fail_for):
             self.send_error(503, "Service Unavailable")
+            return None
+        if self.auth and self.headers.get("Authorization") != self.auth:
+            self.send_error(401, "Unauthorized")
             return None
         if self.command == "HEAD" and not self.head:
             self.send_error(403, "Forbidden (signed for GET)")
@@ -79,6 +85,8 @@ if __name__ == "__main__":
         RangeHandler.fail_for = int(sys.argv[sys.argv.index("--fail-for") + 1])
     RangeHandler.validators = "--no-validators" not in sys.argv
     RangeHandler.head = "--no-head" not in sys.argv
+    if "--auth" in sys.argv:
+        RangeHandler.auth = "Basic " + base64.b64encode(sys.argv[sys.argv.index("--auth") + 1].encode()).decode()
     if "--log" in sys.argv:
         RangeHandler.log_file = sys.argv[sys.argv.index("--log") + 1]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=sys.argv[1]))

@@ -159,6 +159,15 @@ def test_a_url_signed_for_get_only_is_asked_with_a_one_byte_get(tmp_path, serve)
     assert log.read_text().splitlines() == ["HEAD /tile.tif" + SIGNED + " ", "GET /tile.tif" + SIGNED + " bytes=0-0"]
 
 
+def test_a_password_in_the_url_is_sent_as_basic_authentication_and_never_shown(tmp_path, serve):
+    base = serve("--auth", "reader:s3cret")
+    _write(serve.root / "tile.tif", seed=1)
+    url = base.replace("://", "://reader:s3cret@") + "/tile.tif"
+    assert object_version(url).validator == "etag"
+    refused = object_version(url.replace("s3cret", "wrong"))
+    assert refused.validator == "none" and "401" in refused.reason and "s3cret" not in refused.reason + refused.text()
+
+
 def test_what_is_asked_and_what_is_not(tmp_path, serve):
     base = serve()
     scene = _write(serve.root / "tile.tif", seed=1)
