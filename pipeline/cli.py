@@ -1,6 +1,7 @@
 """The ``segpipe`` command line. Each subcommand lives in its own module with a ``register(subparsers)``.
 
 Only this layer prints and exits; library code raises :class:`pipeline.errors.SegpipeError`.
+Ctrl-C and SIGTERM stop a run the same way (its cleanup runs; :mod:`pipeline.termination`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pipeline.errors import SegpipeError
 from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
+from pipeline.termination import EXIT_STATUS, MESSAGE, Terminated, sigterm_as_interrupt
 
 # module path of each subcommand's ``register`` function, in the order ``--help`` lists them
 COMMANDS = (
@@ -60,6 +62,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (143 when stopped by SIGTERM, see :mod:`pipeline.termination`)."""
+    with sigterm_as_interrupt():  # first: a SIGTERM while the subcommands import cleans up too (nothing to clean yet)
+        try:
+            return _main(argv)
+        except Terminated:
+            print(MESSAGE, file=sys.stderr)
+            return EXIT_STATUS
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     if not getattr(args, "func", None):
@@ -73,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except SegpipeError as exc:
         print(f"segpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

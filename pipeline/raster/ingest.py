@@ -20,7 +20,10 @@ them. A pixel is nodata only when all its bands are invalid (GDAL's convention: 
 one zero band keeps its label); the model never sees an invalid band value (see
 :mod:`pipeline.raster.fill`). Memory is bounded by one ``(C, block, block)`` tile: the raster is never
 read whole. The store is written under a temporary name and renamed when complete, so an existing
-store at ``store_path`` is always complete; it is reused when its source signature matches.
+store at ``store_path`` is always complete; it is reused when its source signature matches: the path, bands, block and layout, and
+the input's version (a local file's size and modification time, a VRT mosaic's tiles', a URL's
+ETag or Last-Modified and size: :mod:`pipeline.raster.object_version`). A URL whose server gives no
+version is never reused.
 
 What the raster is and whether it can be segmented (:class:`RasterInfo`, :func:`probe_raster`, band
 selection and the refusals) is :mod:`pipeline.raster.probe`; the names of it that callers import from
@@ -49,6 +52,7 @@ from rasterio.windows import Window
 from pipeline.errors import InputError
 from pipeline.known_warnings import known_warnings_ignored
 from pipeline.outputs import remove_stale_temporaries
+from pipeline.raster.object_version import ObjectVersion, object_version
 from pipeline.raster.probe import (
     RasterInfo,
     alpha_bands,
@@ -88,6 +92,11 @@ STORE_ATTR = "segpipe_ingest"
 STORE_LAYOUT = 2
 # GDAL drivers whose reads with GDAL_NUM_THREADS raise when a worker thread fails (see read_settings)
 THREADED_READ_DRIVERS = frozenset({"GTiff", "JP2OpenJPEG"})
+# GDAL keeps a URL's size and the byte ranges it read after the file is closed, for the whole process,
+# and a later open of the same URL read them back: an object replaced on the server (a Prefect retry
+# runs in the same process) came back as the old one. Not cached, a file's ranges are dropped when it
+# is closed; reads while it is open are cached as before. (A colon-separated list of prefixes: "/vsicurl/" has none.)
+REMOTE_NOT_CACHED = {"CPL_VSIL_CURL_NON_CACHED": "/vsicurl/"}
 
 
 def tiles(height: int, width: int, block: int) -> Iterator[tuple[slice, slice]]:
@@ -107,6 +116,7 @@ def ingest_raster(
     model_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     preview_size: int = 1024,
+    version: ObjectVersion | None = None,
 ) -> RasterInfo:
     """Copy a raster into a zarr v3 store tile by tile (see the module docstring for the layout).
 
@@ -121,24 +131,28 @@ def ingest_raster(
         progress: optional ``callable(tiles_done, tiles_total)``.
         preview_size: long side of the decimated preview kept for the quicklook (memory:
             ``bands x preview_size^2`` values at most).
+        version: the server's version of a URL (:func:`~pipeline.raster.object_version.object_version`),
+            asked before the first pixel is read; None: asked here.
 
     Returns:
         The :class:`RasterInfo` of the ingested image.
 
     Raises:
         InputError: the file is not a readable raster, is truncated, has no CRS, or has the wrong bands.
+        InputError: (transient) a URL's object was replaced on the server while it was read.
     """
     if block < 1:
         raise InputError(str(block), "block size must be a positive number of pixels", "use e.g. --block 1024")
     store_path = Path(store_path)
+    version = object_version(path_or_url) if version is None else version  # before GDAL reads a byte of it
     # the reads run under the settings for the driver that opened it (a VRT's sources on one thread)
     with rasterio.Env(**read_settings(path_or_url)), open_raster(path_or_url) as src, rasterio.Env(**read_settings(path_or_url, src.driver)):
         info = info_from_dataset(src, str(path_or_url), bands, in_channels, model_name)
         fed_alpha = [b for b in alpha_bands(src) if b in info.bands]
         if fed_alpha:
             log.info("%s: band(s) %s tagged alpha are fed to the model as data (--bands): they mark no pixel transparent", info.path, fed_alpha)
-        signature = _signature(path_or_url, info, block)
-        if _existing_signature(store_path) == signature:
+        signature = _signature(path_or_url, info, block, version)
+        if version.reusable and _existing_signature(store_path) == signature:
             damage = _damage(store_path)
             if damage is None:
                 log.info("%s: reusing complete ingest %s", info.path, store_path)
@@ -149,6 +163,7 @@ def ingest_raster(
         try:
             arrays = _create_store(tmp, info, block)
             stats = _copy_tiles(src, info, arrays, block, progress, preview_size)
+            _check_unchanged(path_or_url, info, version)
             _finish_store(tmp, {"signature": signature, "info": info.to_json(), "block": block, "band_stats": stats})
             if store_path.exists():
                 _remove_store(store_path)
@@ -189,16 +204,31 @@ def _store_attrs(store_path: Path) -> dict[str, Any]:
     return attrs[STORE_ATTR]
 
 
-def _signature(path_or_url, info: RasterInfo, block: int) -> dict[str, Any]:
+def _signature(path_or_url, info: RasterInfo, block: int, version: ObjectVersion) -> dict[str, Any]:
     sig: dict[str, Any] = {"path": info.path, "bands": list(info.bands), "block": block, "layout": STORE_LAYOUT}  # a URL without credentials
     path = Path(str(path_or_url))
     if path.exists():
         stat = path.stat()
         sig.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    if version.validator != "not asked":  # a URL's version on the server (its ETag or Last-Modified, its size)
+        sig["version"] = version.stamp()
     sources = mosaic_sources(path_or_url)
     if sources:  # a VRT mosaic: a tile rewritten in place leaves the .vrt as it was
         sig["sources"] = [_file_stamp(f) for f in sources]
     return sig
+
+
+def _check_unchanged(path_or_url, info: RasterInfo, version: ObjectVersion) -> None:
+    """Raise when a URL's object was replaced on the server while its tiles were read (the store
+    would hold pixels of both objects); one more small request, after the copy."""
+    if not version.known:
+        return
+    now = object_version(path_or_url)
+    if now.known and now != version:
+        raise InputError(
+            info.path, f"the object was replaced on the server while it was read ({version.text()}, now {now.text()})",
+            "run again: the retry reads the new object whole", transient=True,
+        )
 
 
 def _file_stamp(path: str) -> list[Any]:
@@ -397,11 +427,12 @@ def read_settings(path_or_url: str | Path, driver: str | None = None) -> dict[st
       window came back as zeros (``tests/raster/test_raster_remote.py``). In one thread GDAL still
       fetches a window's tiles in one merged request, so little is lost (4096^2 4-band DEFLATE from
       a server 30 ms away: 0.86 s in one thread, 0.80 s on all cores). Remote reads also retry
-      transient HTTP errors (429, 5xx) 3 times, unless ``GDAL_HTTP_MAX_RETRY`` is set.
+      transient HTTP errors (429, 5xx) 3 times, unless ``GDAL_HTTP_MAX_RETRY`` is set, and keep
+      nothing of it in GDAL's ``/vsicurl/`` cache once closed (:data:`REMOTE_NOT_CACHED`).
     """
     if is_local_path(path_or_url):
         return {"GDAL_NUM_THREADS": "ALL_CPUS" if driver is None or driver in THREADED_READ_DRIVERS else "1"}
-    settings = {"GDAL_NUM_THREADS": "1"}
+    settings = {"GDAL_NUM_THREADS": "1", **REMOTE_NOT_CACHED}
     if "GDAL_HTTP_MAX_RETRY" not in os.environ:
         settings.update(GDAL_HTTP_MAX_RETRY="3", GDAL_HTTP_RETRY_DELAY=os.environ.get("GDAL_HTTP_RETRY_DELAY", "1"))
     return settings

@@ -13,10 +13,14 @@ does not exist, or one written by a segpipe before 0.1.0 recorded provenance):
   appended when a layer was named (``--region-layer``; GDAL's and QGIS's way of writing a layer);
 * ``segpipe_version``: the installed segpipe's version;
 * ``inputs_sha256``: SHA-256 of what else decides the entry: the input's and the regions file's
-  size and modification time (local files, a VRT mosaic's tiles included; ``""`` for a URL), the region field, the region layer
-  (when one was named: entries made before layers could be named keep their digest) and the bands.
-  An entry whose provenance (but the version) equals a new run's is that run's work already done:
-  a retried run skips it (:func:`pipeline.raster.entries.entry_done`).
+  size and modification time (local files, a VRT mosaic's tiles included), an HTTP(S) input's version on
+  its server (its ETag, else Last-Modified, and size: :mod:`pipeline.raster.object_version`; ``""`` in
+  the digest for ``s3://``, ``/vsis3/`` and other schemes that are not asked, as before), the region
+  field, the region layer (when one was named: entries made before layers could be named keep their
+  digest) and the bands. ``""`` (no digest) for a URL whose server gives no version: its entry is never
+  taken as done. An entry whose provenance (but the version) equals a new run's is that run's work
+  already done: a retried run skips it (:func:`pipeline.raster.entries.entry_done`); an object replaced
+  on the server since is not.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models.spec import ModelSpec
+from pipeline.raster.object_version import ObjectVersion, object_version
 from pipeline.raster.probe import is_local_path, mosaic_sources
 from pipeline.urls import public_url
 
@@ -73,10 +78,12 @@ def provenance_of(
     region_field: str | None = None,
     region_layer: str | None = None,
     bands: Sequence[int] | None = None,
+    version: ObjectVersion | None = None,
 ) -> Provenance:
     """The :class:`Provenance` of segmenting ``image`` with ``spec`` over ``regions`` (None: the whole scene).
 
     Hashes the checkpoint once per process and file version (cached in :mod:`pipeline.volume.made_with`).
+    ``version``: the image's version on its server (:func:`~pipeline.raster.object_version.object_version`); None: asked here.
     """
     from pipeline.volume.made_with import made_with
 
@@ -86,7 +93,7 @@ def provenance_of(
         checkpoint_sha256=made_with(spec)["checkpoint_sha256"],
         regions=regions_of(regions, region_layer),
         segpipe_version=segpipe_version(),
-        inputs_sha256=inputs_sha256(image, regions, region_field=region_field, region_layer=region_layer, bands=bands),
+        inputs_sha256=inputs_sha256(image, regions, region_field=region_field, region_layer=region_layer, bands=bands, version=version),
     )
 
 
@@ -98,9 +105,16 @@ def regions_of(regions: str | Path | None, layer: str | None = None) -> str:
 
 
 def inputs_sha256(
-    image: str | Path, regions: str | Path | None, *, region_field: str | None, bands: Sequence[int] | None, region_layer: str | None = None
+    image: str | Path,
+    regions: str | Path | None,
+    *,
+    region_field: str | None,
+    bands: Sequence[int] | None,
+    region_layer: str | None = None,
+    version: ObjectVersion | None = None,
 ) -> str:
-    """See the module docstring: file metadata only (no pixel is read), so it is cheap to compare."""
+    """See the module docstring: file metadata and a URL's version only (no pixel is read), so it is cheap to compare.
+    ``version``: the image's (:func:`~pipeline.raster.object_version.object_version`); None: asked here."""
     from pipeline.volume.made_with import input_fingerprint
 
     def fingerprint(path: str | Path | None) -> str:
@@ -108,8 +122,11 @@ def inputs_sha256(
             return ""
         return input_fingerprint(Path(path)) if is_local_path(path) else ""
 
+    version = object_version(image) if version is None else version
+    if not version.reusable:  # a URL whose server gives no version: never the same input twice
+        return ""
     record = {
-        "input": fingerprint(image),
+        "input": version.text() if version.known else fingerprint(image),  # the digests of local and unasked inputs stay as they were
         "regions": fingerprint(regions),
         "region_field": region_field or "",
         "bands": [int(b) for b in bands] if bands is not None else None,

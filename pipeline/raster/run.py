@@ -34,9 +34,10 @@ from pipeline.outputs import check_stats_store, output_write_error, prepare_outp
 from pipeline.raster.blocks import MAX_BLOCK
 from pipeline.raster.cog import refuse_foreign_labels
 from pipeline.raster.entries import check_store_accepts, entry_done, provenance_snapshot
-from pipeline.raster.ingest import ingest_raster
+from pipeline.raster.ingest import REMOTE_NOT_CACHED, ingest_raster
+from pipeline.raster.object_version import object_version
 from pipeline.raster.probe import RasterInfo, probe_raster, scene_stem
-from pipeline.raster.provenance import Provenance, provenance_of
+from pipeline.raster.provenance import Provenance, provenance_of, source_of
 from pipeline.raster.publish import STATS_STORE, Entry, Progress, stage_progress, write_outputs
 from pipeline.raster.regions import NoRegionInScene, Regions, read_regions, scene_region
 from pipeline.raster.segment import segment_work_store
@@ -122,9 +123,10 @@ def segment_raster(
             another input (see :mod:`pipeline.raster.entries`), and redo a scene already done.
 
     A scene whose entry for this ``time`` is in the store, made from the same input (size and
-    modification time), model, checkpoint, regions, region field and layer and bands, and whose label COG and
-    quicklook exist, is skipped (``skipped=True``): a retried nightly run (same scheduled time)
-    redoes only what it had not finished.
+    modification time; a URL's ETag or Last-Modified and size, asked from its server), model,
+    checkpoint, regions, region field and layer and bands, and whose label COG and quicklook exist,
+    is skipped (``skipped=True``): a retried nightly run (same scheduled time) redoes only what it
+    had not finished.
 
     Raises:
         InputError: bad raster, bands, regions or options, ``out_dir`` a file, ``out_dir/stats.zarr``
@@ -138,7 +140,7 @@ def segment_raster(
     """
     import rasterio
 
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, **REMOTE_NOT_CACHED):  # a retry in this process reads a replaced object anew
         return _segment_raster(
             image, spec, out_dir, regions=regions, region_field=region_field, region_layer=region_layer, block=block, device=device, bands=bands,
             time=time, progress=progress, model=model, dask_client=dask_client, keep_work=keep_work, force=force,
@@ -178,13 +180,14 @@ def _segment_raster(
     out_dir = Path(out_dir)
     # validate everything before writing anything
     check_stats_store(out_dir / STATS_STORE, "raster")
-    provenance = provenance_of(image, spec, regions, region_field=region_field, region_layer=region_layer, bands=bands)
     store = out_dir / STATS_STORE
     snapshot = provenance_snapshot(store) if (store / "zarr.json").is_file() else None  # one read (not of the areas) for both checks
     check_store_accepts(
-        store, time=run_time, scene=stem, source=provenance.source, classes=[(c.id, c.name) for c in spec.classes], force=force, snapshot=snapshot
+        store, time=run_time, scene=stem, source=source_of(image), classes=[(c.id, c.name) for c in spec.classes], force=force, snapshot=snapshot
     )
     info = probe_raster(image, bands=bands, in_channels=spec.in_channels, model_name=spec.name)
+    version = object_version(image)  # a URL's version on the server, asked once: the entry's provenance and the work store's signature
+    provenance = provenance_of(image, spec, regions, region_field=region_field, region_layer=region_layer, bands=bands, version=version)
     block = min(block, max(info.shape))  # a block beyond the scene is one block: zarr would allocate all of it per chunk
     if not force:
         refuse_foreign_labels(out_dir / f"{stem}.labels.tif")
@@ -212,6 +215,7 @@ def _segment_raster(
             with watch.stage("ingest"):
                 info = ingest_raster(
                     image, work, block=block, bands=bands, in_channels=spec.in_channels, model_name=spec.name, progress=stage_progress(progress, "ingest"),
+                    version=version,
                 )
             ingested = True
             release_free_memory()  # the ingest's freed GDAL cache would otherwise add to the engine's peak
