@@ -49,7 +49,7 @@ from pipeline.raster.entries import (
 from pipeline.raster.ingest import tiles
 from pipeline.raster.probe import RasterInfo
 from pipeline.raster.provenance import PROVENANCE_VARS, Provenance
-from pipeline.raster.regions import Regions, ellipsoidal_area_m2
+from pipeline.raster.regions import Regions, ellipsoidal_areas_m2
 from pipeline.stats_store import (
     EVERY_CHUNK_ATTR,
     TIME_DIM,
@@ -143,7 +143,7 @@ def _total_areas(regions: Regions, info: RasterInfo, inside: np.ndarray) -> np.n
         return inside.copy()
     if regions.total_areas_m2:
         return np.asarray(regions.total_areas_m2, dtype=np.float64)
-    return np.array([ellipsoidal_area_m2(g, info.crs) for g in regions.geometries])
+    return ellipsoidal_areas_m2(regions.geometries, info.crs)
 
 
 def _chunk_size(labels: Any) -> int:
