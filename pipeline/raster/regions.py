@@ -36,6 +36,7 @@ DENSIFY_PARTS = 2000  # segments along the regions' extent before reprojection (
 # ... but none shorter than this (metres on the ground): Geod's own rounding on a district of 1 km^2 is ~1e-9 of
 # its area; 0.7 m segments (1/2000 of a 1.5 km district) gave the same areas as 10 m ones to that noise, at 16x the cost
 DENSIFY_MIN_M = 10.0
+AREA_BATCH_VERTICES = 200_000  # dense vertices measured per call (~20 MB of temporaries)
 
 
 LAYER_FIX = "pick the layer with --region-layer NAME"
@@ -167,7 +168,8 @@ def ellipsoidal_areas_m2(geoms: Sequence[BaseGeometry] | np.ndarray, crs) -> np.
     Edges are straight lines in ``crs`` (as the pixel coverage sees them): each polygon is densified to
     1/``DENSIFY_PARTS`` of its extent but never below ``DENSIFY_MIN_M`` on the ground, moved to the CRS's
     own geographic coordinates and measured with ``pyproj.Geod`` (geodesic edges between the dense
-    vertices). All polygons are densified and reprojected in one call each; ``Geod`` measures ring by ring.
+    vertices). Polygons are densified and reprojected in groups (one call per group, memory bounded by
+    ``AREA_BATCH_VERTICES``); ``Geod`` measures ring by ring.
 
     Args:
         geoms: (Multi)Polygons in ``crs`` units.
@@ -184,7 +186,17 @@ def ellipsoidal_areas_m2(geoms: Sequence[BaseGeometry] | np.ndarray, crs) -> np.
     bounds = shapely.bounds(geoms)
     extent = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
     step = np.maximum(extent / DENSIFY_PARTS, _min_step(crs))
-    dense = shapely.segmentize(geoms, step)
+    # in groups of about AREA_BATCH_VERTICES dense vertices: one call each, memory bounded by the group
+    dense_vertices = np.cumsum(shapely.get_num_coordinates(geoms) + shapely.length(geoms) / step)
+    group = (dense_vertices // AREA_BATCH_VERTICES).astype(np.int64)
+    for g in np.unique(group):
+        at = np.flatnonzero(group == g)
+        out[at] = _geodesic_areas(shapely.segmentize(geoms[at], step[at]), crs)
+    return out
+
+
+def _geodesic_areas(dense: np.ndarray, crs) -> np.ndarray:
+    """``pyproj.Geod`` areas (m^2) of densified polygons in ``crs`` coordinates, moved to its geographic CRS."""
     if not crs.is_geographic:
         to_lonlat = _to_lonlat(crs.to_wkt())
         dense = shapely.transform(dense, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
@@ -198,6 +210,7 @@ def ellipsoidal_areas_m2(geoms: Sequence[BaseGeometry] | np.ndarray, crs) -> np.
     part_area = np.zeros(len(parts))
     for r in range(len(rings)):  # the exterior first, then its holes (as Geod.geometry_area_perimeter adds them)
         part_area[ring_of[r]] += geod.polygon_area_perimeter(xy[ends[r] : ends[r + 1], 0], xy[ends[r] : ends[r + 1], 1])[0]
+    out = np.zeros(len(dense))
     for i, area in zip(part_of.tolist(), np.abs(part_area).tolist()):
         out[i] += area
     return out
