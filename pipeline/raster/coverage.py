@@ -70,9 +70,9 @@ def polygon_coverage(geoms: Sequence[BaseGeometry], window: Affine, shape: tuple
     x0, y0, x1, y1, weight, poly = _inside_cols(x0, y0, x1, y1, weight, poly, w)
     # each polygon's area inside the block (pixels) from its clipped edges: sum of dy * (w - mean x)
     expected = np.bincount(poly, weights=weight * (y1 - y0) * (w - 0.5 * (x0 + x1)), minlength=n)
-    row, col, dep, share, piece_poly = _pieces(x0, y0, x1, y1, weight, poly, w)
+    row, col, dep, share, piece_poly, cuts = _pieces(x0, y0, x1, y1, weight, poly, w)
     cut = np.zeros((h, w), dtype=bool)
-    cut[row, col] = True
+    cut[row[cuts], col[cuts]] = True
     # the deposits: dep * (1 - share) at (row, col), dep * share at (row, col + 1)
     flat = np.concatenate([row * (w + 1) + col, row * (w + 1) + col + 1])
     values = np.concatenate([dep * (1.0 - share), dep * share])
@@ -112,18 +112,19 @@ def _edges(geoms: Sequence[BaseGeometry], window: Affine):
 
 
 def _inside_rows(x0, y0, x1, y1, weight, poly, h: int):
-    """The edges' parts with ``0 <= row <= h`` (horizontal edges dropped: they add nothing)."""
+    """The edges' parts with ``0 <= row <= h`` (horizontal ones strictly inside: they add nothing to
+    the sums but cut the pixels along them)."""
     dy = y1 - y0
-    keep = (dy != 0) & (np.minimum(y0, y1) < h) & (np.maximum(y0, y1) > 0)
-    x0, y0, x1, y1, weight, poly, dy = x0[keep], y0[keep], x1[keep], y1[keep], weight[keep], poly[keep], dy[keep]
-    ta, tb = (0.0 - y0) / dy, (h - y0) / dy
+    flat = dy == 0
+    keep = np.where(flat, (y0 > 0) & (y0 < h), (np.minimum(y0, y1) < h) & (np.maximum(y0, y1) > 0))
+    x0, y0, x1, y1, weight, poly, dy, flat = x0[keep], y0[keep], x1[keep], y1[keep], weight[keep], poly[keep], dy[keep], flat[keep]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ta, tb = np.where(flat, 0.0, (0.0 - y0) / dy), np.where(flat, 1.0, (h - y0) / dy)
     lo, hi = np.clip(np.minimum(ta, tb), 0.0, 1.0), np.clip(np.maximum(ta, tb), 0.0, 1.0)
     dx = x1 - x0
-    nx0, ny0 = x0 + lo * dx, np.clip(y0 + lo * dy, 0.0, h)
-    nx1, ny1 = x0 + hi * dx, np.clip(y0 + hi * dy, 0.0, h)
-    nx0 = np.where(lo == 0.0, x0, nx0)
-    nx1 = np.where(hi == 1.0, x1, nx1)
-    keep = ny0 != ny1
+    nx0, ny0 = np.where(lo == 0.0, x0, x0 + lo * dx), np.where(lo == 0.0, y0, np.clip(y0 + lo * dy, 0.0, h))
+    nx1, ny1 = np.where(hi == 1.0, x1, x0 + hi * dx), np.where(hi == 1.0, y1, np.clip(y0 + hi * dy, 0.0, h))
+    keep = (ny0 != ny1) | (flat & (nx0 != nx1))
     return nx0[keep], ny0[keep], nx1[keep], ny1[keep], weight[keep], poly[keep]
 
 
@@ -148,7 +149,7 @@ def _inside_cols(x0, y0, x1, y1, weight, poly, w: int):
     mid = 0.5 * (ax + bx)
     left = mid < 0.0
     ax, bx = np.where(left, 0.0, np.clip(ax, 0.0, w)), np.where(left, 0.0, np.clip(bx, 0.0, w))
-    keep = (mid <= w) & (ay != by)
+    keep = (mid <= w) & ((ay != by) | (ax != bx))
     return ax[keep], ay[keep], bx[keep], by[keep], weight[i][keep], poly[i][keep]
 
 
@@ -166,7 +167,8 @@ def _crossings(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _pieces(x0, y0, x1, y1, weight, poly, w: int):
     """The edges cut at every pixel line: per piece its pixel ``(row, col)``, its deposit ``weight * dy``,
-    its mean position across the pixel (0 = left edge) and its polygon."""
+    its mean position across the pixel (0 = left edge), its polygon, and whether it cuts its pixel (a
+    piece along the pixel's left or top edge does not)."""
     dx, dy = x1 - x0, y1 - y0
     kx, sx = _crossings(x0, x1)
     ky, sy = _crossings(y0, y1)
@@ -184,13 +186,14 @@ def _pieces(x0, y0, x1, y1, weight, poly, w: int):
     ta, tb, i = ta[keep], tb[keep], i[keep]
     tm = 0.5 * (ta + tb)
     xm = x0[i] + tm * dx[i]
-    ym = y0[i] + tm * dy[i]
+    ym = np.where(dy[i] == 0, y0[i], y0[i] + tm * dy[i])
     col = np.clip(np.floor(xm), 0, w).astype(np.int64)
     row = np.clip(np.floor(ym), 0, None).astype(np.int64)
     share = np.clip(xm - col, 0.0, 1.0)
     dep = weight[i] * (tb - ta) * dy[i]
-    inside = col < w  # a piece on the block's right edge covers none of its pixels
-    return row[inside], col[inside], dep[inside], share[inside], poly[i][inside]
+    on_line = np.where(dy[i] == 0, ym == row, (dx[i] == 0) & (share == 0.0))
+    keep = (col < w) & ~((dy[i] == 0) & on_line)  # a piece on the block's right edge covers none of its pixels
+    return row[keep], col[keep], dep[keep], share[keep], poly[i][keep], ~on_line[keep]
 
 
 def _owner(flat: np.ndarray, values: np.ndarray, polys: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
