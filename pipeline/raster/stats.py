@@ -55,6 +55,7 @@ from pipeline.raster.regions import Regions, ellipsoidal_areas_m2
 from pipeline.stats_store import (
     EVERY_CHUNK_ATTR,
     TIME_DIM,
+    Unchanged,
     check_chunk_sizes,
     damaged,
     linked_copy,
@@ -457,13 +458,15 @@ def append_stats(
             old = _fill_strings(open_stats_lazy(store_path))
             check_class_table(class_table(old), class_table(ds), store_path)
             check_replacement(old, store_path, time=t, scene=scene, source=None if provenance is None else provenance.source, force=force)
+            # the old chunk files the rewrite would write unchanged are linked (a new scene: all but its own)
+            unchanged = Unchanged(store_path, {d: old[d].values for d in old.dims}, ((t, scene),)) if check_chunk_sizes(store_path) is not None else None
             if t in old.time.values and scene in old.scene.values:
                 old = old.where(~((old.time == t) & (old.scene == scene)))
             merged = _merge(_lazy_entry(entry, old), old, classes=entry)  # dask too: joined onto the store's coordinates lazily
         else:
-            merged = _fill_strings(entry)
+            merged, unchanged = _fill_strings(entry), None
         merged["time"].attrs.update(TIME_ATTRS)
-        replace_store(_tidy(merged), store_path)
+        replace_store(_tidy(merged), store_path, unchanged=unchanged)
     return store_path
 
 
