@@ -380,7 +380,9 @@ def replace_store(ds: xr.Dataset, store: str | Path, *, unchanged: Unchanged | N
     tmp = _sibling(store, "tmp")
     try:
         with _quiet(), _synchronous(lazy):  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
-            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True, compute=not lazy)
+            # with dask variables, to_zarr writes the metadata and the others; handed the real dask graphs (the old store's
+            # reads and the merge) it spent ~2.7 s of a new scene's 4.3 s optimising the delayed write it returns, unused
+            _placeholders(ds).to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True, compute=not lazy)
             if lazy:  # the metadata and the in-memory variables are written; the dask arrays one chunk at a time
                 _write_chunkwise(ds, tmp, unchanged)
             record_chunk_sizes(tmp)
@@ -389,6 +391,18 @@ def replace_store(ds: xr.Dataset, store: str | Path, *, unchanged: Unchanged | N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return store
+
+
+def _placeholders(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with each dask variable's data a trivial dask array of the same shape, chunks and type (attributes and
+    encoding kept): what ``to_zarr(compute=False)`` needs to write the store's metadata, never computed."""
+    import dask.array as da
+
+    out = ds.copy(deep=False)
+    for name, variable in ds.variables.items():
+        if hasattr(variable.data, "dask"):
+            out.variables[name].data = da.zeros(variable.shape, dtype=variable.dtype, chunks=-1)  # one task: the zarr chunks are the encoding's
+    return out
 
 
 def _write_chunkwise(ds: xr.Dataset, tmp: Path, unchanged: Unchanged | None = None) -> None:
@@ -409,13 +423,30 @@ def _write_chunkwise(ds: xr.Dataset, tmp: Path, unchanged: Unchanged | None = No
             array = group[str(name)]
             source = _chunk_sources(ds, str(name), tmp, unchanged)
             starts = [np.cumsum((0, *c)) for c in data.chunks]
+            compute = _chunk_computer(data)
             for index in itertools.product(*(range(n) for n in data.numblocks)):
                 old_file = source(index) if source is not None else None
                 if old_file is not None:
                     _link_or_copy(old_file, tmp / str(name) / _chunk_key(index))
                     continue
                 where = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
-                array[where] = np.asarray(data.blocks[index].compute())
+                array[where] = compute(index)
+
+
+def _chunk_computer(data) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """Computes one chunk of the dask array ``data`` at a time with dask's synchronous scheduler: the graph culled, layer
+    by layer, to the tasks that chunk needs, and run as it is (``data.blocks[i].compute()`` also optimised it: ~20 ms a
+    chunk, ~1 s of a new scene's append that writes ~100 chunks and links the rest)."""
+    from dask.core import flatten
+    from dask.local import get_sync
+
+    def compute(index: tuple[int, ...]) -> np.ndarray:
+        block = data.blocks[index]
+        (key,) = flatten(block.__dask_keys__())
+        graph = block.__dask_graph__().cull({key})
+        return np.asarray(get_sync(dict(graph), key))
+
+    return compute
 
 
 @dataclass(frozen=True)
