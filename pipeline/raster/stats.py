@@ -26,9 +26,10 @@ import errno
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,7 @@ from affine import Affine
 from models.spec import ClassInfo
 from pipeline.errors import InputError
 from pipeline.raster.areas import geographic_polygon_areas, is_geographic, pixel_area_m2
+from pipeline.raster.coverage import BlockCoverage, polygon_coverage
 from pipeline.raster.entries import (
     check_class_table,
     check_replacement,
@@ -49,10 +51,11 @@ from pipeline.raster.entries import (
 from pipeline.raster.ingest import tiles
 from pipeline.raster.probe import RasterInfo
 from pipeline.raster.provenance import PROVENANCE_VARS, Provenance
-from pipeline.raster.regions import Regions, ellipsoidal_area_m2
+from pipeline.raster.regions import Regions, ellipsoidal_areas_m2
 from pipeline.stats_store import (
     EVERY_CHUNK_ATTR,
     TIME_DIM,
+    Unchanged,
     check_chunk_sizes,
     damaged,
     linked_copy,
@@ -68,6 +71,7 @@ from pipeline.stats_store import (
 log = logging.getLogger(__name__)
 
 Coverage = tuple[int, np.ndarray | None, np.ndarray | None]  # region index, flat cell ids, coverage fractions
+CoverageMethod = Literal["edges", "exactextract"]
 
 
 def compute_stats(
@@ -79,6 +83,7 @@ def compute_stats(
     *,
     block: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    coverage: CoverageMethod = "edges",
 ) -> xr.Dataset:
     """Area, pixel count and share per region and class, plus nodata area per region.
 
@@ -90,6 +95,10 @@ def compute_stats(
         classes: the model's classes; label values that are no class id are ignored (logged).
         block: block size in pixels (default: the labels' chunk size, else 1024).
         progress: optional ``callable(blocks_done, blocks_total)``.
+        coverage: how the share of each pixel inside a region is found: ``edges``
+            (:func:`~pipeline.raster.coverage.polygon_coverage`, from the regions' edges; a block where regions
+            overlap, and invalid polygons, take exactextract) or ``exactextract`` for every block. Both are
+            exact; ``edges`` costs what the edges cost, exactextract what each region's bounding box does.
 
     Returns:
         Dataset with dims ``region`` and ``class`` (class names; ``class_id`` and ``class_color``
@@ -112,6 +121,9 @@ def compute_stats(
     shapely.prepare(list(regions.geometries))
     grid = list(tiles(info.height, info.width, block))
     geographic = is_geographic(info.crs)
+    if coverage == "edges" and not regions.whole_scene and not np.all(shapely.is_valid(np.asarray(regions.geometries, dtype=object))):
+        log.debug("%s: invalid region polygons; their coverage comes from exactextract", info.path)
+        coverage = "exactextract"
     for i, (rows, cols) in enumerate(grid):
         lab = np.asarray(labels[rows, cols])
         bucket = _buckets(lab, lut)
@@ -119,16 +131,18 @@ def compute_stats(
             np.putmask(bucket, ~np.asarray(mask[rows, cols], dtype=bool), k)
         bucket = bucket.ravel()
         px_area = pixel_area_m2(info.crs, info.transform, rows, cols).ravel()
-        for j, cells, cover in block_coverage(regions, tree, info, rows, cols):
-            if cells is None:
-                area[j] += np.bincount(bucket, weights=px_area, minlength=k + 2)
-                pixels[j] += np.bincount(bucket, minlength=k + 2)
-            else:
-                b = bucket[cells]
-                # a cut pixel's area is its part inside the region: on a geographic grid not its planar fraction
-                share = _ellipsoidal_cover(regions.geometries[j], info.transform, rows, cols, cells, cover, info.crs) if geographic else cover
-                area[j] += np.bincount(b, weights=px_area[cells] * share, minlength=k + 2)
-                pixels[j] += np.bincount(b, weights=cover, minlength=k + 2)
+        block_sums = _BlockSums(area, pixels, bucket, px_area, k, info, rows, cols, geographic, regions)
+        if coverage == "edges" and not regions.whole_scene:
+            whole, partial, window, shape = _meeting(regions, tree, info, rows, cols)
+            for j in whole:
+                block_sums.add(j, None, None)
+            if partial and not block_sums.add_edges(partial, polygon_coverage([regions.geometries[j] for j in partial], window, shape)):
+                log.debug("%s: regions overlap in block %s, %s; its coverage comes from exactextract", info.path, rows, cols)
+                for j, cells, cover in _partial_coverage(regions, partial, window, shape, info):
+                    block_sums.add(j, cells, cover)
+        else:
+            for j, cells, cover in block_coverage(regions, tree, info, rows, cols):
+                block_sums.add(j, cells, cover)
         if progress is not None:
             progress(i + 1, len(grid))
     if pixels[:, k + 1].sum() > 0:
@@ -143,7 +157,7 @@ def _total_areas(regions: Regions, info: RasterInfo, inside: np.ndarray) -> np.n
         return inside.copy()
     if regions.total_areas_m2:
         return np.asarray(regions.total_areas_m2, dtype=np.float64)
-    return np.array([ellipsoidal_area_m2(g, info.crs) for g in regions.geometries])
+    return ellipsoidal_areas_m2(regions.geometries, info.crs)
 
 
 def _chunk_size(labels: Any) -> int:
@@ -172,25 +186,92 @@ def _buckets(lab: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 def block_coverage(regions: Regions, tree: shapely.STRtree, info: RasterInfo, rows: slice, cols: slice) -> Iterator[Coverage]:
     """For each region meeting the block: its index and the covered cells (flat, row-major in the
-    block) with their coverage fractions in (0, 1]; ``(j, None, None)`` when it covers the whole block."""
+    block) with their coverage fractions in (0, 1]; ``(j, None, None)`` when it covers the whole block.
+    The fractions are exactextract's (the reference for :func:`~pipeline.raster.coverage.polygon_coverage`)."""
     if regions.whole_scene:
         yield 0, None, None
         return
+    whole, partial, window, shape = _meeting(regions, tree, info, rows, cols)
+    for j in whole:
+        yield j, None, None
+    if partial:
+        yield from _partial_coverage(regions, partial, window, shape, info)
+
+
+def _meeting(regions: Regions, tree: shapely.STRtree, info: RasterInfo, rows: slice, cols: slice) -> tuple[list[int], list[int], Affine, tuple[int, int]]:
+    """The regions meeting a block: those covering it whole, those covering part of it; the block's
+    transform and shape ``(rows, cols)``."""
     window = info.transform @ Affine.translation(cols.start, rows.start)
     h, w = rows.stop - rows.start, cols.stop - cols.start
     box = shapely.Polygon([window @ (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))])
-    partial = []
+    whole, partial = [], []
     for j in tree.query(box, predicate="intersects"):
-        if regions.geometries[j].covers(box):
-            yield int(j), None, None
-        else:
-            partial.append(int(j))
-    if not partial:
-        return
+        (whole if regions.geometries[j].covers(box) else partial).append(int(j))
+    return whole, partial, window, (h, w)
+
+
+def _partial_coverage(regions: Regions, partial: list[int], window: Affine, shape: tuple[int, int], info: RasterInfo) -> Iterator[Coverage]:
+    """exactextract's coverage of the regions ``partial`` over the block ``window``, ``shape``."""
     if window.b == 0 and window.d == 0:
-        yield from _exact_coverage(regions, partial, window, (h, w), info)
+        yield from _exact_coverage(regions, partial, window, shape, info)
     else:
-        yield from _pixel_space_coverage(regions, partial, window, (h, w))
+        yield from _pixel_space_coverage(regions, partial, window, shape)
+
+
+@dataclass
+class _BlockSums:
+    """Adds one block's pixels to ``area`` and ``pixels`` (per region, bucket: classes, nodata, unknown)."""
+
+    area: np.ndarray
+    pixels: np.ndarray
+    bucket: np.ndarray  # flat (Y * X): each pixel's bucket
+    px_area: np.ndarray  # flat: each pixel's ellipsoidal area (m^2)
+    k: int
+    info: RasterInfo
+    rows: slice
+    cols: slice
+    geographic: bool
+    regions: Regions
+
+    def add(self, j: int, cells: np.ndarray | None, cover: np.ndarray | None) -> None:
+        """Region ``j``'s pixels: all (``cells`` None) or ``cells`` (flat) with coverage ``cover``."""
+        k = self.k
+        if cells is None:
+            self.area[j] += np.bincount(self.bucket, weights=self.px_area, minlength=k + 2)
+            self.pixels[j] += np.bincount(self.bucket, minlength=k + 2)
+            return
+        b = self.bucket[cells]
+        share = self._share(j, cells, cover)
+        self.area[j] += np.bincount(b, weights=self.px_area[cells] * share, minlength=k + 2)
+        self.pixels[j] += np.bincount(b, weights=cover, minlength=k + 2)
+
+    def add_edges(self, partial: list[int], cov: BlockCoverage | None) -> bool:
+        """The regions ``partial`` with their coverage from :func:`polygon_coverage` (False: none came)."""
+        if cov is None:
+            return False
+        n, size = len(self.area), self.k + 2
+        index = np.asarray(partial + [n], dtype=np.int64)  # local polygon -> region; owner -1 -> a bin left out
+        key = index[cov.owner.ravel()] * size + self.bucket
+        self.area += np.bincount(key, weights=self.px_area, minlength=(n + 1) * size)[: n * size].reshape(n, size)
+        self.pixels += np.bincount(key, minlength=(n + 1) * size)[: n * size].reshape(n, size)
+        if not cov.cell.size:
+            return True
+        cells, cover = cov.cell, cov.cover
+        share = cover
+        if self.geographic:  # entries are sorted by polygon
+            starts = np.flatnonzero(np.r_[True, cov.polygon[1:] != cov.polygon[:-1]])
+            bounds = np.r_[starts, len(cells)]
+            share = np.concatenate([self._share(partial[cov.polygon[a]], cells[a:b], cover[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+        key = index[cov.polygon] * size + self.bucket[cells]
+        self.area += np.bincount(key, weights=self.px_area[cells] * share, minlength=n * size).reshape(n, size)
+        self.pixels += np.bincount(key, weights=cover, minlength=n * size).reshape(n, size)
+        return True
+
+    def _share(self, j: int, cells: np.ndarray, cover: np.ndarray) -> np.ndarray:
+        # a cut pixel's area is its part inside the region: on a geographic grid not its planar fraction
+        if not self.geographic:
+            return cover
+        return _ellipsoidal_cover(self.regions.geometries[j], self.info.transform, self.rows, self.cols, cells, cover, self.info.crs)
 
 
 def _ellipsoidal_cover(geom, transform: Affine, rows: slice, cols: slice, cells: np.ndarray, cover: np.ndarray, crs) -> np.ndarray:
@@ -377,13 +458,15 @@ def append_stats(
             old = _fill_strings(open_stats_lazy(store_path))
             check_class_table(class_table(old), class_table(ds), store_path)
             check_replacement(old, store_path, time=t, scene=scene, source=None if provenance is None else provenance.source, force=force)
+            # the old chunk files the rewrite would write unchanged are linked (a new scene: all but its own)
+            unchanged = Unchanged(store_path, {d: old[d].values for d in old.dims}, ((t, scene),)) if check_chunk_sizes(store_path) is not None else None
             if t in old.time.values and scene in old.scene.values:
                 old = old.where(~((old.time == t) & (old.scene == scene)))
             merged = _merge(_lazy_entry(entry, old), old, classes=entry)  # dask too: joined onto the store's coordinates lazily
         else:
-            merged = _fill_strings(entry)
+            merged, unchanged = _fill_strings(entry), None
         merged["time"].attrs.update(TIME_ATTRS)
-        replace_store(_tidy(merged), store_path)
+        replace_store(_tidy(merged), store_path, unchanged=unchanged)
     return store_path
 
 

@@ -145,9 +145,10 @@ def test_unchanged_chunks_are_linked_and_the_changed_night_written(tmp_path, mon
     caplog.clear()
     before0 = _inode(night0)
     with caplog.at_level(logging.DEBUG, logger="pipeline.raster.stats"):
-        _append(monkeypatch, True, STEPS[9], store)  # a new scene: the whole rewrite
+        _append(monkeypatch, True, STEPS[9], store)  # a new scene at a new night: the whole rewrite
     assert not _fast_taken(caplog)
-    assert _inode(night0) != before0
+    assert _inode(night0) == before0  # ... which links the chunks it would write with the same bytes (stats_store.Unchanged)
+    assert (area / "c.2.2.0.0").is_file() and os.stat(area / "c.2.2.0.0").st_nlink == 1  # the new scene's, written
 
 
 def test_old_chunking_is_converted_by_one_whole_rewrite(tmp_path, monkeypatch, caplog):
