@@ -22,7 +22,7 @@ import zarr
 
 from pipeline.cli import main
 from tests.deploy.conftest import get_json, prefect_exe
-from tests.deploy.test_prefect_server import POOL, _fastapi_compatible, _tail, _wait_final
+from tests.deploy.test_prefect_server import POOL, _fastapi_compatible, _tail
 from tests.raster.test_raster_sigterm import TIME, _outputs, _scene, _spec
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.timeout(600)]
