@@ -166,3 +166,27 @@ def test_a_cancelled_dask_task_gets_task_cancelled_not_a_keyboard_interrupt():
     """On a Dask worker a KeyboardInterrupt would end the worker (distributed's fail_hard): a task
     whose key was cancelled gets TaskCancelled, an Exception."""
     assert issubclass(TaskCancelled, Exception) and not issubclass(TaskCancelled, KeyboardInterrupt)
+
+
+def test_the_flows_pass_a_termination_signal_on_and_nothing_else():
+    """``submit_bounded`` hands what reached the flow's main thread to stop_work_in_flight: Prefect's
+    TerminationSignal (a cancelled run) and Ctrl-C stop the work in flight; an error does not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.exceptions import TerminationSignal
+
+    from flows._runtime import stop_work_in_flight
+
+    class Queued:  # a Prefect future's wrapped future, not started yet
+        def __init__(self, pool):
+            self.wrapped_future = pool.submit(time.sleep, 0)
+
+    stop_work_in_flight(ValueError("a scene failed"), [])
+    assert not stop_requested()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(time.sleep, 0.5)  # keeps the one thread busy: the next future stays queued
+        queued = Queued(pool)
+        stop_work_in_flight(TerminationSignal(15), [queued])
+        assert stop_requested() and queued.wrapped_future.cancelled()
+    with pytest.raises(Stopped, match="flow run cancelled"):
+        check_stop()
