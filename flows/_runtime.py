@@ -193,20 +193,65 @@ def submit_bounded(task: Any, calls: Sequence[dict[str, Any]], *, limit: int | N
 
     Returns:
         The futures, in the order of ``calls``, all finished.
+
+    A ``TerminationSignal`` (the run cancelled) or Ctrl-C while it waits stops the items in flight
+    too (:func:`stop_work_in_flight`) before it is raised on.
     """
     from prefect.futures import as_completed, wait
 
+    from pipeline.stop import clear_stop
+
+    clear_stop()  # a stop requested in this process before (an earlier run, in-process) is not this batch's
     futures: list[Any] = []
     running: list[Any] = []
-    for params in calls:
-        if limit and len(running) >= limit:
-            finished = next(as_completed(running))
-            running.remove(finished)
-        future = runner.submit(task, params) if runner is not None else task.submit(**params)
-        futures.append(future)
-        running.append(future)
-    wait(futures)
+    try:
+        for params in calls:
+            if limit and len(running) >= limit:
+                finished = next(as_completed(running))
+                running.remove(finished)
+            future = runner.submit(task, params) if runner is not None else task.submit(**params)
+            futures.append(future)
+            running.append(future)
+        wait(futures)
+    except BaseException as exc:  # TerminationSignal (a cancelled run), Ctrl-C: only this thread hears it
+        stop_work_in_flight(exc, futures)
+        raise
     return futures
+
+
+def stop_work_in_flight(exc: BaseException, futures: Sequence[Any]) -> None:
+    """Pass a stop that reached the flow's main thread on to the items in flight.
+
+    Prefect cancels a flow run by SIGTERM, which its ``capture_sigterm`` turns into
+    ``TerminationSignal`` in the flow's main thread; the scenes and studies run on task-runner
+    threads (or Dask workers), which no signal reaches, and Prefect's task runner waits for them
+    before the run ends Cancelled. :func:`pipeline.stop.request_stop` makes the threads' work stop
+    at its next block, window batch or tile (raising :class:`pipeline.stop.Stopped`, whose cleanup
+    is Ctrl-C's); the futures not started yet are cancelled, and on a Dask task runner the tasks
+    are cancelled on the cluster (a running one stops at its next check: its key is no longer wanted).
+    """
+    from prefect.exceptions import TerminationSignal
+
+    from pipeline.stop import request_stop
+
+    if not isinstance(exc, (TerminationSignal, KeyboardInterrupt)):
+        return
+    request_stop("flow run cancelled" if isinstance(exc, TerminationSignal) else "interrupted")
+    log.info("stopping %d task(s) in flight: %s", len(futures), type(exc).__name__)
+    for future in futures:
+        _cancel(future)
+
+
+def _cancel(future: Any) -> None:
+    """Cancel a Prefect future's underlying future (a thread pool's or a Dask one) where it has one."""
+    wrapped = getattr(future, "wrapped_future", None)
+    cancel = getattr(wrapped, "cancel", None)
+    if cancel is None:
+        return
+    try:
+        cancel()
+    except Exception as exc:  # noqa: BLE001 - stopping: a future that cannot be cancelled finishes on its own
+        log.debug("could not cancel %r: %s", future, exc)
 
 
 def outcome(future: Any) -> tuple[Any, BaseException | None, str | None]:

@@ -14,6 +14,7 @@ import sys
 from pipeline.errors import SegpipeError
 from pipeline.known_warnings import ignore_known_warnings
 from pipeline.memory import limit_malloc_arenas
+from pipeline.stop import Stopped, clear_stop
 from pipeline.termination import EXIT_STATUS, MESSAGE, Terminated, sigterm_as_interrupt
 
 # module path of each subcommand's ``register`` function, in the order ``--help`` lists them
@@ -63,10 +64,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (143 when stopped by SIGTERM, see :mod:`pipeline.termination`)."""
+    clear_stop()  # a stop requested before (an earlier main() in this process) is not this run's
     with sigterm_as_interrupt():  # first: a SIGTERM while the subcommands import cleans up too (nothing to clean yet)
         try:
             return _main(argv)
-        except Terminated:
+        except (Terminated, Stopped):  # Stopped: a thread that saw the SIGTERM's stop request first
             print(MESSAGE, file=sys.stderr)
             return EXIT_STATUS
 
@@ -85,7 +87,7 @@ def _main(argv: list[str] | None) -> int:
     except SegpipeError as exc:
         print(f"segpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Terminated:
+    except (Terminated, Stopped):
         raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,6 +6,13 @@ in the block; returns its pieces) and ``finalize`` (sum the pieces landing in th
 zarr chunk, mark it done). The source and output are zarr arrays on storage every worker can reach,
 passed by reference. The model is built once per worker process by a :class:`ModelPlugin`.
 GPU work is annotated ``resources={"GPU": 1}`` when the workers declare GPUs.
+
+A run that stops (SIGTERM, Ctrl-C, a cancelled flow run: :mod:`pipeline.stop`) or fails cancels its
+tasks on the cluster (:func:`cancel_blocks`): queued blocks are dropped and the workers are free at
+once; a compute task already running stops at its next window batch (it sees its key cancelled); a
+finalize task already running writes its whole chunk and done mark, which a rerun skips or writes
+again with the same bytes. A client that is killed outright cannot cancel: the scheduler releases
+the tasks of a client whose connection closed.
 """
 
 from __future__ import annotations
@@ -41,12 +48,15 @@ from pipeline.engine import (
 )
 from pipeline.engine_types import Block, Piece
 from pipeline.grid import BlockPlan
+from pipeline.stop import check_stop, wait_for_stop
 from pipeline.zarr_write import fast_writes
 
 log = logging.getLogger(__name__)
 
 ModelFactory = Callable[[], torch.nn.Module]
 PLUGIN_NAME = "segpipe-model"
+STOP_POLL_S = 0.1
+"""Seconds between checks for a stop request while the blocks run on the cluster."""
 
 
 @dataclass(frozen=True)
@@ -151,8 +161,6 @@ def run_engine_dask(
             the workers leave out windows over nodata only. ``windows_run`` then counts the windows
             scheduled, not those run (the workers decide).
     """
-    from distributed import as_completed
-
     started = time.perf_counter()
     array = source.open()
     shape = tuple(int(s) for s in array.shape)
@@ -168,29 +176,63 @@ def run_engine_dask(
     resources = {"GPU": 1} if gpu_workers and auto_device(config.device).type == "cuda" else None
 
     computes: dict[Block, Any] = {}
-    for b in plan.order():
-        wanted = frozenset(t for t in plan.targets(b) if not finished[t])
-        if wanted:
-            computes[b] = client.submit(
-                _compute_task, source, config, model_key, model_factory, preprocess, b, wanted, valid,
-                key=f"segpipe-compute-{'-'.join(map(str, b))}-{id(report)}", resources=resources, pure=False,
-            )
-            report.windows_run += len(plan.windows(b))
-            report.blocks_run += 1
-    finals = [
-        client.submit(
-            _finalize_task, shape, config, out, done, t, *[computes[s] for s in plan.sources(t)],
-            key=f"segpipe-finalize-{'-'.join(map(str, t))}-{id(report)}", pure=False,
-        )
-        for t in plan.order()
-        if not finished[t]
-    ]
-    del computes  # the scheduler keeps each compute result until its last finalize has run
-    blocks_done = report.blocks_skipped
-    for future in as_completed(finals):
-        future.result()
-        blocks_done += 1
-        if progress is not None:
-            progress(blocks_done, plan.n_blocks)
+    finals: list[Any] = []
+    try:
+        for b in plan.order():
+            check_stop()  # a scene of 100,000 blocks takes a while to submit
+            wanted = frozenset(t for t in plan.targets(b) if not finished[t])
+            if wanted:
+                computes[b] = client.submit(
+                    _compute_task, source, config, model_key, model_factory, preprocess, b, wanted, valid,
+                    key=f"segpipe-compute-{'-'.join(map(str, b))}-{id(report)}", resources=resources, pure=False,
+                )
+                report.windows_run += len(plan.windows(b))
+                report.blocks_run += 1
+        for t in plan.order():
+            if not finished[t]:
+                finals.append(client.submit(
+                    _finalize_task, shape, config, out, done, t, *[computes[s] for s in plan.sources(t)],
+                    key=f"segpipe-finalize-{'-'.join(map(str, t))}-{id(report)}", pure=False,
+                ))
+        computes.clear()  # the scheduler keeps each compute result until its last finalize has run
+        _wait_for_blocks(finals, report.blocks_skipped, plan.n_blocks, progress)
+    except BaseException:
+        # stopped (SIGTERM, Ctrl-C, a cancelled flow run) or failed: drop this run's blocks from the cluster
+        cancel_blocks(client, [*computes.values(), *finals])
+        raise
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _wait_for_blocks(finals: list[Any], blocks_done: int, n_blocks: int, progress: Callable[[int, int], None] | None) -> None:
+    """Wait for the finalize tasks, raising the first failure; a stop request (:mod:`pipeline.stop`)
+    is seen within :data:`STOP_POLL_S` on any thread, not only at a block's end."""
+    from distributed import as_completed
+
+    pending = as_completed(finals)
+    while not pending.is_empty():
+        check_stop()
+        batch = pending.next_batch(block=False)
+        if not batch:
+            wait_for_stop(STOP_POLL_S)
+            continue
+        for future in batch:
+            future.result()
+            blocks_done += 1
+            if progress is not None:
+                progress(blocks_done, n_blocks)
+
+
+def cancel_blocks(client: Any, futures: list[Any]) -> None:
+    """Cancel a stopped run's block tasks on the cluster: queued ones are dropped; a task already
+    running on a worker cannot be interrupted by this process: a compute task stops at its next
+    window batch (:func:`pipeline.stop.check_stop` sees its key cancelled), a finalize task writes
+    its whole chunk and done mark (the bytes a rerun writes again). Never raises: the client may be
+    gone already (then the scheduler drops the tasks of a client that disconnected)."""
+    if not futures:
+        return
+    try:
+        client.cancel(futures)
+        log.info("cancelled %d block task(s) on the Dask cluster", len(futures))
+    except Exception as exc:  # noqa: BLE001 - cleaning up after a stop or a failure: the first error is the one to raise
+        log.warning("could not cancel %d block task(s) on the Dask cluster: %s", len(futures), exc)

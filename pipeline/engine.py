@@ -38,6 +38,7 @@ from pipeline.errors import EngineError
 from pipeline.grid import STRIP_BLOCKS, BlockPlan, WindowGrid
 from pipeline.pending import PendingPieces
 from pipeline.staging import Fetched, PinnedBuffers, RegionStaging, Staged, fetch
+from pipeline.stop import check_stop
 from pipeline.windows import SpanTimer, WindowRunner, auto_device
 from pipeline.workspace import BufferPool, Workspace
 
@@ -421,6 +422,7 @@ def run_engine(
         reads = _ReadAhead(readers, read, to_compute, ahead)
         writes: list[Future] = []
         for b in order:
+            check_stop()  # a stop request (SIGTERM, a cancelled flow run) ends the run between blocks: pipeline/stop.py
             if b in needs_compute:
                 reads.schedule()
                 staged, starts = reads.take(b)

@@ -13,10 +13,12 @@ Installed by :func:`pipeline.cli.main` only: library code never touches signal h
 here runs on import), and a Prefect flow run keeps Prefect's own SIGTERM handler
 (``prefect.utilities.engine.capture_sigterm``: ``TerminationSignal`` in the flow's main thread), which
 ends a run cancelled from the Prefect API as Cancelled. The flows' scenes and studies run on
-task-runner threads, which no signal interrupts: a cancelled run's tasks in flight finish first
-(measured in ``tests/deploy/test_prefect_cancel.py``). Python runs a signal handler between bytecodes
-of the main thread: a long call into C (a GDAL read, a model's forward pass) finishes before the
-cleanup starts.
+task-runner threads, which no signal interrupts: the flows pass the stop on with
+:func:`pipeline.stop.request_stop`, and the work in flight raises :class:`pipeline.stop.Stopped` at
+its next check (between window batches, blocks and tiles; ``tests/deploy/test_prefect_cancel.py``).
+The handler here requests the stop too, for the command line's own threads. Python runs a signal
+handler between bytecodes of the main thread: a long call into C (a GDAL read, a model's forward
+pass) finishes before the cleanup starts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+
+from pipeline.stop import request_stop
 
 __all__ = ["EXIT_STATUS", "MESSAGE", "Terminated", "sigterm_as_interrupt"]
 
@@ -50,6 +54,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     def stop(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        request_stop("SIGTERM")  # the run's other threads (readers, writers) stop at their next check
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, stop)

@@ -16,6 +16,7 @@ import torch
 
 from pipeline.engine_types import Blend, Compile, EngineConfig, Precision
 from pipeline.errors import EngineError
+from pipeline.stop import check_stop
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ class WindowRunner:
         acc: torch.Tensor | None = None
         i = 0
         while i < len(offsets):
+            check_stop()  # between batches: a block of a slow model (or a GPU batch) is not waited for
             batch_offsets = offsets[i : i + self.batch_size]
             if self.channels_last:
                 views = [tensor[oy : oy + window[0], ox : ox + window[1]] for oy, ox in batch_offsets]

@@ -31,6 +31,7 @@ from rasterio.windows import Window
 from models.spec import ClassInfo
 from pipeline.errors import InputError
 from pipeline.raster.probe import RasterInfo
+from pipeline.stop import check_stop
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def _write_tiled(labels, mask, info: RasterInfo, classes, path: Path, *, dtype, 
         dst.write_colormap(1, _colormap(classes, nodata))  # before any pixel: it sets the photometric tag
         for r0 in range(0, info.height, step[0]):
             for c0 in range(0, info.width, step[1]):
+                check_stop()  # a stop request ends the COG between tiles (pipeline/stop.py)
                 rows = slice(r0, min(r0 + step[0], info.height))
                 cols = slice(c0, min(c0 + step[1], info.width))
                 tile = np.asarray(labels[rows, cols]).astype(dtype, copy=True)

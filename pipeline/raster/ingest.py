@@ -66,6 +66,7 @@ from pipeline.raster.probe import (
     remote_fix,
     scene_stem,
 )
+from pipeline.stop import check_stop
 from pipeline.zarr_write import fast_writes
 
 __all__ = [
@@ -478,6 +479,7 @@ def _copy_tiles(src, info: RasterInfo, arrays, block: int, progress, preview_siz
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segpipe-ingest") as reader:
         pending = reader.submit(_read_tile, src, info, *grid[0], masking) if grid else None
         for i, (rows, cols) in enumerate(grid):
+            check_stop()  # a stop request ends the ingest between tiles (pipeline/stop.py)
             data, valid = pending.result()
             if i + 1 < len(grid):
                 pending = reader.submit(_read_tile, src, info, *grid[i + 1], masking)

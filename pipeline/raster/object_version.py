@@ -5,12 +5,16 @@ A local file's version is its size and modification time; an HTTP(S) object's is
 its ``Last-Modified``) and its ``Content-Length``, asked with one small request: a ``HEAD``, or, where
 the server refuses ``HEAD`` (S3, GCS and Azure URLs presigned for ``GET`` only answer it 403), a
 ``GET`` of one byte (``Range: bytes=0-0``). The request uses the URL as given, credentials included
-(user:password is sent as HTTP basic authentication, as curl does); nothing returned here holds them.
+(user:password is sent as HTTP basic authentication, as curl does), with the headers, bearer token,
+user and password and proxy of GDAL's HTTP settings (``GDAL_HTTP_HEADERS``, ``GDAL_HTTP_HEADER_FILE``,
+``GDAL_HTTP_USERPWD``, ``GDAL_HTTP_BEARER``, ``GDAL_HTTP_PROXY``...: :mod:`pipeline.raster.gdal_http`),
+so a server that GDAL reads with them answers this request too; nothing returned or logged here
+holds them.
 
 Why not GDAL: GDAL's ``/vsicurl/`` has the headers (``VSIGetFileMetadata(path, "HEADERS")``) but
 rasterio 1.4 does not wrap that function, and the GDAL Python bindings are not a dependency; the
-standard library's ``urllib`` asks instead (with a timeout; it honours the ``http(s)_proxy``
-variables, not GDAL's ``GDAL_HTTP_*`` options).
+standard library's ``urllib`` asks instead (with a timeout; GDAL's proxy when one is set, else the
+``http(s)_proxy`` variables).
 
 Not asked: local paths (their size and modification time are read instead), and the other remote
 forms GDAL reads (``s3://``, ``gs://``, ``/vsis3/``, ``/vsiaz/``, ``/vsizip/...``, ``/vsicurl?url=``):
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from pipeline.raster.gdal_http import gdal_http_headers, gdal_proxy
 from pipeline.urls import public_url
 
 __all__ = ["ObjectVersion", "object_version"]
@@ -127,15 +132,18 @@ def http_url(path_or_url: str | Path) -> str | None:
 def _ask(url: str, timeout: float) -> Message:
     """The response headers of a ``HEAD`` of ``url``, or of a one-byte ``GET`` where ``HEAD`` is refused."""
     plain, auth = _split_credentials(url)
+    auth.update(gdal_http_headers())  # GDAL's settings, as GDAL sends them (an explicit header wins)
+    proxy = gdal_proxy(urlsplit(plain).scheme.lower())
+    open_url = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy, "https": proxy})).open if proxy else urllib.request.urlopen
     try:
-        with urllib.request.urlopen(_request(plain, auth, "HEAD"), timeout=timeout) as response:
+        with open_url(_request(plain, auth, "HEAD"), timeout=timeout) as response:
             return response.headers
     except urllib.error.HTTPError as exc:
         if exc.code not in _HEAD_REFUSED:
             raise
         exc.close()
     # closed unread: of a server ignoring Range, no more than the socket's buffer is received
-    with urllib.request.urlopen(_request(plain, auth, "GET"), timeout=timeout) as response:
+    with open_url(_request(plain, auth, "GET"), timeout=timeout) as response:
         return response.headers
 
 

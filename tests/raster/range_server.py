@@ -1,5 +1,5 @@
 """A static HTTP file server for the remote-scene tests, run in its own process (``python range_server.py
-ROOT [--no-range | --fail-after N [--fail-for M]] [--no-validators] [--no-head] [--auth USER:PASSWORD] [--log FILE]``;
+ROOT [--no-range | --fail-after N [--fail-for M]] [--no-validators] [--no-head] [--auth USER:PASSWORD] [--require-header 'NAME: VALUE'] [--log FILE]``;
 prints its port): rasterio holds the GIL while
 GDAL fetches a URL, so a server thread in the test's own process would never answer. With ranges it answers ``Range: bytes=a-b``
 with ``206 Partial Content``, as S3, GCS and Azure do, and sends an object's version with every answer as they do (``ETag``
@@ -7,7 +7,8 @@ and ``Last-Modified``; ``--no-validators``: neither); ``--no-head`` refuses ``HE
 only does; ``--no-range`` is Python's plain file server, which sends the whole file; ``--fail-after N`` answers 503 to every
 request after the first N reads of a range past byte 0 (GDAL's tile reads; its header read, HEADs and sidecar probes are not
 counted), to M of them with ``--fail-for M``. Every request is logged as a line ``METHOD PATH RANGE`` to the file
-named by ``--log FILE``; with ``--auth`` a request without that HTTP basic authentication is answered 401."""
+named by ``--log FILE``; with ``--auth`` a request without that HTTP basic authentication is answered 401, and with
+``--require-header`` one without that header and value (e.g. ``Authorization: Bearer TOKEN``, ``X-Api-Key: K``) too."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     head = True  # answer HEAD (False: 403, as a URL presigned for GET only)
     log_file = None
     auth = None  # "Basic <base64 user:password>" every request must carry
+    required = None  # (name, value): a header every request must carry
 
     def send_head(self):
         if self.log_file:
@@ -41,6 +43,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_error(503, "Service Unavailable")
             return None
         if self.auth and self.headers.get("Authorization") != self.auth:
+            self.send_error(401, "Unauthorized")
+            return None
+        if self.required and self.headers.get(self.required[0]) != self.required[1]:
             self.send_error(401, "Unauthorized")
             return None
         if self.command == "HEAD" and not self.head:
@@ -85,6 +90,9 @@ if __name__ == "__main__":
         RangeHandler.fail_for = int(sys.argv[sys.argv.index("--fail-for") + 1])
     RangeHandler.validators = "--no-validators" not in sys.argv
     RangeHandler.head = "--no-head" not in sys.argv
+    if "--require-header" in sys.argv:
+        name, _, value = sys.argv[sys.argv.index("--require-header") + 1].partition(":")
+        RangeHandler.required = (name.strip(), value.strip())
     if "--auth" in sys.argv:
         RangeHandler.auth = "Basic " + base64.b64encode(sys.argv[sys.argv.index("--auth") + 1].encode()).decode()
     if "--log" in sys.argv:
