@@ -2,7 +2,7 @@
 
 Builds a store of ``studies x labels`` in the layout the segpipe under test writes (the Dataset that
 ``merge_into_store`` would have made of those studies, written by the tree's whole-store writer:
-``pipeline.volume.stats_zarr.write_store`` where it exists, else ``pipeline.stats_store.replace_store``),
+``pipeline.volume.stats_layout.write_store`` where it exists, else ``pipeline.stats_store.replace_store``),
 then measures, each in a fresh process on a copy of the store (seconds and peak RSS, VmHWM):
 
 * ``append``: a new study (the model's labels) whose name sorts after every stored one (``merge_into_store``);
@@ -116,10 +116,13 @@ def dataset(n: int, labels: list[tuple[int, str]], rng: np.random.Generator):
 
 
 def build(store: Path, n: int, k: int) -> None:
-    from pipeline import stats_store
-    from pipeline.volume import stats_zarr
+    import importlib.util
 
-    writer = getattr(stats_zarr, "write_store", None) or stats_store.replace_store
+    from pipeline import stats_store
+
+    writer = stats_store.replace_store  # segpipe before the study-chunked layout
+    if importlib.util.find_spec("pipeline.volume.stats_layout") is not None:
+        from pipeline.volume.stats_layout import write_store as writer
     writer(dataset(n, label_table(k), np.random.default_rng(0)), store)
 
 

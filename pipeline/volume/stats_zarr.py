@@ -11,9 +11,11 @@ and intensities NaN), ``centroid_ras`` (+ dim ``ras``), ``bbox_min``/``bbox_max`
 nodata; -1 and NaN in rows written before segpipe recorded them). Variables carry ``units`` attributes:
 ``mL``, ``mm`` (centroid), ``mm3``, and for intensities ``HU`` when every study is CT (DICOM Modality
 CT), else ``image units``.
-Re-running a study replaces its row; the store is rewritten to a temporary folder and swapped in
-under a lock on its folder (:mod:`pipeline.stats_store`), so readers never see a half-written store;
-:func:`open_stats` reads a consistent snapshot.
+Studies are in name order, labels by label id. Re-running a study replaces its row. Every merge builds a new
+store beside the old one and swaps it in under a lock on its folder (:mod:`pipeline.stats_store`), so readers
+never see a half-written store; :func:`open_stats` reads a consistent snapshot. A study sorting after every
+stored one is appended writing one chunk per array (:mod:`pipeline.volume.stats_layout`), any other merge
+rewrites the store chunk by chunk in bounded memory.
 """
 
 from __future__ import annotations
