@@ -16,7 +16,7 @@ import numpy as np
 from models.spec import ModelSpec
 from pipeline.errors import InputError
 from pipeline.volume.stats import StudyStats, write_stats_json
-from pipeline.volume.stats_zarr import merge_into_store, open_stats
+from pipeline.volume.stats_zarr import merge_into_store, stored_studies
 from pipeline.volume.volume import Volume
 from pipeline.volume.writers import (
     LABELS_DESCRIP,
@@ -104,7 +104,7 @@ def _write_label_outputs(volume: Volume, spec: ModelSpec, labels: np.ndarray, ou
 def ensure_row(stats: StudyStats, store: Path) -> None:
     """Put a finished study's statistics back into ``stats.zarr`` if its row is missing."""
     try:
-        present = stats.study in set(open_stats(store).study.values.tolist())
+        present = stats.study in set(stored_studies(store))  # the study coordinate only, not the store
     except (FileNotFoundError, OSError, ValueError, KeyError):
         present = False
     if not present:
