@@ -179,7 +179,7 @@ def open_stats(store: str | Path, part: Callable[[xr.Dataset], xr.Dataset] | Non
     """
     import xarray as xr
 
-    with lock(store, "shared"), _quiet():
+    with lock(store, "shared"), quiet():
         try:
             # chunks=None: numpy, not dask. Inside a Dask task (a study of `segpipe volume --dask-address`)
             # a dask load seceded from the worker's thread pool while holding this lock, and a study started
@@ -213,7 +213,7 @@ def open_stats_lazy(store: str | Path) -> xr.Dataset:
     import dask.array as da
     import xarray as xr
 
-    with _quiet():
+    with quiet():
         try:
             lazy = xr.open_dataset(store, engine="zarr", consolidated=None, chunks=None, cache=False)
             every_chunk = lazy.attrs.get(EVERY_CHUNK_ATTR, False)
@@ -225,7 +225,7 @@ def open_stats_lazy(store: str | Path) -> xr.Dataset:
                     variables[name] = variable.load()
                     continue
                 chunks = variable.encoding.get("chunks") or variable.shape
-                data = da.from_array(_Guarded(variable, store), chunks=chunks, name=f"segpipe-read-{name}-{os.urandom(4).hex()}",
+                data = da.from_array(GuardedVariable(variable, store), chunks=chunks, name=f"segpipe-read-{name}-{os.urandom(4).hex()}",
                                      asarray=True, fancy=False, inline_array=True)  # fmt: skip
                 variables[name] = variable.copy(deep=False, data=data)
             ds = xr.Dataset({k: v for k, v in variables.items() if k not in lazy.coords},
@@ -239,7 +239,7 @@ def open_stats_lazy(store: str | Path) -> xr.Dataset:
     return fixed_width_strings(ds)
 
 
-class _Guarded:
+class GuardedVariable:
     """A lazily indexed xarray Variable of a store as an array dask can slice: each read is one zarr read
     (decoded by xarray); one that fails is the store's damage (:func:`damaged`)."""
 
@@ -249,7 +249,7 @@ class _Guarded:
 
     def __getitem__(self, key):
         try:
-            with _quiet():
+            with quiet():
                 return np.asarray(self.variable[key].values)
         except (FileNotFoundError, PermissionError, MemoryError):
             raise
@@ -379,12 +379,12 @@ def replace_store(ds: xr.Dataset, store: str | Path, *, unchanged: Unchanged | N
             variable.data = variable.data.rechunk(chunks)
     tmp = _sibling(store, "tmp")
     try:
-        with _quiet(), _synchronous(lazy):  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
+        with quiet(), _synchronous(lazy):  # every chunk written, all-NaN ones too: a missing one is then damage (open_stats)
             # with dask variables, to_zarr writes the metadata and the others; handed the real dask graphs (the old store's
             # reads and the merge) it spent ~2.7 s of a new scene's 4.3 s optimising the delayed write it returns, unused
             _placeholders(ds).to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True, compute=not lazy)
             if lazy:  # the metadata and the in-memory variables are written; the dask arrays one chunk at a time
-                _write_chunkwise(ds, tmp, unchanged)
+                write_chunkwise(ds, tmp, unchanged)
             record_chunk_sizes(tmp)
         swap_in(tmp, store)
     except BaseException:
@@ -405,7 +405,7 @@ def _placeholders(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
-def _write_chunkwise(ds: xr.Dataset, tmp: Path, unchanged: Unchanged | None = None) -> None:
+def write_chunkwise(ds: xr.Dataset, tmp: Path, unchanged: Unchanged | None = None) -> None:
     """Write each dask variable of ``ds`` into the store ``tmp`` (its metadata written) one chunk at a time: a
     chunk computed (its old chunk read), written, dropped; or, where ``unchanged`` holds it (:func:`_chunk_sources`),
     the old chunk file linked. One ``dask.array.store`` of the whole Dataset let dask's ordering read ahead (~a
@@ -567,7 +567,7 @@ def update_store(store: str | Path, build: Callable[[Path], None]) -> Path:
     store = Path(store)
     tmp = _sibling(store, "tmp")
     try:
-        with _quiet():
+        with quiet():
             build(tmp)
             record_chunk_sizes(tmp)
             zarr.consolidate_metadata(str(tmp), zarr_format=3)
@@ -599,7 +599,7 @@ def linked_copy(store: str | Path, tmp: str | Path, *, rewrite: Mapping[str, str
             shutil.copy2(entry.path, tmp / entry.name)
             continue
         src, dst = Path(entry.path), tmp / entry.name
-        if entry.name == TIME_DIM or TIME_DIM not in _dimension_names(src):
+        if entry.name == TIME_DIM or TIME_DIM not in dimension_names(src):
             shutil.copytree(src, dst)
             continue
         dst.mkdir()
@@ -616,7 +616,7 @@ def _hard_link(src: str, dst: str) -> None:
     os.link(src, dst)
 
 
-def _dimension_names(array_dir: Path) -> tuple[str, ...]:
+def dimension_names(array_dir: Path) -> tuple[str, ...]:
     import json
 
     meta = json.loads((array_dir / "zarr.json").read_text(encoding="utf-8"))
@@ -743,7 +743,7 @@ def _fixed_width(values: np.ndarray) -> np.ndarray | None:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """The known warnings, and zarr's warning that ``fixed_length_utf32`` has no v3 spec yet, silenced."""
     import warnings
 

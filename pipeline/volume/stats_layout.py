@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import shutil
@@ -36,10 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline import stats_store
-from pipeline.known_warnings import known_warnings_ignored
 from pipeline.outputs import temporary_name
 
 log = logging.getLogger(__name__)
@@ -93,33 +89,16 @@ def write_store(ds, store: str | Path) -> Path:
             variable.data = variable.data.rechunk(chunks)
     tmp = temporary_name(store, "tmp")
     try:
-        with quiet(), synchronous():
+        with stats_store.quiet(), synchronous():
             ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=True, compute=not lazy)
             if lazy:  # the metadata and the in-memory variables are written; the dask arrays one chunk at a time
-                _write_chunkwise(ds, tmp)
+                stats_store.write_chunkwise(ds, tmp)
             stats_store.record_chunk_sizes(tmp)
         stats_store.swap_in(tmp, store)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return store
-
-
-def _write_chunkwise(ds, tmp: Path) -> None:
-    """Each dask variable of ``ds`` into the store ``tmp`` (metadata written) one chunk at a time: computed, written, dropped."""
-    import zarr
-
-    group = zarr.open_group(tmp, mode="r+", use_consolidated=False)
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        for name, variable in ds.variables.items():
-            data = variable.data
-            if not hasattr(data, "dask"):
-                continue
-            array = group[str(name)]
-            starts = [np.cumsum((0, *c)) for c in data.chunks]
-            for index in itertools.product(*(range(n) for n in data.numblocks)):
-                where = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
-                array[where] = np.asarray(data.blocks[index].compute())
 
 
 @contextlib.contextmanager
@@ -129,19 +108,6 @@ def synchronous() -> Iterator[None]:
     import dask
 
     with dask.config.set(scheduler="synchronous"):
-        yield
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """segpipe's known warnings and zarr's note that fixed-width strings have no v3 specification yet, silenced."""
-    import warnings
-
-    with known_warnings_ignored():
-        with contextlib.suppress(ImportError):
-            from zarr.errors import UnstableSpecificationWarning
-
-            warnings.filterwarnings("ignore", category=UnstableSpecificationWarning)
         yield
 
 
@@ -163,7 +129,7 @@ def open_lazy(store: str | Path):
     import dask.array as da
     import xarray as xr
 
-    with quiet():
+    with stats_store.quiet():
         try:
             lazy = xr.open_dataset(store, engine="zarr", consolidated=None, chunks=None, cache=False)
             if lazy.attrs.get(stats_store.EVERY_CHUNK_ATTR, False):
@@ -176,7 +142,7 @@ def open_lazy(store: str | Path):
                     variables[name] = variable.load()
                     continue
                 chunks = variable.encoding.get("chunks") or variable.shape
-                data = da.from_array(_Guarded(variable, store), chunks=chunks, name=f"segpipe-read-{name}-{os.urandom(4).hex()}",
+                data = da.from_array(stats_store.GuardedVariable(variable, store), chunks=chunks, name=f"segpipe-read-{name}-{os.urandom(4).hex()}",
                                      asarray=True, fancy=False, inline_array=True)  # fmt: skip
                 variables[name] = variable.copy(deep=False, data=data)
             ds = xr.Dataset({k: v for k, v in variables.items() if k not in lazy.coords},
@@ -188,24 +154,6 @@ def open_lazy(store: str | Path):
             raise stats_store.damaged(store, f"{type(exc).__name__}: {exc}") from exc
     ds.attrs.pop(stats_store.EVERY_CHUNK_ATTR, None)
     return stats_store.fixed_width_strings(ds)
-
-
-class _Guarded:
-    """A lazily indexed xarray Variable as an array dask can slice: each read one zarr read, decoded by
-    xarray; one that fails is the store's damage."""
-
-    def __init__(self, variable, store: str | Path) -> None:
-        self.variable, self.store = variable, store
-        self.shape, self.dtype, self.ndim = variable.shape, variable.dtype, variable.ndim
-
-    def __getitem__(self, key):
-        try:
-            with quiet():
-                return np.asarray(self.variable[key].values)
-        except (FileNotFoundError, PermissionError, MemoryError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - codecs and zarr raise several types for a damaged chunk
-            raise stats_store.damaged(self.store, f"{type(exc).__name__}: {exc}") from exc
 
 
 # --- the fast append ---
@@ -229,7 +177,7 @@ def append_study(row, store: Path, *, units: str) -> bool:
     if counts is None:
         log.debug("%s: no chunk sizes recorded; the whole store is rewritten", store)
         return False
-    with quiet():
+    with stats_store.quiet():
         group = zarr.open_group(store, mode="r")
         arrays = dict(group.arrays())
     for name, array in arrays.items():
@@ -252,7 +200,7 @@ def append_study(row, store: Path, *, units: str) -> bool:
                 array.update_attributes({"units": units})
 
     try:
-        with quiet():
+        with stats_store.quiet():
             stats_store.update_store(store, build)
     except OSError as exc:
         if exc.errno not in NO_HARD_LINKS:
@@ -273,7 +221,7 @@ def linked_copy(store: Path, tmp: Path, *, copy_chunk: str) -> None:
             shutil.copy2(entry.path, tmp / entry.name)
             continue
         src, dst = Path(entry.path), tmp / entry.name
-        if STUDY_DIM not in _dimension_names(src):
+        if STUDY_DIM not in stats_store.dimension_names(src):
             shutil.copytree(src, dst)
             continue
         dst.mkdir()
@@ -284,13 +232,6 @@ def linked_copy(store: Path, tmp: Path, *, copy_chunk: str) -> None:
                 shutil.copy2(file.path, dst / file.name)
             else:
                 os.link(file.path, dst / file.name)
-
-
-def _dimension_names(array_dir: Path) -> tuple[str, ...]:
-    import json
-
-    meta = json.loads((array_dir / "zarr.json").read_text(encoding="utf-8"))
-    return tuple(meta.get("dimension_names") or ())
 
 
 def chunked_as_written(arrays: dict[str, Any]) -> bool:

@@ -189,7 +189,7 @@ def _append(stats: StudyStats, row, store: Path) -> bool:
     import zarr
 
     try:
-        with stats_layout.quiet():
+        with stats_store.quiet():
             group = zarr.open_group(store, mode="r")
             every_chunk = group.attrs.get(stats_store.EVERY_CHUNK_ATTR, False)
             arrays = dict(group.arrays())

@@ -61,7 +61,7 @@ def whole_rewrite(stats, store: Path) -> None:
 def assert_same_store(store: Path, reference: Path) -> None:
     """The two stores read back identical: values (NaN where NaN), dims, coordinates, attributes, and dtypes;
     and their zarr arrays agree in dtype, fill value, attributes and dimension names (chunks may differ)."""
-    with stats_layout.quiet():
+    with stats_store.quiet():
         got, want = xr.open_zarr(store).load(), xr.open_zarr(reference).load()
         assert got.identical(want)
         assert open_stats(store).identical(open_stats(reference))
@@ -114,7 +114,7 @@ def test_appends_give_the_store_the_whole_rewrite_gives(tmp_path, calls):
         whole_rewrite(stats, reference)
         assert_same_store(store, reference)
     assert calls["append"] == 10 + 1 + 5 and calls["rewrite"] == 1 + 5  # the first study writes a store; 5 rewrites
-    with stats_layout.quiet():
+    with stats_store.quiet():
         sizes = xr.open_zarr(store)["volume_ml"].encoding["chunks"]
     assert sizes == (4, 6)  # chunked along study
     assert open_stats(store)["intensity_mean"].attrs["units"] == "image units"
@@ -160,7 +160,7 @@ def test_a_store_written_before_is_read_appended_and_converted(tmp_path, calls):
         whole_rewrite(study(name), reference)
     assert_same_store(store, reference)
     assert calls == {"append": 2, "rewrite": 1}
-    with stats_layout.quiet():
+    with stats_store.quiet():
         assert zarr.open_array(store, path="voxel_count", mode="r").chunks == (4, 5)
 
 
