@@ -27,9 +27,7 @@ machine; such a cell reads ``MemoryError``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +36,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _child_runs import build_store, child_main
+from _child_runs import measure as run_measured
 
 PER_CLASS = ("area_ha", "area_m2", "pixel_count", "share")
 PER_REGION = ("nodata_area_m2", "nodata_pixel_count", "region_area_m2", "region_total_area_m2")
@@ -184,43 +184,12 @@ def op(name: str, store: Path, nights: int, scenes: int, regions: int, classes: 
 
 
 def child(args) -> None:
-    limit = int(args.limit_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    nights, scenes, regions, classes = (int(n) for n in args.shape.split("x"))
-    if args.op == "build":
-        t0 = time.perf_counter()
-        build(Path(args.store), nights, scenes, regions, classes)
-        print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": peak_rss_mb()}))
-        return
-    try:
-        result = op(args.op, Path(args.store), nights, scenes, regions, classes)
-    except MemoryError:
-        result = {"s": None, "error": "MemoryError"}
-    result["rss_mb"] = peak_rss_mb()
-    print(json.dumps(result))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; ``ru_maxrss`` would keep the forking parent's across exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_main(args, build, op)
 
 
 def measure(what: str, store: Path, shape: str, limit_gb: float) -> dict:
-    """``what`` on a copy of ``store`` (appends change it) in a fresh process."""
-    work = store.with_name("work.zarr")
-    shutil.rmtree(work, ignore_errors=True)
-    if what.startswith("append"):
-        subprocess.run(["cp", "-a", str(store), str(work)], check=True)
-    else:
-        work = store
-    cmd = [sys.executable, __file__, "--child", "--op", what, "--store", str(work), "--shape", shape, "--limit-gb", str(limit_gb)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"s": None, "error": (out.stderr.strip().splitlines() or ["?"])[-1][:60], "rss_mb": None}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """``what`` in a fresh process, on a copy of ``store`` where it appends (changes the store)."""
+    return run_measured(__file__, what, store, shape, limit_gb, changes_store=what.startswith("append"))
 
 
 def main() -> None:
@@ -245,8 +214,7 @@ def main() -> None:
         nights, scenes, regions, classes = (int(n) for n in shape.split("x"))
         with tempfile.TemporaryDirectory(prefix="segpipe-stats-scale-", dir=args.dir) as tmp:
             store = Path(tmp) / "stats.zarr"
-            cmd = [sys.executable, __file__, "--child", "--op", "build", "--store", str(store), "--shape", shape, "--limit-gb", "20"]
-            built = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])["s"]
+            built = build_store(__file__, store, shape, 20)
             files = [f for f in store.rglob("*") if f.is_file()]
             size = sum(f.stat().st_size for f in files) / 1e6
             dense = nights * scenes * regions * (classes * len(PER_CLASS) + len(PER_REGION)) * 8 / 1e9
@@ -261,7 +229,7 @@ def main() -> None:
 
 
 def _baseline() -> float:
-    code = "import sys, xarray, zarr, pipeline.raster.stats; sys.path.insert(0, 'bench'); import stats_scale; print(stats_scale.peak_rss_mb())"
+    code = "import sys, xarray, zarr, pipeline.raster.stats; sys.path.insert(0, 'bench'); import _child_runs; print(_child_runs.peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, cwd=Path(__file__).parents[1])
     return float(out.stdout.strip() or "nan")
 

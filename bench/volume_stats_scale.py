@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _child_runs import build_store, child_main
+from _child_runs import measure as run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS_JSON = REPO / ".." / "shared" / "data" / "med" / "totalseg_total_labels.json"
@@ -156,45 +154,13 @@ def op(name: str, store: Path, n: int, k: int) -> dict:
     return {"s": time.perf_counter() - t0}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child(args) -> None:
-    limit = int(args.limit_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    n, k = (int(v) for v in args.shape.split("x"))
-    if args.op == "build":
-        t0 = time.perf_counter()
-        build(Path(args.store), n, k)
-        print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": peak_rss_mb()}))
-        return
-    try:
-        result = op(args.op, Path(args.store), n, k)
-    except MemoryError:
-        result = {"s": None, "error": "MemoryError"}
-    result["rss_mb"] = peak_rss_mb()
-    print(json.dumps(result))
+    child_main(args, build, op)
 
 
 def measure(what: str, store: Path, shape: str, limit_gb: float) -> dict:
     """``what`` in a fresh process, on a copy of ``store`` where it changes the store."""
-    work = store
-    if not what.startswith(("open", "volumes", "README")):
-        work = store.with_name("work.zarr")
-        shutil.rmtree(work, ignore_errors=True)
-        subprocess.run(["cp", "-a", str(store), str(work)], check=True)
-    cmd = [sys.executable, __file__, "--child", "--op", what, "--store", str(work), "--shape", shape, "--limit-gb", str(limit_gb)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if work != store:
-        shutil.rmtree(work, ignore_errors=True)
-    if out.returncode != 0:
-        return {"s": None, "error": (out.stderr.strip().splitlines() or ["?"])[-1][:80], "rss_mb": None}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_measured(__file__, what, store, shape, limit_gb, changes_store=not what.startswith(("open", "volumes", "README")))
 
 
 def main() -> None:
@@ -216,8 +182,7 @@ def main() -> None:
         n, k = (int(v) for v in shape.split("x"))
         with tempfile.TemporaryDirectory(prefix="segpipe-volume-stats-", dir=args.dir) as tmp:
             store = Path(tmp) / "stats.zarr"
-            cmd = [sys.executable, __file__, "--child", "--op", "build", "--store", str(store), "--shape", shape, "--limit-gb", "16"]
-            built = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])["s"]
+            built = build_store(__file__, store, shape, 16)
             files = [f for f in store.rglob("*") if f.is_file()]
             size = sum(f.stat().st_size for f in files) / 1e6
             dense = n * k * (13 + 9) * 8 / 1e6
