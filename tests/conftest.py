@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Child processes the tests start (spawned multiprocessing workers, Dask LocalCluster worker processes,
+# `python -c` children) import `tests.*` helpers and `pipeline`: pytest puts the repository root on
+# sys.path of this process only, so it goes on PYTHONPATH for them (CI runs without one).
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
 
 
 @contextlib.contextmanager
