@@ -6,6 +6,7 @@ import contextlib
 import os
 import resource
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 # `python -c` children) import `tests.*` helpers and `pipeline`: pytest puts the repository root on
 # sys.path of this process only, so it goes on PYTHONPATH for them (CI runs without one).
 _REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:  # multiprocessing's spawn gives its children this process's sys.path, not PYTHONPATH's
+    sys.path.insert(0, _REPO_ROOT)
 if _REPO_ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
 
